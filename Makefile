@@ -1,0 +1,66 @@
+# Reprise: `make demo` and `make test` work on a fresh Debian machine with Python 3.11;
+# they install what they need (venv, pip deps, redis-server) themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto' | sort)
+GENERATED := $(PROTOS:protos/%.proto=%_pb2.py)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help install protos redis model test test-unit test-integration test-slow demo up clean
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(PY):
+	@$(PYTHON_SYS) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3-venv missing: installing it"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; \
+	  rm -rf $(VENV); $(PYTHON_SYS) -m venv $(VENV); }
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+install: $(INSTALLED) protos ## venv + pinned deps + generated code
+
+# Generated code is not committed: it is rebuilt here from protos/ whenever a .proto changes.
+$(GENERATED) &: $(PROTOS) $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+protos: $(GENERATED) ## generate Python code from protos/
+
+redis: ## install redis-server with apt when it is missing
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server missing: installing it"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+model: install ## assemble, verify and convert the default model into .models/ (once)
+	$(PY) -m inference_svc.prepare
+
+test: install redis ## run the test suite (unit + integration; no 491 MB model needed)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+
+test-slow: install redis model ## tests that load the real default model
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: install redis model ## start everything, send a few requests (with repeats), stop
+	$(PY) -m reprise.demo
+
+up: install redis model ## run the stack in the foreground with grpcurl examples (Ctrl-C stops it)
+	$(PY) -m reprise.devstack up
+
+clean: ## remove generated code and run state (keeps .venv and .models)
+	rm -f $(GENERATED) $(GENERATED:_pb2.py=_pb2_grpc.py) $(GENERATED:_pb2.py=_pb2.pyi)
+	rm -rf .run
+
+-include mk/*.mk

@@ -1,0 +1,3 @@
+from cache_svc.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""Cache service core: normalization, keys, tiers, Redis store. Never imports grpc."""

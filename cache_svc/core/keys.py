@@ -1,0 +1,76 @@
+"""The exact key: SHA-256 over a canonical encoding of everything that decides the answer.
+
+The encoding is JSON with sorted keys and no insignificant whitespace, so it
+is stable across Python versions and readable when debugging. Text (and
+history) is normalized first (see :mod:`.normalize`); the system prompt is
+kept verbatim. For greedy decoding, sampling-only parameters (top_p, seed)
+are dropped: they cannot change a greedy answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+from cache_svc.core.normalize import Normalization
+from cache_svc.core.types import CacheQuery
+from reprise.domain import Decoding
+from reprise.errors import InvalidArgument
+
+KEY_VERSION = 1
+
+
+def canonical_decoding(d: Decoding) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if d.max_new_tokens is not None:
+        out["max_new_tokens"] = d.max_new_tokens
+    if d.stop:
+        out["stop"] = list(d.stop)
+    if not d.greedy:
+        out["temperature"] = round(float(d.temperature or 0.0), 6)
+        if d.top_p is not None and d.top_p < 1.0:
+            out["top_p"] = round(float(d.top_p), 6)
+        if d.seed is not None:
+            out["seed"] = d.seed
+    return out
+
+
+def canonical_encoding(query: CacheQuery, normalize: Normalization) -> bytes:
+    doc = {
+        "v": KEY_VERSION,
+        "namespace": query.namespace,
+        "model": [query.model_id, query.model_revision],
+        "task": query.task,
+        "decoding": canonical_decoding(query.decoding),
+        "system": query.system_prompt,
+        "history": [[t.role.value, normalize(t.content)] for t in query.history],
+        "text": normalize(query.text),
+        "images": list(query.image_digests),
+    }
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def exact_key(query: CacheQuery, normalize: Normalization) -> str:
+    return hashlib.sha256(canonical_encoding(query, normalize)).hexdigest()
+
+
+def image_digest(data: bytes, field: str = "images") -> str:
+    """SHA-256 of an image's pixels after EXIF orientation, as RGB.
+
+    The file's container, compression and metadata do not matter: a PNG saved
+    at another compression level, or a photo whose EXIF says "rotate 90°"
+    versus the same photo stored already rotated, give the same digest.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            pixels = img.tobytes()
+            size = img.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidArgument(field, f"not a decodable image ({exc.__class__.__name__})") from None
+    h = hashlib.sha256(f"RGB:{size[0]}x{size[1]}:".encode())
+    h.update(pixels)
+    return h.hexdigest()

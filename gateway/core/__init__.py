@@ -1,0 +1,1 @@
+"""Gateway core: the cache-first flow. Never imports grpc."""

@@ -1,0 +1,1 @@
+"""Inference service core: model loading, prompts, the model worker. Never imports grpc."""

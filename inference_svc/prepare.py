@@ -1,0 +1,32 @@
+"""``python -m inference_svc.prepare``: assemble, verify and convert the model once, then exit.
+
+Run by ``make model`` and at image build time, so a service start only loads
+the converted copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from inference_svc.core.engine import Engine, EngineConfig
+from reprise.rpc.config import EnvArgumentParser
+from reprise.rpc.logs import configure_logging
+
+
+def main() -> None:
+    parser = EnvArgumentParser("REPRISE_INFERENCE_", prog="python -m inference_svc.prepare", description=__doc__)
+    parser.add_option("--model", default="default", help="same as the service's --model")
+    parser.add_option("--model-cache", default=".models", type=Path, help="same as the service's --model-cache")
+    parser.add_option("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="same as the service's --dtype")
+    args = parser.parse_args()
+    configure_logging("inference", "INFO", "text")
+    start = time.perf_counter()
+    engine = Engine(EngineConfig(model=args.model, cache_dir=args.model_cache, dtype=args.dtype))
+    engine.load()
+    logging.getLogger(__name__).info("model ready in %.1fs: %s", time.perf_counter() - start, engine.describe())
+
+
+if __name__ == "__main__":
+    main()

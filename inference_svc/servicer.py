@@ -1,0 +1,77 @@
+"""gRPC adapter of the inference service: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from inference_svc.core.engine import ChatChunk
+from inference_svc.core.service import InferenceService
+from reprise import convert
+from reprise.inference.v1 import inference_pb2 as pb
+from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
+
+
+def _timings(queue_ms: float, chunk: ChatChunk) -> pb.InferenceTimings:
+    return pb.InferenceTimings(queue_ms=queue_ms, prefill_ms=chunk.prefill_ms, decode_ms=chunk.decode_ms)
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        out = await self._service.classify(request.text)
+        return pb.ClassifyResponse(
+            result=convert.sentiment_to_pb(out.result),
+            usage=convert.usage_to_pb(out.usage),
+            timings=pb.InferenceTimings(queue_ms=out.queue_ms, prefill_ms=out.compute_ms),
+            batch_size=out.batch_size,
+        )
+
+    def _chat(self, request: pb.ChatRequest | pb.ChatStreamRequest) -> AsyncIterator[tuple[ChatChunk, float]]:
+        return self._service.chat_stream(
+            convert.turns_from_pb(request.history),
+            request.text,
+            request.system_prompt if request.HasField("system_prompt") else None,
+            convert.decoding_from_pb(request.decoding),
+        )
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        parts: list[str] = []
+        async for chunk, queue_ms in self._chat(request):
+            parts.append(chunk.delta)
+        return pb.ChatResponse(
+            reply="".join(parts),
+            finish_reason=convert.finish_to_pb(chunk.finish),
+            usage=convert.usage_to_pb(chunk.usage),
+            timings=_timings(queue_ms, chunk),
+        )
+
+    async def ChatStream(
+        self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatStreamResponse]:
+        async for chunk, queue_ms in self._chat(request):
+            if chunk.finish is None:
+                yield pb.ChatStreamResponse(delta=chunk.delta)
+            else:
+                yield pb.ChatStreamResponse(
+                    delta=chunk.delta,
+                    finish_reason=convert.finish_to_pb(chunk.finish),
+                    usage=convert.usage_to_pb(chunk.usage),
+                    timings=_timings(queue_ms, chunk),
+                )
+
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
+        d = await self._service.describe()
+        return pb.ModelInfoResponse(
+            model_id=d.model_id,
+            revision=d.revision,
+            dtype=d.dtype,
+            cpus=list(d.cpus),
+            threads=d.threads,
+            interop_threads=d.interop_threads,
+            max_context_tokens=d.max_context_tokens,
+            architecture=d.architecture,
+        )

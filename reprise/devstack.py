@@ -1,0 +1,282 @@
+"""Run the whole stack locally: a private redis-server and the three services as processes.
+
+Used by ``make demo`` (a scripted tour), ``make up`` (stay in the foreground
+until Ctrl-C), the benchmarks and the fault drills. Everything it starts it
+also stops, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until ``address`` answers grpc.health.v1 with SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process for {address} exited with code {proc.returncode}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f}s")
+
+
+class RedisServer:
+    """A private redis-server on a free port, no persistence, in a temp dir."""
+
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+        self.port = port or free_port()
+        self.password = password
+        self._dir = tempfile.mkdtemp(prefix="reprise-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self._dir, "--protected-mode", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {self.proc.returncode}")
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM (graceful), then SIGKILL after ``timeout_s``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@dataclass
+class StackConfig:
+    model: str = "default"
+    model_cache: Path = ROOT / ".models"
+    run_dir: Path = ROOT / ".run"
+    #: CPUs for the inference service (e.g. "1"); empty: no pinning.
+    inference_cpus: str = ""
+    #: CPUs for gateway, cache and redis; empty: no pinning.
+    frontend_cpus: str = ""
+    gateway_port: int = 0
+    cache_port: int = 0
+    inference_port: int = 0
+    extra_gateway_args: Sequence[str] = ()
+    extra_cache_args: Sequence[str] = ()
+    extra_inference_args: Sequence[str] = ()
+    ready_timeout_s: float = 900.0
+
+
+class Stack:
+    """Redis + inference + cache + gateway as local processes."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer()
+        py = sys.executable
+        c = config
+
+        def pinned(cpus: str, argv: list[str]) -> list[str]:
+            if not cpus:
+                return argv
+            return [str(ROOT / "deploy" / "pin.sh"), cpus, "--", *argv]
+
+        self.inference = ServiceProcess(
+            "inference",
+            pinned(c.inference_cpus, [py, "-m", "inference_svc", "--host", "127.0.0.1",
+                   "--port", str(c.inference_port or free_port()), "--model", c.model,
+                   "--model-cache", str(c.model_cache), "--metrics-port", "0", "--log-format", "text",
+                   *c.extra_inference_args]),
+            0, c.run_dir / "inference.log",
+        )
+        self.cache = ServiceProcess(
+            "cache",
+            pinned(c.frontend_cpus, [py, "-m", "cache_svc", "--host", "127.0.0.1",
+                   "--port", str(c.cache_port or free_port()), "--redis-url", self.redis.url,
+                   "--metrics-port", "0", "--log-format", "text", *c.extra_cache_args]),
+            0, c.run_dir / "cache.log",
+        )
+        for svc in (self.inference, self.cache):
+            svc.port = int(svc.argv[svc.argv.index("--port") + 1])
+        self.gateway = ServiceProcess(
+            "gateway",
+            pinned(c.frontend_cpus, [py, "-m", "gateway", "--host", "127.0.0.1",
+                   "--port", str(c.gateway_port or free_port()), "--cache-target", self.cache.address,
+                   "--inference-target", self.inference.address, "--metrics-port", "0",
+                   "--log-format", "text", *c.extra_gateway_args]),
+            0, c.run_dir / "gateway.log",
+        )
+        self.gateway.port = int(self.gateway.argv[self.gateway.argv.index("--port") + 1])
+
+    @property
+    def services(self) -> tuple[ServiceProcess, ...]:
+        return (self.inference, self.cache, self.gateway)
+
+    def start(self) -> Stack:
+        for svc in self.services:
+            svc.log_path.write_bytes(b"")
+        self.redis.start()
+        for svc in self.services:
+            svc.start()
+        for svc in self.services:
+            try:
+                wait_serving(svc.address, self.config.ready_timeout_s, svc.proc)
+            except Exception as exc:
+                tail = svc.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{svc.name} did not become ready: {exc}\n--- {svc.log_path} ---\n{tail}") from exc
+        return self
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
+        self.redis.stop()
+
+
+@contextlib.contextmanager
+def running_stack(config: StackConfig) -> Iterator[Stack]:
+    stack = Stack(config)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def _print_up(stack: Stack) -> None:
+    gw = stack.gateway.address
+    print(
+        f"""
+Reprise is up (Ctrl-C stops everything):
+  gateway    {gw}   (public API: reprise.gateway.v1.Gateway)
+  cache      {stack.cache.address}   (reprise.cache.v1.Cache)
+  inference  {stack.inference.address}   (reprise.inference.v1.Inference)
+  redis      {stack.redis.url}
+  logs       {stack.config.run_dir}/*.log
+
+Try:
+  grpcurl -plaintext {gw} list
+  grpcurl -plaintext -d '{{"text": "I love this phone"}}' {gw} reprise.gateway.v1.Gateway/Classify
+  grpcurl -plaintext -d '{{"text": "这家餐厅的菜太难吃了"}}' {gw} reprise.gateway.v1.Gateway/Analyze
+  grpcurl -plaintext -d '{{"text": "What is a cache?"}}' {gw} reprise.gateway.v1.Gateway/ChatStream
+  grpcurl -plaintext -d '{{}}' {stack.inference.address} reprise.inference.v1.Inference/ModelInfo
+  grpcurl -plaintext -d '{{}}' {stack.cache.address} reprise.cache.v1.Cache/Stats
+""",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m reprise.devstack", description="Run the local stack.")
+    parser.add_argument("command", choices=["up"], help="up: start everything and stay in the foreground")
+    parser.add_argument("--model", default=os.environ.get("REPRISE_MODEL", "default"))
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("REPRISE_GATEWAY_PORT", "50050")))
+    parser.add_argument("--inference-cpus", default=os.environ.get("REPRISE_INFERENCE_CPUS", ""))
+    parser.add_argument("--frontend-cpus", default=os.environ.get("REPRISE_FRONTEND_CPUS", ""))
+    args = parser.parse_args(argv)
+    config = StackConfig(
+        model=args.model,
+        gateway_port=args.gateway_port,
+        inference_cpus=args.inference_cpus,
+        frontend_cpus=args.frontend_cpus,
+    )
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print("starting redis, inference (first start converts the model: ~1 min), cache, gateway ...", flush=True)
+    try:
+        with running_stack(config) as stack:
+            _print_up(stack)
+            while not stop:
+                for svc in stack.services:
+                    if svc.proc is not None and svc.proc.poll() is not None:
+                        raise SystemExit(f"{svc.name} exited with code {svc.proc.returncode}; see {svc.log_path}")
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()

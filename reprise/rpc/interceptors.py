@@ -1,0 +1,129 @@
+"""One server interceptor per service: request id, error mapping, per-RPC metrics.
+
+Servicers stay thin: they raise :class:`~reprise.errors.ServiceError`
+subclasses and this module turns them into gRPC statuses. Anything else is a
+bug: it becomes INTERNAL with a generic message (plus the request id, so an
+operator can find the one log line with the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError
+
+from reprise.rpc import metrics
+from reprise.errors import ServiceError
+from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
+
+log = logging.getLogger(__name__)
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and value:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return uuid.uuid4().hex[:16]
+
+
+def _final_code(context: grpc.aio.ServicerContext, raised: grpc.StatusCode | None) -> str:
+    if raised is not None:
+        return raised.name
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary and unary-stream handler of one service."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        # The handler a method resolves to never changes, so wrap it once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(handler_call_details)
+        self._wrapped[method] = self._wrap(method, handler)
+        return self._wrapped[method]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        # Health and reflection are left alone: probes must not depend on our code paths.
+        if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        short = method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(short, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(short, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        latency = metrics.RPC_LATENCY.labels(self._service, method)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id.set(_incoming_request_id(context))
+            start = time.perf_counter()
+            raised: grpc.StatusCode | None = None
+            try:
+                return await behavior(request, context)
+            except ServiceError as err:
+                raised = grpc.StatusCode[err.code]
+                await context.abort(raised, err.message)
+            except AbortError:
+                raise
+            except Exception:
+                raised = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id.get()})")
+            finally:
+                latency.observe(time.perf_counter() - start)
+                metrics.RPC_REQUESTS.labels(self._service, method, _final_code(context, raised)).inc()
+
+        return handle
+
+    def _stream(
+        self, method: str, behavior: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        latency = metrics.RPC_LATENCY.labels(self._service, method)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            request_id.set(_incoming_request_id(context))
+            start = time.perf_counter()
+            raised: grpc.StatusCode | None = None
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except ServiceError as err:
+                raised = grpc.StatusCode[err.code]
+                await context.abort(raised, err.message)
+            except AbortError:
+                raise
+            except Exception:
+                raised = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id.get()})")
+            finally:
+                latency.observe(time.perf_counter() - start)
+                metrics.RPC_REQUESTS.labels(self._service, method, _final_code(context, raised)).inc()
+
+        return handle
