@@ -1,13 +1,15 @@
-"""gRPC adapter of the cache service."""
+"""gRPC adapter of the cache service: protobuf <-> domain at the edge, nothing else."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cache_svc.core.keys import image_digest
 from cache_svc.core.service import CacheService
-from cache_svc.core.types import CacheQuery, Entry, LookupOptions
+from cache_svc.core.types import CacheQuery, Entry, Invalidation, InvalidationKind, LookupOptions
 from reprise import convert
 from reprise.cache.v1 import cache_pb2 as pb
 from reprise.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -50,8 +52,32 @@ def entry_to_pb(e: Entry) -> pb.CacheEntry:
     )
 
 
+def invalidation_from_pb(request: pb.InvalidateRequest) -> Invalidation:
+    target = request.WhichOneof("target")
+    if target == "key":
+        return Invalidation(InvalidationKind.KEY, request.key)
+    if target == "namespace":
+        return Invalidation(InvalidationKind.NAMESPACE, request.namespace)
+    if target == "model":
+        m = request.model
+        return Invalidation(InvalidationKind.MODEL, m.model_id, m.model_revision if m.HasField("model_revision") else None)
+    raise InvalidArgument("target", "set one of key, namespace or model")
+
+
+def invalidation_to_pb(inv: Invalidation) -> pb.WatchInvalidationsResponse:
+    if inv.kind is InvalidationKind.KEY:
+        return pb.WatchInvalidationsResponse(key=inv.value)
+    if inv.kind is InvalidationKind.NAMESPACE:
+        return pb.WatchInvalidationsResponse(namespace=inv.value)
+    model = pb.ModelRef(model_id=inv.value)
+    if inv.model_revision is not None:
+        model.model_revision = inv.model_revision
+    return pb.WatchInvalidationsResponse(model=model)
+
+
 class CacheServicer(pb_grpc.CacheServicer):
-    def __init__(self, service: CacheService) -> None:
+    def __init__(self, service: Callable[[], CacheService]) -> None:
+        # A getter: the service is built in the app's start(), after the server is bound.
         self._service = service
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
@@ -62,7 +88,7 @@ class CacheServicer(pb_grpc.CacheServicer):
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
             max_age_s=request.max_age_seconds if request.HasField("max_age_seconds") else None,
         )
-        result = await self._service.lookup(query_from_pb(request.query), options)
+        result = await self._service().lookup(query_from_pb(request.query), options)
         response = pb.LookupResponse(
             tier=_TIER_TO_PB[result.tier.value],
             key=result.key,
@@ -75,26 +101,20 @@ class CacheServicer(pb_grpc.CacheServicer):
         return response
 
     async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext) -> pb.StoreResponse:
-        entry = await self._service.store(
+        entry = await self._service().store(
             query_from_pb(request.query),
             convert.answer_from_pb(request.answer),
             request.ttl_seconds if request.HasField("ttl_seconds") else None,
             request.exact_only,
         )
-        return pb.StoreResponse(key=entry.key, expires_at=_ts(entry.expires_at), semantic_indexed=False)
+        return pb.StoreResponse(key=entry.key, expires_at=_ts(entry.expires_at), semantic_indexed=entry.semantic)
 
     async def Invalidate(self, request: pb.InvalidateRequest, context: grpc.aio.ServicerContext) -> pb.InvalidateResponse:
-        target = request.WhichOneof("target")
-        if target == "key":
-            removed = await self._service.invalidate_key(request.key)
-        elif target == "namespace":
-            removed = await self._service.invalidate_namespace(request.namespace)
-        else:
-            raise InvalidArgument("target", "set one of key, namespace" + (" (by model: not supported yet)" if target else ""))
+        removed = await self._service().invalidate(invalidation_from_pb(request))
         return pb.InvalidateResponse(removed=removed)
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        s = await self._service.stats(request.namespace)
+        s = await self._service().stats(request.namespace)
         return pb.StatsResponse(
             entries=s.entries,
             entries_by_namespace=s.entries_by_namespace,
@@ -107,3 +127,16 @@ class CacheServicer(pb_grpc.CacheServicer):
             index_memory_bytes=s.index_memory_bytes,
             embedder=s.embedder,
         )
+
+    async def WatchInvalidations(
+        self, request: pb.WatchInvalidationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchInvalidationsResponse]:
+        watcher = self._service().watch()
+        try:
+            # Initial metadata tells the client the stream is registered: every
+            # invalidation from here on reaches it.
+            await context.send_initial_metadata((("x-reprise-watching", "1"),))
+            async for inv in watcher:
+                yield invalidation_to_pb(inv)
+        finally:
+            watcher.close()

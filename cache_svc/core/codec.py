@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from cache_svc.core.types import Entry
 from reprise.domain import Answer, Finish, Label, SentimentResult, Usage
 
@@ -41,6 +43,10 @@ def encode_entry(e: Entry) -> bytes:
         "model_revision": e.model_revision,
         "created_at": e.created_at,
         "expires_at": e.expires_at,
+        "partition": e.partition,
+        # A string: JSON readers in other languages lose precision on 64-bit ints.
+        "simhash": f"{e.simhash:016x}",
+        "semantic": e.semantic,
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -57,4 +63,16 @@ def decode_entry(raw: bytes | str) -> Entry:
         model_revision=d.get("model_revision", ""),
         created_at=float(d["created_at"]),
         expires_at=float(d["expires_at"]),
+        partition=d.get("partition", ""),
+        simhash=int(d.get("simhash", "0"), 16),
+        semantic=bool(d.get("semantic", False)),
     )
+
+
+def encode_vector(v: np.ndarray) -> bytes:
+    """An embedding as little-endian float32 bytes (what Redis stores next to the entry)."""
+    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def decode_vector(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4")

@@ -36,8 +36,9 @@ def canonical_decoding(d: Decoding) -> dict[str, object]:
     return out
 
 
-def canonical_encoding(query: CacheQuery, normalize: Normalization) -> bytes:
-    doc = {
+def _context(query: CacheQuery, normalize: Normalization) -> dict[str, object]:
+    """Every part of the key except the request text."""
+    return {
         "v": KEY_VERSION,
         "namespace": query.namespace,
         "model": [query.model_id, query.model_revision],
@@ -45,14 +46,37 @@ def canonical_encoding(query: CacheQuery, normalize: Normalization) -> bytes:
         "decoding": canonical_decoding(query.decoding),
         "system": query.system_prompt,
         "history": [[t.role.value, normalize(t.content)] for t in query.history],
-        "text": normalize(query.text),
         "images": list(query.image_digests),
     }
+
+
+def _dump(doc: dict[str, object]) -> bytes:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def canonical_encoding(query: CacheQuery, normalize: Normalization) -> bytes:
+    """The bytes the exact key hashes: sorted-key JSON of the context plus the normalized text."""
+    return _dump({**_context(query, normalize), "text": normalize(query.text)})
+
+
 def exact_key(query: CacheQuery, normalize: Normalization) -> str:
+    """Hex SHA-256 of :func:`canonical_encoding`."""
     return hashlib.sha256(canonical_encoding(query, normalize)).hexdigest()
+
+
+def partition_key(query: CacheQuery, normalize: Normalization) -> str:
+    """Hex SHA-256 of everything but the text.
+
+    A semantic candidate is only considered when it shares the query's
+    partition: same namespace, model and revision, task, decoding, system
+    prompt, history and images. Only the wording of the text may differ.
+    """
+    return hashlib.sha256(_dump({**_context(query, normalize), "part": 1})).hexdigest()
+
+
+def vector_id(key: str) -> int:
+    """The FAISS id of an entry: the key's first 63 bits, the same on every replica."""
+    return int(key[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def image_digest(data: bytes, field: str = "images") -> str:

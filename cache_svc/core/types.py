@@ -43,6 +43,13 @@ class Entry:
     #: Unix seconds.
     created_at: float
     expires_at: float
+    #: Hash of everything in the key except the text (see keys.partition_key): a semantic
+    #: candidate must share it with the query, so only the wording may differ.
+    partition: str = ""
+    #: 64-bit SimHash of the normalized text (see simhash.py), for cheap near-duplicate checks.
+    simhash: int = 0
+    #: Whether the entry's embedding is in Redis and in the semantic indexes.
+    semantic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +82,22 @@ class Stats:
     redis_used_memory_bytes: int
     index_memory_bytes: int
     embedder: str
+
+
+class InvalidationKind(str, enum.Enum):
+    KEY = "key"
+    NAMESPACE = "namespace"
+    MODEL = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """An explicit invalidation, as broadcast to every replica and every watcher.
+
+    ``value`` is the key, the namespace or the model id; ``model_revision`` is
+    set only for a model invalidation restricted to one revision.
+    """
+
+    kind: InvalidationKind
+    value: str
+    model_revision: str | None = None

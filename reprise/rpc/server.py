@@ -125,6 +125,11 @@ class ServiceHost:
         """Drain: NOT_SERVING, let in-flight calls finish, then close the application."""
         grace = self.options.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        # Optional app hook: end long-lived streams (e.g. cache WatchInvalidations) so they
+        # do not hold the server for the whole grace period.
+        drain = getattr(self.app, "drain", None)
+        if callable(drain):
+            drain()
         await self._server.stop(grace)
         if self._started:
             await self.app.close()

