@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from gateway.core.types import CacheHit, CacheInfo, CacheRequest, CacheStatus, InferenceChunk, ModelIdentity, Policy
+from gateway.core.ports import CacheError
+from gateway.core.types import (
+    CachedEntry,
+    CacheHit,
+    CacheInfo,
+    CacheRequest,
+    CacheStatus,
+    InferenceChunk,
+    Invalidation,
+    InvalidationKind,
+    LookupResult,
+    ModelIdentity,
+    StoredEntry,
+)
 from reprise import convert
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
@@ -24,6 +39,10 @@ def _downstream(service: str, err: grpc.aio.AioRpcError) -> ServiceError:
     return from_status(err.code().name, f"{service}: {err.details()}")
 
 
+def _cache_error(err: grpc.aio.AioRpcError) -> CacheError:
+    return CacheError(err.code().name, err.details() or "")
+
+
 def cache_query_to_pb(req: CacheRequest) -> cache_pb2.CacheQuery:
     return cache_pb2.CacheQuery(
         namespace=req.namespace,
@@ -37,37 +56,144 @@ def cache_query_to_pb(req: CacheRequest) -> cache_pb2.CacheQuery:
     )
 
 
+def _seconds(ts: object) -> float:
+    return ts.seconds + ts.nanos / 1e9  # type: ignore[attr-defined]
+
+
+def lookup_result_from_pb(response: cache_pb2.LookupResponse) -> LookupResult:
+    stages = dict(response.stage_ms)
+    if response.tier not in (cache_pb2.TIER_EXACT, cache_pb2.TIER_SEMANTIC):
+        return LookupResult(None, response.key, response.rejected_reason, stages)
+    exact = response.tier == cache_pb2.TIER_EXACT
+    e = response.entry
+    entry = CachedEntry(
+        convert.answer_from_pb(e.answer, "entry.answer"),
+        e.key or response.key,
+        _seconds(e.created_at),
+        _seconds(e.expires_at),
+    )
+    info = CacheInfo(
+        CacheStatus.EXACT if exact else CacheStatus.SEMANTIC,
+        similarity=response.similarity if not exact else 1.0,
+        matched_text="" if exact else e.text,
+        key=entry.key,
+    )
+    return LookupResult(CacheHit(entry, info), response.key, response.rejected_reason, stages)
+
+
+def invalidation_from_pb(r: cache_pb2.WatchInvalidationsResponse) -> Invalidation | None:
+    target = r.WhichOneof("target")
+    if target == "key":
+        return Invalidation(InvalidationKind.KEY, r.key)
+    if target == "namespace":
+        return Invalidation(InvalidationKind.NAMESPACE, r.namespace)
+    if target == "model":
+        revision = r.model.model_revision if r.model.HasField("model_revision") else None
+        return Invalidation(InvalidationKind.MODEL, r.model.model_id, revision)
+    return None  # a kind this gateway does not know yet: nothing it holds can match
+
+
 class GrpcCache:
+    """The cache service behind :class:`~gateway.core.ports.CachePort`."""
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = cache_pb2_grpc.CacheStub(channel)
 
-    async def lookup(self, request: CacheRequest, policy: Policy, timeout_s: float) -> CacheHit | None:
-        msg = cache_pb2.LookupRequest(query=cache_query_to_pb(request), exact_only=bool(policy.exact_only))
-        if policy.min_similarity is not None:
-            msg.min_similarity = policy.min_similarity
-        if policy.max_age_s is not None:
-            msg.max_age_seconds = policy.max_age_s
-        response = await self._stub.Lookup(msg, timeout=timeout_s, metadata=_metadata())
-        if response.tier not in (cache_pb2.TIER_EXACT, cache_pb2.TIER_SEMANTIC):
-            return None
-        status = CacheStatus.EXACT if response.tier == cache_pb2.TIER_EXACT else CacheStatus.SEMANTIC
-        return CacheHit(
-            convert.answer_from_pb(response.entry.answer),
-            CacheInfo(status, response.similarity, response.entry.text if status is CacheStatus.SEMANTIC else ""),
-        )
+    async def lookup(
+        self,
+        request: CacheRequest,
+        *,
+        exact_only: bool,
+        min_similarity: float | None,
+        max_age_s: int | None,
+        timeout_s: float,
+    ) -> LookupResult:
+        msg = cache_pb2.LookupRequest(query=cache_query_to_pb(request), exact_only=exact_only)
+        if min_similarity is not None:
+            msg.min_similarity = min_similarity
+        if max_age_s is not None:
+            msg.max_age_seconds = max_age_s
+        try:
+            response = await self._stub.Lookup(msg, timeout=timeout_s, metadata=_metadata())
+        except grpc.aio.AioRpcError as err:
+            raise _cache_error(err) from None
+        try:
+            return lookup_result_from_pb(response)
+        except ServiceError as exc:  # an entry we cannot read is the cache's fault, not the caller's
+            raise CacheError("DATA_LOSS", exc.message) from None
 
-    async def store(self, request: CacheRequest, answer: Answer, policy: Policy) -> None:
-        msg = cache_pb2.StoreRequest(query=cache_query_to_pb(request), answer=convert.answer_to_pb(answer))
-        if policy.ttl_s is not None:
-            msg.ttl_seconds = policy.ttl_s
-        await self._stub.Store(msg, timeout=2.0, metadata=_metadata())
+    async def store(
+        self, request: CacheRequest, answer: Answer, *, ttl_s: int | None, exact_only: bool, timeout_s: float
+    ) -> StoredEntry:
+        msg = cache_pb2.StoreRequest(
+            query=cache_query_to_pb(request), answer=convert.answer_to_pb(answer), exact_only=exact_only
+        )
+        if ttl_s is not None:
+            msg.ttl_seconds = ttl_s
+        try:
+            r = await self._stub.Store(msg, timeout=timeout_s, metadata=_metadata())
+        except grpc.aio.AioRpcError as err:
+            raise _cache_error(err) from None
+        return StoredEntry(r.key, _seconds(r.expires_at))
+
+    async def entries(self, namespace: str, timeout_s: float) -> int:
+        try:
+            r = await self._stub.Stats(cache_pb2.StatsRequest(namespace=namespace), timeout=timeout_s, metadata=_metadata())
+        except grpc.aio.AioRpcError as err:
+            raise _cache_error(err) from None
+        return r.entries
+
+    async def watch_invalidations(self, on_open: Callable[[], None]) -> AsyncIterator[Invalidation]:
+        call = self._stub.WatchInvalidations(cache_pb2.WatchInvalidationsRequest(), metadata=_metadata())
+        opener = asyncio.ensure_future(self._open_when_subscribed(call, on_open))
+        try:
+            async for r in call:
+                event = invalidation_from_pb(r)
+                if event is not None:
+                    yield event
+        except grpc.aio.AioRpcError as err:
+            raise _cache_error(err) from None
+        finally:
+            opener.cancel()
+            call.cancel()
+
+    @staticmethod
+    async def _open_when_subscribed(call: grpc.aio.UnaryStreamCall, on_open: Callable[[], None]) -> None:
+        """Call ``on_open`` once the cache acknowledged the subscription.
+
+        The cache sends initial metadata right after registering the watcher, so
+        every invalidation after that moment reaches us; before it, events could be
+        missed, so the hot layer must not serve yet. A call that ends instead
+        (UNIMPLEMENTED, cache down) never opens.
+        """
+        await call.initial_metadata()
+        if not call.done():
+            on_open()
 
 
 class GrpcInference:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, connect_grace_s: float = 3.0) -> None:
+        self._channel = channel
         self._stub = inference_pb2_grpc.InferenceStub(channel)
+        self._connect_grace_s = connect_grace_s
+
+    async def _connected(self, timeout_s: float | None) -> None:
+        """Wait (briefly, within the deadline) for a reconnecting channel instead of failing fast.
+
+        After an inference pod restarts, the channel sits in reconnect backoff for up
+        to a couple of seconds although the new server is already SERVING; failing
+        every call in that window would turn a rolling update into errors. If the
+        channel is not ready within the grace, the call goes ahead and fails fast
+        with UNAVAILABLE as usual.
+        """
+        if self._channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        grace = self._connect_grace_s if timeout_s is None else min(self._connect_grace_s, timeout_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._channel.channel_ready(), grace)
 
     async def classify(self, text: str, timeout_s: float | None) -> tuple[SentimentResult, Usage]:
+        await self._connected(timeout_s)
         try:
             r = await self._stub.Classify(
                 inference_pb2.ClassifyRequest(text=text), timeout=timeout_s, metadata=_metadata()
@@ -89,6 +215,7 @@ class GrpcInference:
         )
         if system_prompt is not None:
             msg.system_prompt = system_prompt
+        await self._connected(timeout_s)
         call = self._stub.ChatStream(msg, timeout=timeout_s, metadata=_metadata())
         try:
             async for r in call:

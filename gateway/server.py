@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
 import grpc
 
+from gateway import metrics
+from gateway.auth import Authenticator, TokenTable
 from gateway.clients import GrpcCache, GrpcInference
+from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import Gateway, GatewayConfig
+from gateway.core.hot import HotConfig
+from gateway.core.limits import Limits
+from gateway.core.policy import TaskDefaults
+from gateway.core.types import TASK_CHAT, TASK_SENTIMENT, TASKS
 from gateway.servicer import GatewayServicer
 from reprise.cache.v1 import cache_pb2
 from reprise.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from reprise.inference.v1 import inference_pb2
-from reprise.rpc.channel import aio_channel, retry_service_config
+from reprise.rpc.channel import channel_options, retry_service_config
 from reprise.rpc.config import (
     EnvArgumentParser,
     add_client_tls_options,
@@ -32,6 +41,24 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 CACHE_SERVICE = cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name
 
+# A restarted cache or inference must be found again within a second or two: gRPC's default
+# reconnect backoff grows to two minutes, during which every call would fail fast.
+_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def backend_channel(target: str, tls: ClientTLS | None, service_config: str | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to a service behind the gateway (TLS when ``tls`` is given)."""
+    options = channel_options(service_config=service_config) + _RECONNECT
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+
 
 class GatewayApp:
     name = "gateway"
@@ -44,15 +71,24 @@ class GatewayApp:
         config: GatewayConfig = GatewayConfig(),
         cache_tls: ClientTLS | None = None,
         inference_tls: ClientTLS | None = None,
+        tokens: TokenTable | None = None,
     ) -> None:
-        self._cache_channel = aio_channel(cache_target, cache_tls)
-        self._inference_channel = aio_channel(
-            inference_target, inference_tls, service_config=retry_service_config([INFERENCE_SERVICE])
+        self._cache_channel = backend_channel(cache_target, cache_tls)
+        # Retries on UNAVAILABLE happen inside gRPC, before any reply byte reached us: safe.
+        self._inference_channel = backend_channel(
+            inference_target, inference_tls, retry_service_config([INFERENCE_SERVICE])
         )
-        self.gateway = Gateway(GrpcCache(self._cache_channel), GrpcInference(self._inference_channel), config)
+        self.gateway = Gateway(
+            GrpcCache(self._cache_channel),
+            GrpcInference(self._inference_channel),
+            config,
+            metrics.PrometheusObserver(),
+        )
+        metrics.track(self.gateway)
+        self.auth = Authenticator(tokens)
 
     def register(self, server: grpc.aio.Server) -> None:
-        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.auth), server)
 
     async def start(self) -> None:
         await self.gateway.start()
@@ -63,31 +99,137 @@ class GatewayApp:
         await self._inference_channel.close()
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.strip().lower() in ("", "none", "default") else float(raw)
+
+
+def _optional_int(raw: str) -> int | None:
+    return None if raw.strip().lower() in ("", "none", "default") else int(raw)
+
+
 def build_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser("REPRISE_GATEWAY_", prog="python -m gateway", description="Reprise gateway (gRPC, public API).")
-    add_server_options(parser, default_port=50050, default_metrics_port=9100)
-    parser.add_option("--cache-target", default="127.0.0.1:50052", help="cache service address host:port")
-    parser.add_option("--inference-target", default="127.0.0.1:50051", help="inference service address host:port")
-    parser.add_option("--cache-timeout-ms", default=30.0, type=float, help="budget for a cache lookup; past it, a miss")
-    parser.add_option("--max-text-chars", default=8000, type=int, help="longest text accepted")
-    add_client_tls_options(parser, "cache")
-    add_client_tls_options(parser, "inference")
-    return parser
+    p = EnvArgumentParser("REPRISE_GATEWAY_", prog="python -m gateway", description="Reprise gateway (gRPC, public API).")
+    add_server_options(p, default_port=50050, default_metrics_port=9100)
+    p.add_option("--cache-target", default="127.0.0.1:50052", help="cache service address host:port")
+    p.add_option("--inference-target", default="127.0.0.1:50051", help="inference service address host:port")
+    p.add_option("--cache-timeout-ms", default=30.0, type=float, help="budget for a cache lookup; past it, a miss")
+    p.add_option("--store-timeout-ms", default=2000.0, type=float, help="budget for a background write-back")
+    # Limits.
+    lim = Limits()
+    p.add_option("--max-in-flight", default=512, type=int, help="requests in flight before RESOURCE_EXHAUSTED (0: none)")
+    p.add_option("--max-model-in-flight", default=32, type=int, help="model calls in flight before RESOURCE_EXHAUSTED (0: none)")
+    p.add_option("--max-concurrent-rpcs", default=0, type=int, help="gRPC-level hard cap on concurrent RPCs (0: none)")
+    p.add_option("--max-request-bytes", default=lim.max_request_bytes, type=int, help="largest request accepted")
+    p.add_option("--max-text-chars", default=lim.max_text_chars, type=int, help="longest text (and history turn)")
+    p.add_option("--max-system-prompt-chars", default=lim.max_system_prompt_chars, type=int, help="longest system prompt")
+    p.add_option("--max-history-turns", default=lim.max_history_turns, type=int, help="most history turns")
+    p.add_option("--max-total-chars", default=lim.max_total_chars, type=int, help="text + system prompt + history")
+    p.add_option("--max-new-tokens", default=lim.max_new_tokens, type=int, help="largest decoding.max_new_tokens")
+    p.add_option("--max-ttl", default=lim.max_ttl_s, type=int, help="largest cache.ttl_seconds a caller may ask for")
+    # Breaker and hot layer.
+    br = BreakerConfig()
+    p.add_option("--breaker-failures", default=br.failure_threshold, type=int, help="cache failures in a row that open the breaker")
+    p.add_option("--breaker-open-ms", default=br.open_s * 1000, type=float, help="first open period before a probe")
+    p.add_option("--breaker-max-open-ms", default=br.max_open_s * 1000, type=float, help="longest open period (doubles per failed probe)")
+    hot = HotConfig()
+    p.add_option("--hot-entries", default=hot.max_entries, type=int, help="hot-key layer size (0: off)")
+    p.add_option("--hot-max-age", default=hot.max_age_s, type=float, help="seconds a hot entry is served before the cache is asked again (served on if that lookup fails)")
+    p.add_option("--replay-chunk-chars", default=16, type=int, help="characters per message when replaying a cached stream")
+    p.add_option("--model-refresh", default=30.0, type=float, help="seconds between model identity checks")
+    # Tenancy.
+    p.add_option("--tokens-file", help="file of 'token tenant' lines; enables bearer-token auth")
+    # "%(default).0s" keeps argparse from printing the tokens in --help.
+    p.add_option("--tokens", default="", help="token=tenant[,token=tenant...]; enables bearer-token auth%(default).0s")
+    # Per-task cache defaults.
+    for task in TASKS:
+        d = TaskDefaults(exact_only=task == TASK_SENTIMENT)
+        p.add_option(f"--{task}-exact-only", default=d.exact_only, type=_bool, help=f"{task}: exact hits only unless the request says")
+        p.add_option(f"--{task}-min-similarity", default=None, type=_optional_float, help=f"{task}: semantic threshold (unset: the cache's)")
+        p.add_option(f"--{task}-ttl", default=None, type=_optional_int, help=f"{task}: entry lifetime in s (unset: the cache's)")
+        p.add_option(f"--{task}-max-age", default=None, type=_optional_int, help=f"{task}: oldest entry served in s (unset: any)")
+    p.add_option(f"--{TASK_CHAT}-cache-sampled", default=False, type=_bool, help="chat: cache sampled (temperature > 0, no seed) replies")
+    for peer in ("cache", "inference"):
+        add_client_tls_options(p, peer)
+        p.add_option(f"--{peer}-tls-server-name", help=f"name to verify in the {peer} certificate (default: the target host)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway configuration the flags describe (validated here, at startup)."""
+    defaults = {
+        task: TaskDefaults(
+            exact_only=getattr(args, f"{task}_exact_only"),
+            min_similarity=getattr(args, f"{task}_min_similarity"),
+            ttl_s=getattr(args, f"{task}_ttl"),
+            max_age_s=getattr(args, f"{task}_max_age"),
+            cache_sampled=getattr(args, f"{task}_cache_sampled", False),
+        )
+        for task in TASKS
+    }
+    for task, d in defaults.items():
+        if d.min_similarity is not None and not 0.0 <= d.min_similarity <= 1.0:
+            raise SystemExit(f"--{task}-min-similarity must be in [0, 1]")
+    return GatewayConfig(
+        cache_timeout_s=args.cache_timeout_ms / 1000,
+        store_timeout_s=args.store_timeout_ms / 1000,
+        replay_chunk_chars=max(1, args.replay_chunk_chars),
+        max_in_flight=args.max_in_flight,
+        max_model_in_flight=args.max_model_in_flight,
+        model_refresh_s=args.model_refresh,
+        limits=Limits(
+            max_text_chars=args.max_text_chars,
+            max_system_prompt_chars=args.max_system_prompt_chars,
+            max_history_turns=args.max_history_turns,
+            max_total_chars=args.max_total_chars,
+            max_new_tokens=args.max_new_tokens,
+            max_ttl_s=args.max_ttl,
+            max_request_bytes=args.max_request_bytes,
+        ),
+        breaker=BreakerConfig(
+            failure_threshold=args.breaker_failures,
+            open_s=args.breaker_open_ms / 1000,
+            max_open_s=args.breaker_max_open_ms / 1000,
+        ),
+        hot=HotConfig(max_entries=args.hot_entries, max_age_s=args.hot_max_age),
+        task_defaults=defaults,
+    )
+
+
+def _peer_tls(args: argparse.Namespace, peer: str) -> ClientTLS | None:
+    tls = client_tls(args, peer)
+    name = getattr(args, f"{peer}_tls_server_name")
+    return dataclasses.replace(tls, server_name=name) if tls is not None and name else tls
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging("gateway", args.log_level, args.log_format)
-    options = server_options(args)
+    config = config_from_args(args)
+    try:
+        tokens = TokenTable.load([args.tokens_file] if args.tokens_file else [], args.tokens)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"tokens: {exc}") from None
+    log.info("auth %s (%d tenants)", "on" if len(tokens) else "off: every call is tenant 'public'", len(tokens.tenants))
+    options = server_options(args, max_concurrent_rpcs=args.max_concurrent_rpcs or None)
 
     async def serve() -> None:
         # grpc.aio channels bind to the running loop: build them inside it.
         app = GatewayApp(
             args.cache_target,
             args.inference_target,
-            GatewayConfig(cache_timeout_s=args.cache_timeout_ms / 1000, max_text_chars=args.max_text_chars),
-            cache_tls=client_tls(args, "cache"),
-            inference_tls=client_tls(args, "inference"),
+            config,
+            cache_tls=_peer_tls(args, "cache"),
+            inference_tls=_peer_tls(args, "inference"),
+            tokens=tokens,
         )
         await run_until_signal(app, options)
 

@@ -1,30 +1,46 @@
-"""The cache-first flow: ask the cache under a tight deadline, fall through to the model, store after."""
+"""The cache-first flow: validate, ask the cache (hot layer first), else run the model once, store after.
+
+A request never gets worse because of the cache: lookups have a tight budget
+and a circuit breaker (:mod:`.front`), write-backs happen after the response,
+and identical concurrent misses share one model call (:mod:`.singleflight`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
-from gateway.core.ports import CachePort, InferencePort
+from gateway.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from gateway.core.calls import ModelCalls, complete, one, reply_answer, unusable, until_finished
+from gateway.core.front import CacheFront, FrontConfig, Found
+from gateway.core.hot import HotConfig, HotLayer
+from gateway.core.limits import Admission, Limits, Validator
+from gateway.core.policy import Plan, Policies, TaskDefaults, default_task_defaults
+from gateway.core.ports import CachePort, InferencePort, NullObserver, Observer
+from gateway.core.singleflight import Flight
+from gateway.core.stats import Counters
 from gateway.core.types import (
     TASK_CHAT,
     TASK_SENTIMENT,
-    CacheHit,
+    AnalyzeOutcome,
     CacheInfo,
     CacheRequest,
-    CacheStatus,
     ChatDelta,
     ChatOutcome,
     ClassifyOutcome,
+    GatewayStats,
+    InferenceChunk,
     ModelIdentity,
     Policy,
+    TenantStats,
     Timings,
 )
-from reprise.domain import Answer, Decoding, Turn, Usage
-from reprise.errors import InvalidArgument, Unavailable
+from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
+from reprise.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +49,19 @@ log = logging.getLogger(__name__)
 class GatewayConfig:
     #: Budget for a cache lookup; past it the request is treated as a miss.
     cache_timeout_s: float = 0.03
-    max_text_chars: int = 8_000
+    store_timeout_s: float = 2.0
     #: Characters per message when replaying a cached reply as a stream.
     replay_chunk_chars: int = 16
+    #: Requests in flight before RESOURCE_EXHAUSTED (0: no limit).
+    max_in_flight: int = 512
+    #: Model calls in flight before RESOURCE_EXHAUSTED (0: no limit). Hits never count.
+    max_model_in_flight: int = 32
+    #: How often the model identity (part of every key) is re-read from inference.
+    model_refresh_s: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    hot: HotConfig = field(default_factory=HotConfig)
+    task_defaults: Mapping[str, TaskDefaults] = field(default_factory=default_task_defaults)
 
 
 def _ms(since: float) -> float:
@@ -43,135 +69,98 @@ def _ms(since: float) -> float:
 
 
 class Gateway:
-    def __init__(self, cache: CachePort, inference: InferencePort, config: GatewayConfig = GatewayConfig()) -> None:
-        self._cache = cache
+    def __init__(
+        self,
+        cache: CachePort,
+        inference: InferencePort,
+        config: GatewayConfig = GatewayConfig(),
+        observer: Observer | None = None,
+    ) -> None:
         self._inference = inference
         self._config = config
+        self._observer = observer or NullObserver()
+        self.front = CacheFront(
+            cache,
+            CircuitBreaker(config.breaker, on_change=self._breaker_changed),
+            HotLayer(config.hot),
+            self._observer,
+            FrontConfig(lookup_timeout_s=config.cache_timeout_s, store_timeout_s=config.store_timeout_s),
+            on_invalidation=lambda: self._calls.drop_finished(),
+        )
+        self.validate = Validator(config.limits)
+        self._policies = Policies(config.task_defaults)
+        self.requests = Admission(config.max_in_flight, "gateway requests")
+        self.model_calls = Admission(config.max_model_in_flight, "model calls")
+        self._counters = Counters()
+        self._calls = ModelCalls(self.front, self.model_calls, self._counters, self._observer, config.cache_timeout_s)
         self._model: ModelIdentity | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+
+    def _breaker_changed(self, state: BreakerState) -> None:
+        level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
+        log.log(level, "cache circuit breaker %s", state.value)
+        self._observer.breaker(state.value)
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Learn the model identity (part of every cache key); waits for inference to be up."""
+        """Learn the model identity (part of every cache key), then follow invalidations."""
         delay = 0.1
         while True:
             try:
                 self._model = await self._inference.model_identity()
                 log.info("serving model %s revision %s", self._model.model_id, self._model.revision)
-                return
+                break
             except Unavailable as exc:
                 log.warning("waiting for inference: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._background = [
+            asyncio.ensure_future(self.front.watch_invalidations()),
+            asyncio.ensure_future(self._refresh_model()),
+        ]
 
     async def close(self) -> None:
-        """Let pending cache writes finish (they are short), so nothing computed is lost."""
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.front.close()
 
-    def _check_text(self, text: str) -> None:
-        if not text.strip():
-            raise InvalidArgument("text", "must not be empty")
-        if len(text) > self._config.max_text_chars:
-            raise InvalidArgument("text", f"is {len(text)} characters; the limit is {self._config.max_text_chars}")
-
-    def _request(self, namespace: str, task: str, text: str, **kw: object) -> CacheRequest:
-        if self._model is None:
-            raise Unavailable("gateway is starting: model identity unknown")
-        return CacheRequest(namespace=namespace, task=task, text=text, model=self._model, **kw)  # type: ignore[arg-type]
-
-    async def _lookup(self, request: CacheRequest, policy: Policy) -> tuple[CacheHit | None, CacheInfo]:
-        if policy.no_cache:
-            return None, CacheInfo(CacheStatus.BYPASS)
-        try:
-            hit = await self._cache.lookup(request, policy, self._config.cache_timeout_s)
-        except Exception as exc:  # a broken cache never breaks a request
-            log.warning("cache lookup failed, computing instead: %s", exc)
-            return None, CacheInfo(CacheStatus.BYPASS)
-        if hit is None:
-            return None, CacheInfo(CacheStatus.MISS)
-        return hit, hit.info
-
-    def _store_later(self, request: CacheRequest, answer: Answer, policy: Policy) -> None:
-        if policy.no_store:
-            return
-
-        async def store() -> None:
+    async def _refresh_model(self) -> None:
+        """A redeployed model has a new revision: keys must follow, or old answers would be served."""
+        while True:
+            await asyncio.sleep(self._config.model_refresh_s)
             try:
-                await self._cache.store(request, answer, policy)
-            except Exception as exc:
-                log.warning("cache store failed: %s", exc)
-
-        task = asyncio.ensure_future(store())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def classify(self, namespace: str, text: str, policy: Policy, timeout_s: float | None = None) -> ClassifyOutcome:
-        start = time.perf_counter()
-        self._check_text(text)
-        request = self._request(namespace, TASK_SENTIMENT, text)
-        hit, info = await self._lookup(request, policy)
-        cache_ms = _ms(start)
-        if hit is not None and hit.answer.sentiment is not None:
-            return ClassifyOutcome(hit.answer.sentiment, info, hit.answer.usage, Timings(_ms(start), cache_ms, 0.0))
-        t = time.perf_counter()
-        result, usage = await self._inference.classify(text, timeout_s)
-        inference_ms = _ms(t)
-        self._store_later(request, Answer(sentiment=result, usage=usage), policy)
-        return ClassifyOutcome(result, info, usage, Timings(_ms(start), cache_ms, inference_ms))
-
-    async def chat_stream(
-        self,
-        namespace: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None = None,
-    ) -> AsyncIterator[ChatDelta]:
-        start = time.perf_counter()
-        self._check_text(text)
-        request = self._request(
-            namespace, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding
-        )
-        hit, info = await self._lookup(request, policy)
-        cache_ms = _ms(start)
-        if hit is not None and hit.answer.reply is not None:
-            reply, n = hit.answer.reply, self._config.replay_chunk_chars
-            pieces = [reply[i : i + n] for i in range(0, len(reply), n)] or [""]
-            for i, piece in enumerate(pieces[:-1]):
-                yield ChatDelta(piece, cache=info if i == 0 else None)
-            yield ChatDelta(
-                pieces[-1],
-                cache=info if len(pieces) == 1 else None,
-                finish=hit.answer.finish,
-                usage=hit.answer.usage,
-                timings=Timings(_ms(start), cache_ms, 0.0),
-            )
-            return
-        t = time.perf_counter()
-        parts: list[str] = []
-        first = True
-        async for chunk in self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s):
-            parts.append(chunk.delta)
-            if chunk.finish is None:
-                yield ChatDelta(chunk.delta, cache=info if first else None)
-                first = False
+                model = await self._inference.model_identity()
+            except Exception as exc:  # keep the identity we have; inference may be restarting
+                log.info("model identity refresh failed: %s", exc)
                 continue
-            usage = chunk.usage or Usage()
-            # Only a complete, successful reply is stored.
-            self._store_later(request, Answer(reply="".join(parts), finish=chunk.finish, usage=usage), policy)
-            yield ChatDelta(
-                chunk.delta,
-                cache=info if first else None,
-                finish=chunk.finish,
-                usage=usage,
-                timings=Timings(_ms(start), cache_ms, _ms(t)),
-            )
+            if model != self._model:
+                log.warning("model changed: %s -> %s", self._model, model)
+                self._model = model
+                self.front.hot.clear()
+
+    @property
+    def model(self) -> ModelIdentity | None:
+        return self._model
+
+    def totals(self) -> TenantStats:
+        """Counters summed over tenants (for metrics)."""
+        return self._counters.total()
+
+    # -- public API (each call holds one admission slot) -----------------------------------
+
+    async def classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None = None) -> ClassifyOutcome:
+        with self.requests.slot():
+            self.validate.text(text)
+            self.validate.policy(policy)
+            return await self._classify(tenant, text, policy, timeout_s)
 
     async def chat(
         self,
-        namespace: str,
+        tenant: str,
         history: tuple[Turn, ...],
         text: str,
         system_prompt: str | None,
@@ -179,20 +168,238 @@ class Gateway:
         policy: Policy,
         timeout_s: float | None = None,
     ) -> ChatOutcome:
-        parts: list[str] = []
-        info = None
-        async for d in self.chat_stream(namespace, history, text, system_prompt, decoding, policy, timeout_s):
-            parts.append(d.delta)
-            info = d.cache or info
-            last = d
-        assert info is not None and last.timings is not None
-        return ChatOutcome("".join(parts), last.finish, info, last.usage or Usage(), last.timings)
+        with self.requests.slot():
+            self.validate.chat(history, text, system_prompt, decoding)
+            self.validate.policy(policy)
+            return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+
+    async def chat_stream(
+        self,
+        tenant: str,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        policy: Policy,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ChatDelta]:
+        with self.requests.slot():
+            self.validate.chat(history, text, system_prompt, decoding)
+            self.validate.policy(policy)
+            async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s):
+                yield delta
 
     async def analyze(
-        self, namespace: str, text: str, decoding: Decoding, policy: Policy, timeout_s: float | None = None
-    ) -> tuple[ClassifyOutcome, ChatOutcome]:
-        sentiment, reply = await asyncio.gather(
-            self.classify(namespace, text, policy, timeout_s),
-            self.chat(namespace, (), text, None, decoding, policy, timeout_s),
+        self,
+        tenant: str,
+        text: str,
+        decoding: Decoding,
+        policy: Policy,
+        tasks: tuple[str, ...] = (),
+        timeout_s: float | None = None,
+    ) -> AnalyzeOutcome:
+        with self.requests.slot():
+            wanted = self.validate.tasks(tasks)
+            self.validate.text(text)
+            self.validate.decoding(decoding)
+            self.validate.policy(policy)
+            jobs: dict[str, asyncio.Task[object]] = {}
+            if TASK_SENTIMENT in wanted:
+                jobs[TASK_SENTIMENT] = asyncio.ensure_future(self._classify(tenant, text, policy, timeout_s))
+            if TASK_CHAT in wanted:
+                jobs[TASK_CHAT] = asyncio.ensure_future(
+                    self._chat(tenant, (), text, None, decoding, policy, timeout_s)
+                )
+            try:
+                done, _ = await asyncio.wait(jobs.values(), return_when=asyncio.FIRST_EXCEPTION)
+                for job in done:
+                    job.result()  # the first failure fails the call
+            finally:
+                for job in jobs.values():
+                    job.cancel()
+            return AnalyzeOutcome(
+                jobs[TASK_SENTIMENT].result() if TASK_SENTIMENT in jobs else None,  # type: ignore[arg-type]
+                jobs[TASK_CHAT].result() if TASK_CHAT in jobs else None,  # type: ignore[arg-type]
+            )
+
+    async def stats(self, tenant: str) -> GatewayStats:
+        return GatewayStats(
+            tenant=tenant,
+            counters=self._counters.of(tenant),
+            breaker_state=self.front.breaker.state.value,
+            hot_active=self.front.hot.active,
+            hot_entries=len(self.front.hot),
+            in_flight=self.requests.in_flight,
+            model_in_flight=self.model_calls.in_flight,
+            cache_entries=await self.front.entries(tenant),
+            model=self._model,
+            rejected_overload=self.requests.rejected + self.model_calls.rejected,
         )
-        return sentiment, reply
+
+    # -- the flow ---------------------------------------------------------------------------
+
+    def _request(self, tenant: str, task: str, text: str, **kw: object) -> CacheRequest:
+        if self._model is None:
+            raise Unavailable("gateway is starting: model identity unknown")
+        return CacheRequest(namespace=tenant, task=task, text=text, model=self._model, **kw)  # type: ignore[arg-type]
+
+    def _finish(self, task: str, tenant: str, info: CacheInfo, start: float) -> None:
+        self._counters.count(tenant, info)
+        self._observer.request(task, info.status.value, info.hot, time.perf_counter() - start)
+
+    async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
+        start = time.perf_counter()
+        request = self._request(tenant, TASK_SENTIMENT, text)
+        plan = self._policies.plan(TASK_SENTIMENT, policy)
+        found = await self.front.find(request, plan, timeout_s)
+        if found.hit is not None and found.hit.entry.answer.sentiment is not None:
+            answer = found.hit.entry.answer
+            self._finish(TASK_SENTIMENT, tenant, found.info, start)
+            return ClassifyOutcome(
+                answer.sentiment, found.info, answer.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages)  # type: ignore[arg-type]
+            )
+
+        found = unusable(found, plan)  # a hit without a label (should not happen) is a miss
+
+        async def compute() -> tuple[SentimentResult, Usage]:
+            return await self._inference.classify(text, timeout_s)
+
+        def answer_of(items: list[object]) -> Answer | None:
+            result, usage = items[0]  # type: ignore[misc]
+            return Answer(sentiment=result, usage=usage)
+
+        flight, info = self._calls.join(TASK_SENTIMENT, request, found, plan, lambda: one(compute), answer_of)
+        t = time.perf_counter()
+        async with contextlib.aclosing(flight.read()) as items:
+            async for item in items:
+                result, usage = item  # type: ignore[misc]
+        inference_ms = _ms(t)
+        self._finish(TASK_SENTIMENT, tenant, info, start)
+        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
+        return ClassifyOutcome(result, info, usage, Timings(_ms(start), found.cache_ms, inference_ms, stages))
+
+    async def _chat(
+        self,
+        tenant: str,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        policy: Policy,
+        timeout_s: float | None,
+    ) -> ChatOutcome:
+        start = time.perf_counter()
+        request, plan, found = await self._chat_find(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        if found.hit is not None and found.hit.entry.answer.reply is not None:
+            a = found.hit.entry.answer
+            self._finish(TASK_CHAT, tenant, found.info, start)
+            return ChatOutcome(a.reply, a.finish, found.info, a.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages))  # type: ignore[arg-type]
+        found = unusable(found, plan)
+        flight, info = self._chat_flight(request, found, plan, history, text, system_prompt, decoding, timeout_s)
+        t = time.perf_counter()
+        parts: list[str] = []
+        last: InferenceChunk | None = None
+        async with contextlib.aclosing(flight.read()) as chunks:
+            async for chunk in chunks:
+                last = chunk  # type: ignore[assignment]
+                parts.append(last.delta)  # type: ignore[union-attr]
+        complete(last)
+        inference_ms = _ms(t)
+        self._finish(TASK_CHAT, tenant, info, start)
+        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
+        return ChatOutcome(
+            "".join(parts), last.finish, info, last.usage or Usage(), Timings(_ms(start), found.cache_ms, inference_ms, stages)  # type: ignore[union-attr]
+        )
+
+    async def _chat_find(
+        self,
+        tenant: str,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        policy: Policy,
+        timeout_s: float | None,
+    ) -> tuple[CacheRequest, Plan, Found]:
+        request = self._request(
+            tenant, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding
+        )
+        plan = self._policies.plan(TASK_CHAT, policy, decoding)
+        return request, plan, await self.front.find(request, plan, timeout_s)
+
+    def _chat_flight(
+        self,
+        request: CacheRequest,
+        found: Found,
+        plan: Plan,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        timeout_s: float | None,
+    ) -> tuple[Flight[object], CacheInfo]:
+        def source() -> AsyncIterator[object]:
+            return until_finished(self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s))  # type: ignore[return-value]
+
+        return self._calls.join(TASK_CHAT, request, found, plan, source, reply_answer)
+
+    async def _chat_stream(
+        self,
+        tenant: str,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        policy: Policy,
+        timeout_s: float | None,
+    ) -> AsyncIterator[ChatDelta]:
+        start = time.perf_counter()
+        request, plan, found = await self._chat_find(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        if found.hit is not None and found.hit.entry.answer.reply is not None:
+            async for delta in self._replay(found, start):
+                yield delta
+            self._finish(TASK_CHAT, tenant, found.info, start)
+            return
+        found = unusable(found, plan)
+        flight, info = self._chat_flight(request, found, plan, history, text, system_prompt, decoding, timeout_s)
+        t = time.perf_counter()
+        first: float | None = None
+        cache: CacheInfo | None = info
+        async with contextlib.aclosing(flight.read()) as chunks:
+            async for item in chunks:
+                chunk: InferenceChunk = item  # type: ignore[assignment]
+                if first is None:
+                    first = _ms(t)
+                if chunk.finish is None:
+                    yield ChatDelta(chunk.delta, cache=cache)
+                    cache = None
+                    continue
+                inference_ms = _ms(t)
+                stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms, "ttft": first}
+                self._finish(TASK_CHAT, tenant, info, start)
+                yield ChatDelta(
+                    chunk.delta,
+                    cache=cache,
+                    finish=chunk.finish,
+                    usage=chunk.usage or Usage(),
+                    timings=Timings(_ms(start), found.cache_ms, inference_ms, stages),
+                )
+                return
+        complete(None)
+
+    async def _replay(self, found: Found, start: float) -> AsyncIterator[ChatDelta]:
+        """A cached reply as a stream, in the same message format as a live one."""
+        answer = found.hit.entry.answer  # type: ignore[union-attr]
+        reply, n = answer.reply or "", self._config.replay_chunk_chars
+        pieces = [reply[i : i + n] for i in range(0, len(reply), n)] or [""]
+        t = time.perf_counter()
+        for i, piece in enumerate(pieces[:-1]):
+            yield ChatDelta(piece, cache=found.info if i == 0 else None)
+        stages = {**found.stages, "replay": _ms(t)}
+        yield ChatDelta(
+            pieces[-1],
+            cache=found.info if len(pieces) == 1 else None,
+            finish=answer.finish,
+            usage=answer.usage,
+            timings=Timings(_ms(start), found.cache_ms, 0.0, stages),
+        )

@@ -1,4 +1,4 @@
-"""Domain types of the gateway."""
+"""Domain types of the gateway (no grpc, no protobuf)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from reprise.domain import Answer, Decoding, Finish, SentimentResult, Turn, Usag
 
 TASK_SENTIMENT = "sentiment"
 TASK_CHAT = "chat"
+#: Every task the gateway knows; the order is the order Analyze reports them in.
+TASKS = (TASK_SENTIMENT, TASK_CHAT)
 
 
 class CacheStatus(str, enum.Enum):
@@ -20,14 +22,31 @@ class CacheStatus(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class CacheInfo:
+    """Where an answer came from, as reported to the caller."""
+
     status: CacheStatus
     similarity: float = 0.0
     matched_text: str = ""
+    #: The cache's exact key (served entry on a hit, this request's on a miss); "" when not asked.
+    key: str = ""
+    #: Served from the gateway's in-process hot-key layer.
+    hot: bool = False
+    #: Why the cache was bypassed.
+    reason: str = ""
+    #: The answer is (or, for a stream, will be once complete) written back.
+    store: bool = False
+    #: Computed for an identical request already in flight.
+    coalesced: bool = False
+    #: Why the cache's best semantic candidate was not served.
+    rejected_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Per-request cache policy (see CachePolicy in gateway.proto)."""
+    """Per-request cache policy as the caller sent it (see CachePolicy in gateway.proto).
+
+    ``None`` means "the task's default" (see :mod:`gateway.core.policy`).
+    """
 
     no_cache: bool = False
     no_store: bool = False
@@ -35,6 +54,7 @@ class Policy:
     min_similarity: float | None = None
     ttl_s: int | None = None
     max_age_s: int | None = None
+    cache_sampled: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +65,12 @@ class ModelIdentity:
 
 @dataclass(frozen=True, slots=True)
 class CacheRequest:
-    """What the gateway asks the cache about."""
+    """What the gateway asks the cache about.
+
+    Frozen and hashable on purpose: the object itself is the hot-key layer's
+    key and the singleflight key of requests the cache never keyed. It holds
+    the raw request, so equal objects always have equal cache keys.
+    """
 
     namespace: str
     task: str
@@ -57,9 +82,39 @@ class CacheRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheHit:
+class CachedEntry:
+    """An answer the cache served, with what the hot-key layer needs to keep it coherent."""
+
     answer: Answer
+    #: The cache's exact key of the entry.
+    key: str
+    #: Unix seconds; 0 when unknown.
+    created_at: float = 0.0
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    entry: CachedEntry
     info: CacheInfo
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """The cache's answer to a lookup: a hit, or a miss that still names the request's exact key."""
+
+    hit: CacheHit | None
+    key: str
+    rejected_reason: str = ""
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """What a write-back produced (feeds the hot-key layer)."""
+
+    key: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +122,7 @@ class Timings:
     total_ms: float = 0.0
     cache_ms: float = 0.0
     inference_ms: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +143,14 @@ class ChatOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyzeOutcome:
+    """Either part is ``None`` when the caller did not ask for it."""
+
+    sentiment: ClassifyOutcome | None
+    chat: ChatOutcome | None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatDelta:
     """One piece of a streamed reply. The first carries ``cache``; the last ``finish``, ``usage``, ``timings``."""
 
@@ -102,3 +166,46 @@ class InferenceChunk:
     delta: str
     finish: Finish | None = None
     usage: Usage | None = None
+
+
+class InvalidationKind(str, enum.Enum):
+    KEY = "key"
+    NAMESPACE = "namespace"
+    MODEL = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """One event of the cache's invalidation stream."""
+
+    kind: InvalidationKind
+    #: The key, the namespace, or the model id.
+    value: str
+    #: For MODEL events: one revision, or None for every revision.
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    requests: int = 0
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    hot_hits: int = 0
+    misses: int = 0
+    bypassed: int = 0
+    coalesced: int = 0
+    model_calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStats:
+    tenant: str
+    counters: TenantStats
+    breaker_state: str
+    hot_active: bool
+    hot_entries: int
+    in_flight: int
+    model_in_flight: int
+    cache_entries: int | None
+    model: ModelIdentity | None
+    rejected_overload: int

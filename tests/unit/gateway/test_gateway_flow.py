@@ -1,0 +1,298 @@
+"""The cache-first flow against in-memory ports: hits, misses, breaker, singleflight, hot layer, streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from gateway_fakes import FakeCache, FakeInference, key_of
+
+from gateway.core.breaker import BreakerConfig
+from gateway.core.flow import Gateway, GatewayConfig
+from gateway.core.hot import HotConfig
+from gateway.core.types import CacheStatus, Invalidation, InvalidationKind, Policy
+from reprise.domain import Decoding, Finish
+from reprise.errors import ResourceExhausted, Unavailable
+
+NS = "tenant-a"
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[tuple[Gateway, FakeCache, FakeInference]]:
+    cache, inference = FakeCache(), FakeInference()
+    gw = Gateway(
+        cache,
+        inference,
+        GatewayConfig(cache_timeout_s=0.05, breaker=BreakerConfig(failure_threshold=2, open_s=0.2), max_model_in_flight=4),
+    )
+    await gw.start()
+    await asyncio.sleep(0)  # let the invalidation watch subscribe
+    yield gw, cache, inference
+    await gw.close()
+
+
+async def settle() -> None:
+    """Let background write-backs run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_miss_then_store_then_hot_hit(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    first = await gw.classify(NS, "a good day", Policy())
+    assert first.cache.status is CacheStatus.MISS and first.cache.store and first.cache.key
+    assert first.timings.inference_ms > 0 and "lookup" in first.timings.stages_ms
+    await settle()
+    assert cache.stores == 1
+    again = await gw.classify(NS, "a good day", Policy())
+    # our own write-back went into the hot layer: no cache round trip at all
+    assert again.cache.status is CacheStatus.EXACT and again.cache.hot
+    assert again.result == first.result and again.timings.inference_ms == 0
+    assert cache.lookups == 1 and inference.classify_calls == 1
+    # another spelling: the cache (not the hot layer) knows it is the same key
+    other = await gw.classify(NS, "A GOOD DAY ", Policy())
+    assert other.cache.status is CacheStatus.EXACT and not other.cache.hot
+    assert cache.lookups == 2
+
+
+async def test_invalidation_event_drops_hot_entry(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    await settle()
+    hot = await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    assert hot.cache.hot
+    cache.invalidate_key(hot.cache.key)
+    await settle()
+    after = await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    assert after.cache.status is CacheStatus.MISS
+    assert inference.chat_calls == 2
+
+
+async def test_broken_watch_turns_hot_layer_off(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, _ = world
+    await gw.classify(NS, "a good day", Policy())
+    await settle()
+    assert gw.front.hot.active and len(gw.front.hot) == 1
+    cache.publish(None)  # the stream breaks
+    await settle()
+    assert not gw.front.hot.active and len(gw.front.hot) == 0
+    r = await gw.classify(NS, "a good day", Policy())
+    assert r.cache.status is CacheStatus.EXACT and not r.cache.hot
+
+
+async def test_no_hot_layer_without_watch() -> None:
+    cache, inference = FakeCache(), FakeInference()
+    cache.watchable = False
+    gw = Gateway(cache, inference, GatewayConfig(hot=HotConfig(max_entries=100)))
+    await gw.start()
+    try:
+        await gw.classify(NS, "text", Policy())
+        await settle()
+        r = await gw.classify(NS, "text", Policy())
+        assert r.cache.status is CacheStatus.EXACT and not r.cache.hot
+    finally:
+        await gw.close()
+
+
+async def test_cache_errors_are_misses_and_open_the_breaker(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    cache.fail = "UNAVAILABLE"
+    for i in range(2):
+        r = await gw.classify(NS, f"text {i}", Policy())
+        assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache error: UNAVAILABLE"
+    assert gw.front.breaker.state.value == "open"
+    lookups = cache.lookups
+    r = await gw.classify(NS, "text 3", Policy())
+    assert r.cache.reason == "circuit breaker open" and not r.cache.store
+    assert cache.lookups == lookups  # an open breaker costs the cache nothing
+    cache.fail = None
+    await asyncio.sleep(0.25)
+    r = await gw.classify(NS, "text 4", Policy())  # the half-open probe
+    assert r.cache.status is CacheStatus.MISS
+    assert gw.front.breaker.state.value == "closed"
+    assert inference.classify_calls == 4
+
+
+async def test_slow_cache_times_out_within_budget(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, _ = world
+    cache.delay_s = 5.0
+    r = await gw.classify(NS, "slow", Policy())
+    assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"
+    assert r.timings.stages_ms["lookup"] < 1000  # budget 50 ms; generous for a busy machine
+
+
+async def test_invalid_argument_from_cache_does_not_trip_breaker(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, _ = world
+    cache.fail = "INVALID_ARGUMENT"
+    for i in range(4):
+        await gw.classify(NS, f"t{i}", Policy())
+    assert gw.front.breaker.state.value == "closed"
+
+
+async def test_singleflight_50_identical_misses_one_model_call(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    inference.gate = asyncio.Event()
+    calls = [asyncio.ensure_future(gw.classify(NS, "same text", Policy())) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    inference.gate.set()
+    out = await asyncio.gather(*calls)
+    assert inference.classify_calls == 1
+    assert len({o.result for o in out}) == 1
+    assert sum(o.cache.coalesced for o in out) == 49
+    assert gw.model_calls.in_flight == 0
+    await settle()
+    assert cache.stores == 1
+
+
+async def test_streamed_singleflight_joiner_gets_whole_stream(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    inference.gate = asyncio.Event()
+
+    async def stream() -> list:  # type: ignore[type-arg]
+        return [d async for d in gw.chat_stream(NS, (), "tell me", None, Decoding(), Policy())]
+
+    a = asyncio.ensure_future(stream())
+    await asyncio.sleep(0.02)
+    b = asyncio.ensure_future(stream())
+    await asyncio.sleep(0.02)
+    inference.gate.set()
+    sa, sb = await a, await b
+    assert inference.chat_calls == 1
+    assert "".join(d.delta for d in sa) == "".join(d.delta for d in sb) == inference.reply
+    assert sa[0].cache is not None and sb[0].cache is not None and sb[0].cache.coalesced
+    assert sa[-1].finish is Finish.STOP and sb[-1].finish is Finish.STOP
+
+
+async def test_failed_stream_is_not_stored_and_not_joined(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    inference.fail_after = 2
+    got = []
+    with pytest.raises(Unavailable):
+        async for d in gw.chat_stream(NS, (), "break", None, Decoding(), Policy()):
+            got.append(d)
+    assert len(got) == 2 and got[0].cache.status is CacheStatus.MISS
+    await settle()
+    assert cache.stores == 0
+    inference.fail_after = None
+    r = await gw.chat(NS, (), "break", None, Decoding(), Policy())
+    assert r.cache.status is CacheStatus.MISS and not r.cache.coalesced
+    assert inference.chat_calls == 2
+
+
+async def test_cached_reply_replays_as_stream_in_pieces(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    live = [d async for d in gw.chat_stream(NS, (), "story", None, Decoding(), Policy())]
+    await settle()
+    replay = [d async for d in gw.chat_stream(NS, (), "story", None, Decoding(), Policy())]
+    assert replay[0].cache.status is CacheStatus.EXACT and len(replay) > 1
+    assert all(d.cache is None for d in replay[1:]) and all(d.timings is None for d in replay[:-1])
+    assert "".join(d.delta for d in replay) == "".join(d.delta for d in live)
+    assert replay[-1].finish == live[-1].finish and replay[-1].usage == live[-1].usage
+    assert "replay" in replay[-1].timings.stages_ms
+    assert inference.chat_calls == 1
+
+
+async def test_policies(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(no_store=True))
+    await settle()
+    assert not r.cache.store and cache.stores == 0
+    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(no_cache=True))
+    assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "no_cache policy"
+    await settle()
+    assert cache.stores == 1  # no_cache still stores
+    sampled = Decoding(temperature=0.9)
+    r = await gw.chat(NS, (), "p2", None, sampled, Policy())
+    assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "sampled decoding" and not r.cache.store
+    await settle()
+    assert cache.stores == 1
+    r = await gw.chat(NS, (), "p2", None, sampled, Policy(cache_sampled=True))
+    await settle()
+    assert r.cache.store and cache.stores == 2
+    # max_age 0: an entry stored before now is too old (hot layer and cache both honour it)
+    await asyncio.sleep(0.01)
+    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(max_age_s=0))
+    assert r.cache.status is CacheStatus.MISS
+
+
+async def test_tenants_do_not_share(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    await gw.classify("a", "shared words", Policy())
+    await settle()
+    r = await gw.classify("b", "shared words", Policy())
+    assert r.cache.status is CacheStatus.MISS
+    assert inference.classify_calls == 2
+    assert (await gw.stats("a")).counters.misses == 1
+
+
+async def test_model_calls_are_bounded(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    inference.gate = asyncio.Event()
+    busy = [asyncio.ensure_future(gw.classify(NS, f"busy {i}", Policy())) for i in range(4)]
+    await asyncio.sleep(0.02)
+    with pytest.raises(ResourceExhausted):
+        await gw.classify(NS, "one more", Policy())
+    # a hit does not need the model: still served
+    inference.gate.set()
+    await asyncio.gather(*busy)
+    assert gw.model_calls.in_flight == 0 and gw.model_calls.rejected == 1
+
+
+async def test_deadline_reaches_inference(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    await gw.classify(NS, "deadline", Policy(), timeout_s=1.5)
+    assert inference.timeouts == [1.5]
+
+
+async def test_analyze_runs_requested_parts(world) -> None:  # type: ignore[no-untyped-def]
+    gw, _, inference = world
+    both = await gw.analyze(NS, "bad food", Decoding(), Policy())
+    assert both.sentiment is not None and both.chat is not None
+    assert both.sentiment.result.label.value == "negative"
+    only = await gw.analyze(NS, "bad food 2", Decoding(), Policy(), tasks=("chat",))
+    assert only.sentiment is None and only.chat is not None
+
+
+async def test_hot_key_matches_cache_key_helper() -> None:
+    # guard for the fake itself: spelling variants share a key, tenants do not
+    from gateway.core.types import CacheRequest
+
+    from gateway_fakes import MODEL
+
+    a = CacheRequest("a", "chat", "Hi", MODEL)
+    assert key_of(a) == key_of(CacheRequest("a", "chat", " hi", MODEL))
+    assert key_of(a) != key_of(CacheRequest("b", "chat", "Hi", MODEL))
+    assert Invalidation(InvalidationKind.KEY, key_of(a)).value == key_of(a)
+
+
+async def test_hot_copy_past_its_age_is_served_when_the_cache_fails() -> None:
+    cache, inference = FakeCache(), FakeInference()
+    gw = Gateway(cache, inference, GatewayConfig(hot=HotConfig(max_age_s=0.0)))
+    await gw.start()
+    await asyncio.sleep(0)
+    try:
+        await gw.classify(NS, "kept", Policy())
+        await settle()
+        again = await gw.classify(NS, "kept", Policy())  # hot copy too old: the cache is asked
+        assert again.cache.status is CacheStatus.EXACT and not again.cache.hot
+        cache.fail = "UNAVAILABLE"
+        r = await gw.classify(NS, "kept", Policy())
+        assert r.cache.status is CacheStatus.EXACT and r.cache.hot
+        assert r.cache.reason == "hot copy served: cache error: UNAVAILABLE"
+        assert inference.classify_calls == 1
+    finally:
+        await gw.close()
+
+
+async def test_streamed_miss_is_stored_even_if_the_reader_stops_at_the_last_piece(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    stream = gw.chat_stream(NS, (), "stop early", None, Decoding(), Policy())
+    async for d in stream:
+        if d.finish is not None:
+            break  # what the servicer effectively does: the last message is sent, the call ends
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    assert cache.stores == 1
+    again = await gw.chat(NS, (), "stop early", None, Decoding(), Policy())
+    assert again.cache.status is CacheStatus.EXACT and inference.chat_calls == 1
