@@ -3,6 +3,12 @@
 Used by ``make demo`` (a scripted tour), ``make up`` (stay in the foreground
 until Ctrl-C), the benchmarks and the fault drills. Everything it starts it
 also stops, whatever happens.
+
+Pinning: given CPU lists, every process is started through ``deploy/pin.sh``,
+the same script the Kubernetes entrypoint runs, so the inference service gets
+cores of its own here exactly as it does under the kubelet's static CPU
+manager. :func:`plan_cpus` splits the CPUs this process may use the way
+``make up`` and ``make bench`` do.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+PIN = ROOT / "deploy" / "pin.sh"
 
 
 def free_port() -> int:
@@ -50,12 +57,62 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None =
     raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f}s")
 
 
-class RedisServer:
-    """A private redis-server on a free port, no persistence, in a temp dir."""
+def compress_cpus(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the kernel's CPU-list format that pin.sh takes)."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+
+def plan_cpus(allowed: Sequence[int] | None = None) -> tuple[str, str]:
+    """Split CPUs into (frontend, inference) lists, as a node would be split between pods.
+
+    The inference service gets cores of its own (the last ones); gateway, cache
+    and Redis share the first quarter (at least one). With a single CPU there is
+    nothing to split and both lists are empty (no pinning).
+    """
+    cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    if len(cpus) < 2:
+        return "", ""
+    n_front = max(1, len(cpus) // 4)
+    return compress_cpus(cpus[:n_front]), compress_cpus(cpus[n_front:])
+
+
+def pinned(cpus: str, argv: list[str]) -> list[str]:
+    """``argv`` run through ``deploy/pin.sh`` on ``cpus``; unchanged when ``cpus`` is empty."""
+    return [str(PIN), cpus, "--", *argv] if cpus else argv
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RedisServer:
+    """A private redis-server on a free port in a temp dir.
+
+    No persistence by default. With ``persist=True`` every write goes to an
+    append-only file (fsync always), so :meth:`restart` brings the same
+    entries back, as a StatefulSet's Redis on its volume does.
+    """
+
+    def __init__(
+        self, port: int | None = None, password: str | None = None, *, persist: bool = False, cpus: str = ""
+    ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.persist = persist
+        self.cpus = cpus
         self._dir = tempfile.mkdtemp(prefix="reprise-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -68,11 +125,12 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--dir", self._dir, "--protected-mode", "no"]
         if self.password:
             args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(pinned(self.cpus, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -82,13 +140,22 @@ class RedisServer:
             time.sleep(0.05)
         raise TimeoutError("redis-server did not start")
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> RedisServer:
+        """Stop (SIGTERM: an AOF server flushes) and start again on the same port and directory."""
+        self._terminate()
+        return self.start()
+
+    def stop(self) -> None:
+        self._terminate()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -112,6 +179,21 @@ class ServiceProcess:
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> int | None:
+        """SIGKILL: a crash, as far as everyone else can tell."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        assert self.proc is not None
+        self.proc.kill()
+        return self.proc.wait()
 
     def stop(self, timeout_s: float = 30) -> int | None:
         """SIGTERM (graceful), then SIGKILL after ``timeout_s``."""
@@ -141,6 +223,9 @@ class StackConfig:
     extra_cache_args: Sequence[str] = ()
     extra_inference_args: Sequence[str] = ()
     ready_timeout_s: float = 900.0
+    #: Redis keeps an append-only file, so a Redis restart keeps the entries.
+    redis_persist: bool = False
+    redis_password: str | None = None
 
 
 class Stack:
@@ -149,14 +234,9 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer()
-        py = sys.executable
         c = config
-
-        def pinned(cpus: str, argv: list[str]) -> list[str]:
-            if not cpus:
-                return argv
-            return [str(ROOT / "deploy" / "pin.sh"), cpus, "--", *argv]
+        self.redis = RedisServer(password=c.redis_password, persist=c.redis_persist, cpus=c.frontend_cpus)
+        py = sys.executable
 
         self.inference = ServiceProcess(
             "inference",
@@ -203,6 +283,13 @@ class Stack:
                 raise RuntimeError(f"{svc.name} did not become ready: {exc}\n--- {svc.log_path} ---\n{tail}") from exc
         return self
 
+    def restart(self, svc: ServiceProcess, timeout_s: float | None = None) -> None:
+        """Start ``svc`` again (after a kill or stop) on its port and wait until it is SERVING."""
+        if svc.alive():
+            svc.stop()
+        svc.start()
+        wait_serving(svc.address, self.config.ready_timeout_s if timeout_s is None else timeout_s, svc.proc)
+
     def stop(self) -> None:
         for svc in reversed(self.services):
             svc.stop()
@@ -228,6 +315,8 @@ Reprise is up (Ctrl-C stops everything):
   inference  {stack.inference.address}   (reprise.inference.v1.Inference)
   redis      {stack.redis.url}
   logs       {stack.config.run_dir}/*.log
+  cpus       inference {stack.config.inference_cpus or "unpinned"}, gateway/cache/redis {stack.config.frontend_cpus or "unpinned"}
+             (deploy/pin.sh, as in the Kubernetes entrypoint; --no-pin to turn off)
 
 Try:
   grpcurl -plaintext {gw} list
@@ -248,14 +337,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("command", choices=["up"], help="up: start everything and stay in the foreground")
     parser.add_argument("--model", default=os.environ.get("REPRISE_MODEL", "default"))
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("REPRISE_GATEWAY_PORT", "50050")))
-    parser.add_argument("--inference-cpus", default=os.environ.get("REPRISE_INFERENCE_CPUS", ""))
-    parser.add_argument("--frontend-cpus", default=os.environ.get("REPRISE_FRONTEND_CPUS", ""))
+    parser.add_argument("--inference-cpus", default=os.environ.get("REPRISE_UP_INFERENCE_CPUS", "auto"),
+                        help="CPU list for the inference service; 'auto': all but the first quarter of the CPUs")
+    parser.add_argument("--frontend-cpus", default=os.environ.get("REPRISE_UP_FRONTEND_CPUS", "auto"),
+                        help="CPU list for gateway, cache and Redis; 'auto': the first quarter (at least one)")
+    parser.add_argument("--no-pin", action="store_true", help="run every process unpinned")
     args = parser.parse_args(argv)
+    front, infer = ("", "") if args.no_pin else plan_cpus()
     config = StackConfig(
         model=args.model,
         gateway_port=args.gateway_port,
-        inference_cpus=args.inference_cpus,
-        frontend_cpus=args.frontend_cpus,
+        inference_cpus="" if args.no_pin else (infer if args.inference_cpus == "auto" else args.inference_cpus),
+        frontend_cpus="" if args.no_pin else (front if args.frontend_cpus == "auto" else args.frontend_cpus),
     )
     stop = False
 

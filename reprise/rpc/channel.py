@@ -19,6 +19,9 @@ def retry_service_config(services: Sequence[str], max_attempts: int = 3) -> str:
     """
     return json.dumps(
         {
+            # Balance over every address the name resolves to: with a headless Kubernetes
+            # Service (dns:///name:port) that is every pod; one address behaves as pick_first.
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": s} for s in services],

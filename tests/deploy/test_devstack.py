@@ -1,0 +1,56 @@
+"""reprise/devstack.py's deploy-facing parts: the CPU plan `make up` uses, pinning through
+deploy/pin.sh, and a Redis that keeps its entries across a restart (as the StatefulSet's does)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+import redis
+
+from reprise.devstack import RedisServer, ServiceProcess, compress_cpus, pinned, plan_cpus, rss_bytes
+
+pytestmark = pytest.mark.integration
+LAST = max(os.sched_getaffinity(0))
+
+
+def test_cpu_plan_gives_inference_cores_of_its_own() -> None:
+    assert plan_cpus([0]) == ("", "")  # nothing to split
+    assert plan_cpus([0, 1]) == ("0", "1")
+    assert plan_cpus(range(8)) == ("0-1", "2-7")
+    assert plan_cpus([4, 5, 6, 7, 12, 13, 14, 15]) == ("4-5", "6-7,12-15")
+    assert compress_cpus([3, 1, 2, 9]) == "1-3,9"
+    assert pinned("", ["x"]) == ["x"] and pinned("1", ["x"])[1:] == ["1", "--", "x"]
+
+
+def test_pinned_processes_run_on_their_cpus(tmp_path) -> None:
+    svc = ServiceProcess("probe", pinned(str(LAST), [sys.executable, "-c", "import time; time.sleep(30)"]), 0,
+                         tmp_path / "probe.log")
+    svc.start()
+    try:
+        for _ in range(200):  # until pin.sh -> numactl/taskset -> python have exec'd (same pid)
+            status = open(f"/proc/{svc.pid}/status").read()
+            argv = open(f"/proc/{svc.pid}/cmdline").read().split("\0")
+            if argv[:2] == [sys.executable, "-c"]:
+                break
+            time.sleep(0.05)
+        assert f"Cpus_allowed_list:\t{LAST}\n" in status
+        assert rss_bytes(svc.pid) > 0
+    finally:
+        assert svc.kill() is not None
+    assert "reprise-pin: cpus" in (tmp_path / "probe.log").read_text()
+
+
+def test_persistent_redis_keeps_entries_across_a_restart() -> None:
+    server = RedisServer(persist=True, password="s3cret", cpus=str(LAST)).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.set("reprise:drill", "kept")
+        server.restart()
+        assert redis.Redis.from_url(server.url).get("reprise:drill") == b"kept"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, password="wrong").ping()
+    finally:
+        server.stop()
