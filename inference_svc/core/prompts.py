@@ -1,16 +1,86 @@
 """The prompts that turn one chat model into several tasks.
 
-The system prompts are static, so their KV is computed once and reused by
-every request of the task (see the engine).
+The system prompts (and the sentiment few-shot examples) are static, so
+their KV is computed once at start and every request continues from it:
+examples in the prompt cost memory, not time.
 """
 
 from __future__ import annotations
 
-SENTIMENT_SYSTEM_PROMPT = (
-    "You are a sentiment classifier. Read the user's text (English or Chinese) and answer with "
-    "exactly one word: Positive or Negative."
+from dataclasses import dataclass, field
+
+from reprise.domain import Label
+
+
+@dataclass(frozen=True)
+class SentimentPrompt:
+    """How sentiment is asked and scored.
+
+    The label is read from the next-token logits after the chat template's
+    assistant header: each label's score is the log-sum-exp of the logits of
+    the first tokens of its ``label_words``, and
+    ``P(positive) = sigmoid(score_pos - score_neg - bias)``. ``bias`` is a
+    calibration constant fitted on a development split (see
+    ``bench/inference/sentiment_tune.py``); it corrects the model's prior
+    towards one label.
+    """
+
+    system: str
+    #: Few-shot (text, label) turns placed after the system prompt, inside the cached prefix.
+    examples: tuple[tuple[str, Label], ...] = ()
+    label_words: dict[Label, tuple[str, ...]] = field(
+        default_factory=lambda: {Label.POSITIVE: ("Positive",), Label.NEGATIVE: ("Negative",)}
+    )
+    bias: float = 0.0
+    #: Calibration for texts written mostly in CJK characters (the model's prior differs by language);
+    #: ``None`` uses ``bias``.
+    bias_cjk: float | None = None
+    #: The user message around the text (``{text}``); a question after the text helps small models.
+    user_template: str = "{text}"
+
+    def bias_for(self, text: str) -> float:
+        if self.bias_cjk is not None and is_mostly_cjk(text):
+            return self.bias_cjk
+        return self.bias
+
+    def user(self, text: str) -> str:
+        return self.user_template.replace("{text}", text)
+
+    def answer(self, label: Label) -> str:
+        return self.label_words[label][0]
+
+
+def is_mostly_cjk(text: str) -> bool:
+    """True when at least 30% of the letters are CJK ideographs (a cheap, model-free language check)."""
+    letters = [c for c in text if c.isalpha()]
+    cjk = sum("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in letters)
+    return bool(letters) and cjk >= 0.3 * len(letters)
+
+
+#: Written for this prompt (not taken from any evaluation set): both languages, mixed reviews,
+#: a sarcastic complaint and a polite one, so the model sees the cases it gets wrong zero-shot.
+FEW_SHOT: tuple[tuple[str, Label], ...] = (
+    ("Thanks for the quick rebooking, the crew was lovely!", Label.POSITIVE),
+    ("这家酒店房间太小，空调还坏了，前台态度也很差。", Label.NEGATIVE),
+    ("Been on hold for two hours now. Great service, as always...", Label.NEGATIVE),
+    ("价格有点贵，但是质量确实很好，总体满意。", Label.POSITIVE),
+    ("外观不错，可惜用了两天就坏了，很失望。", Label.NEGATIVE),
+    ("Not bad at all, the seats were comfier than I expected.", Label.POSITIVE),
+    ("Flight delayed again and nobody tells us anything.", Label.NEGATIVE),
+    ("书的内容很充实，物流也快，值得购买。", Label.POSITIVE),
 )
-#: The label words; the engine scores the first token of each at the answer position.
-SENTIMENT_LABELS = ("Positive", "Negative")
+
+#: Chosen on the dev split with ``python -m bench.inference.sentiment_tune`` (see docs/inference.md).
+SENTIMENT = SentimentPrompt(
+    system=(
+        "You are a sentiment classifier. Read the user's text (English or Chinese) and answer with "
+        "exactly one word: Positive or Negative."
+    ),
+    examples=FEW_SHOT,
+    user_template="{text}\n\nIs the sentiment of this text Positive or Negative?",
+    # Dev split: English 0.89 -> 0.94 with this bias; Chinese is best uncorrected (0.78).
+    bias=0.6875,
+    bias_cjk=0.0,
+)
 
 CHAT_SYSTEM_PROMPT = "You are Reprise, a concise and helpful assistant. Answer briefly."

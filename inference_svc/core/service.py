@@ -1,4 +1,4 @@
-"""The inference service's domain API: validation, readiness, and the worker hand-off.
+"""The inference service's domain API: validation, readiness, batching and the worker hand-off.
 
 The servicer translates protobuf to these calls; nothing here knows about gRPC.
 """
@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from inference_svc.core.engine import ChatChunk, Engine, ModelDescription
+from inference_svc.core.batcher import ClassifyBatcher
+from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding, Role, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
@@ -20,6 +21,15 @@ class Limits:
     max_text_chars: int = 32_000
     max_history_turns: int = 64
     max_new_tokens: int = 1024
+    max_stop_strings: int = 8
+    max_stop_chars: int = 64
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch: int = 16
+    max_wait_ms: float = 3.0
+    max_pending: int = 256
 
 
 @dataclass(frozen=True)
@@ -32,10 +42,15 @@ class Classified:
 
 
 class InferenceService:
-    def __init__(self, engine: Engine, worker: ModelWorker, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, engine: Engine, worker: ModelWorker, limits: Limits = Limits(), batching: Batching = Batching()
+    ) -> None:
         self._engine = engine
         self._worker = worker
         self._limits = limits
+        self._batcher: ClassifyBatcher[Classification] = ClassifyBatcher(
+            worker, engine.classify_batch, batching.max_batch, batching.max_wait_ms / 1000, batching.max_pending
+        )
         self._ready = False
 
     async def start(self) -> None:
@@ -51,7 +66,7 @@ class InferenceService:
 
     @property
     def queue_depth(self) -> int:
-        return self._worker.depth
+        return self._worker.depth + self._batcher.pending
 
     def _check_ready(self) -> None:
         if not self._ready:
@@ -65,8 +80,9 @@ class InferenceService:
 
     def _check_chat(self, history: tuple[Turn, ...], text: str, decoding: Decoding) -> None:
         self._check_text(text)
-        if len(history) > self._limits.max_history_turns:
-            raise InvalidArgument("history", f"has {len(history)} turns; the limit is {self._limits.max_history_turns}")
+        lim = self._limits
+        if len(history) > lim.max_history_turns:
+            raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
         for i, turn in enumerate(history):
             if not turn.content.strip():
                 raise InvalidArgument(f"history[{i}].content", "must not be empty")
@@ -77,22 +93,20 @@ class InferenceService:
             raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
         if decoding.top_p is not None and not 0.0 < decoding.top_p <= 1.0:
             raise InvalidArgument("decoding.top_p", "must be in (0, 1]")
-        if decoding.max_new_tokens is not None and not 1 <= decoding.max_new_tokens <= self._limits.max_new_tokens:
-            raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {self._limits.max_new_tokens}]")
+        if decoding.max_new_tokens is not None and not 1 <= decoding.max_new_tokens <= lim.max_new_tokens:
+            raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {lim.max_new_tokens}]")
+        if len(decoding.stop) > lim.max_stop_strings:
+            raise InvalidArgument("decoding.stop", f"has {len(decoding.stop)} strings; the limit is {lim.max_stop_strings}")
+        for i, stop in enumerate(decoding.stop):
+            if not stop or len(stop) > lim.max_stop_chars:
+                raise InvalidArgument(f"decoding.stop[{i}]", f"must be 1 to {lim.max_stop_chars} characters")
 
     async def classify(self, text: str) -> Classified:
         self._check_ready()
         self._check_text(text)
-        queued = time.perf_counter()
-        started: list[float] = []
-
-        def run(_cancelled: object) -> tuple[SentimentResult, Usage]:
-            started.append(time.perf_counter())
-            return self._engine.classify(text)
-
-        result, usage = await self._worker.call(run)
-        done = time.perf_counter()
-        return Classified(result, usage, (started[0] - queued) * 1000, (done - started[0]) * 1000)
+        out = await self._batcher.classify(text)
+        c = out.value
+        return Classified(c.result, c.usage, out.queue_ms, out.compute_ms, out.batch_size)
 
     async def chat_stream(
         self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding
@@ -100,6 +114,8 @@ class InferenceService:
         """Yields (chunk, queue_ms); queue_ms is the same on every chunk."""
         self._check_ready()
         self._check_chat(history, text, decoding)
+        if system_prompt is not None and len(system_prompt) > self._limits.max_text_chars:
+            raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {self._limits.max_text_chars}")
         queued = time.perf_counter()
         started: list[float] = []
 

@@ -2,72 +2,148 @@
 
 torch releases the GIL inside its kernels, but the model is not safe to call
 from several threads and two concurrent forward passes would only fight over
-the same cores. So exactly one thread runs model code. The asyncio side
-submits a job and awaits a future (or an async iterator for streams); results
-and exceptions come back through ``loop.call_soon_threadsafe`` as values, so a
-failing request never kills the worker. A full queue is refused at once with
-:class:`~reprise.errors.ResourceExhausted` instead of piling up.
+the same cores. So exactly one thread runs model code.
+
+Two kinds of job:
+
+- *calls* run to completion (a classify batch, loading, warm-up);
+- *streams* are generators (a chat reply) advanced one item (token) at a
+  time. Between two tokens of the active streams the worker runs every
+  waiting call, so a classify request waits for at most one decode step, not
+  for a whole reply, and several chats interleave token by token.
+
+Results and exceptions travel back through ``loop.call_soon_threadsafe`` as
+values, so a failing request never kills the worker. A full queue is refused
+at once with :class:`~reprise.errors.ResourceExhausted`; a caller that goes
+away (cancelled, deadline) sets the job's ``cancelled`` event and its stream
+is closed before the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from inference_svc.core.metrics import METRICS
 from reprise.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_STREAM_END = object()
+_END = object()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    run: Callable[[], None]
+    #: For calls: runs the whole job. For streams: returns the iterator to advance.
+    run: Callable[[], Any]
+    stream: bool = False
     #: Set when the caller went away (cancelled, deadline): the job may skip or stop early.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    deliver: Callable[[bool, Any], None] = lambda ok, item: None
+    iterator: Iterator[Any] | None = None
 
 
 class ModelWorker:
-    """A single daemon thread executing jobs from a bounded FIFO queue."""
+    """A single daemon thread running calls and interleaved streams from a bounded queue."""
 
-    def __init__(self, max_queue: int, name: str = "model-worker") -> None:
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+    def __init__(self, max_queue: int, max_active_streams: int = 4, name: str = "model-worker") -> None:
+        self.max_queue = max_queue
+        self.max_active_streams = max_active_streams
+        self._cond = threading.Condition()
+        self._calls: deque[_Job] = deque()
+        self._waiting_streams: deque[_Job] = deque()
+        self._active: list[_Job] = []
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._closed = False
+        self._closing = False
 
     def start(self) -> None:
         self._thread.start()
 
     @property
     def depth(self) -> int:
-        """Jobs waiting (not counting the one running)."""
-        return self._queue.qsize()
+        """Jobs waiting (not counting running calls and streams being decoded)."""
+        return len(self._calls) + len(self._waiting_streams)
+
+    # -- the worker thread ----------------------------------------------------
 
     def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while True:
+            with self._cond:
+                while not (self._calls or self._waiting_streams or self._active or self._closing):
+                    self._cond.wait()
+                if self._closing and not (self._calls or self._waiting_streams or self._active):
+                    return
+                calls = list(self._calls)
+                self._calls.clear()
+                while self._waiting_streams and len(self._active) < self.max_active_streams:
+                    self._active.append(self._waiting_streams.popleft())
+                self._publish()
+            for job in calls:
+                if not job.cancelled.is_set():
+                    self._run_call(job)
+            for job in list(self._active):
+                if not self._step(job):
+                    self._active.remove(job)
+            METRICS.active_streams.set(len(self._active))
+
+    def _publish(self) -> None:
+        METRICS.queue_depth.set(self.depth)
+
+    @staticmethod
+    def _run_call(job: _Job) -> None:
+        try:
+            job.run()
+        except BaseException:  # the job reports its own errors; this is a bug guard
+            log.exception("model worker job crashed")
+
+    @staticmethod
+    def _step(job: _Job) -> bool:
+        """Advance a stream by one item; False when it is finished."""
+        try:
+            if job.iterator is None:
+                job.iterator = job.run()
             if job.cancelled.is_set():
-                continue
+                raise StopIteration
+            job.deliver(True, next(job.iterator))
+            return True
+        except StopIteration:
+            pass
+        except Exception as exc:  # passed back as a value: the worker survives
+            job.deliver(False, exc)
+        except BaseException:
+            log.exception("model worker stream crashed")
+        if job.iterator is not None:
             try:
-                job.run()
-            except BaseException:  # the job reports its own errors; this is a bug guard
-                log.exception("model worker job crashed")
+                job.iterator.close()  # runs the generator's cleanup (e.g. storing its KV)
+            except Exception:
+                log.exception("closing a stream failed")
+        job.deliver(True, _END)
+        return False
+
+    # -- the asyncio side -------------------------------------------------------
 
     def _put(self, job: _Job) -> None:
-        if self._closed:
-            raise Unavailable("inference service is shutting down")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ResourceExhausted(
-                f"inference queue is full ({self._queue.maxsize} waiting); retry with backoff"
-            ) from None
+        with self._cond:
+            if self._closing:
+                raise Unavailable("inference service is shutting down")
+            if self.depth >= self.max_queue:
+                raise ResourceExhausted(f"inference queue is full ({self.max_queue} waiting); retry with backoff")
+            (self._waiting_streams if job.stream else self._calls).append(job)
+            self._publish()
+            self._cond.notify()
+
+    def submit(self, fn: Callable[[threading.Event], None]) -> threading.Event:
+        """Queue ``fn(cancelled)`` without waiting for it (thread-safe). Returns its cancel event."""
+        job = _Job(run=lambda: None)
+        job.run = lambda: fn(job.cancelled)
+        self._put(job)
+        return job.cancelled
 
     async def call(self, fn: Callable[[threading.Event], T]) -> T:
         """Run ``fn(cancelled)`` on the worker and return its result (or raise its exception)."""
@@ -75,19 +151,15 @@ class ModelWorker:
         future: asyncio.Future[T] = loop.create_future()
 
         def settle(ok: bool, value: Any) -> None:
-            if future.done():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            if not future.done():
+                future.set_result(value) if ok else future.set_exception(value)
 
         job = _Job(run=lambda: None)
 
         def run() -> None:
             try:
                 result = fn(job.cancelled)
-            except Exception as exc:  # passed back as a value: the worker survives
+            except Exception as exc:
                 loop.call_soon_threadsafe(settle, False, exc)
             else:
                 loop.call_soon_threadsafe(settle, True, result)
@@ -104,34 +176,20 @@ class ModelWorker:
         """Run the generator ``fn(cancelled)`` on the worker, yielding its items here as they come.
 
         When the consumer stops iterating (client cancelled, deadline), the
-        ``cancelled`` event is set and the generator is closed at its next item,
-        so decoding stops within one token.
+        ``cancelled`` event is set and the generator is closed before its next item.
         """
         loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Any] = asyncio.Queue()
-        job = _Job(run=lambda: None)
-
-        def run() -> None:
-            gen = fn(job.cancelled)
-            try:
-                for item in gen:
-                    loop.call_soon_threadsafe(items.put_nowait, (True, item))
-                    if job.cancelled.is_set():
-                        break
-            except Exception as exc:
-                loop.call_soon_threadsafe(items.put_nowait, (False, exc))
-            finally:
-                gen.close()
-                loop.call_soon_threadsafe(items.put_nowait, (True, _STREAM_END))
-
-        job.run = run
+        items: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        job = _Job(run=lambda: None, stream=True)
+        job.run = lambda: fn(job.cancelled)
+        job.deliver = lambda ok, item: loop.call_soon_threadsafe(items.put_nowait, (ok, item))
         self._put(job)
         try:
             while True:
                 ok, item = await items.get()
                 if not ok:
                     raise item
-                if item is _STREAM_END:
+                if item is _END:
                     return
                 yield item
         finally:
@@ -139,9 +197,10 @@ class ModelWorker:
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, let queued ones finish, and join the thread."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
         if self._thread.is_alive():
-            self._queue.put(None)
             self._thread.join(timeout)

@@ -1,0 +1,395 @@
+"""``python -m bench.inference`` (``make bench-inference``): the inference benchmark, one run, one machine.
+
+Writes ``bench/results/inference.json`` and ``bench/results/inference.md``.
+Run it under ``flock /tmp/reprise-bench.lock`` (the Make target does) so no
+other measurement shares the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.inference import datasets, peer, report
+from bench.inference.baseline import GenerateBaseline
+from inference_svc.core import model_source, placement
+from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.kv import PrefixIndex
+from reprise.domain import Decoding, Role, Turn
+
+log = logging.getLogger("bench.inference")
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT_TEXT = (
+    "Caching is a technique that stores copies of data in a faster storage layer so that future requests for that "
+    "data can be served more quickly. " * 40
+)
+FORMATS = [("fp32", "dense"), ("bf16", "dense"), ("bf16", "int8"), ("bf16", "int4")]
+AGREEMENT_PROMPTS = [
+    "Write a Python function that checks whether a number is prime.",
+    "Explain what a hash map is in two sentences.",
+    "What is the difference between a process and a thread?",
+    "Give three tips for writing readable code.",
+    "用一句话解释什么是缓存。",
+    "Translate 'good morning' into French and Spanish.",
+]
+MULTI_TURN = [
+    "Explain in detail how an LRU cache works and how to implement one in Python.",
+    "Now explain how Redis implements eviction and how that differs.",
+    "Compare that with how a CPU cache works, in detail.",
+    "Write a complete, commented Python implementation of a thread-safe LRU cache.",
+    "Summarize everything we discussed in three bullet points.",
+]
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+# -- machine -----------------------------------------------------------------
+
+
+def memory_bandwidth_gbs() -> dict[str, float]:
+    """Streaming read (sum) and copy of 512 MB with torch on the pinned threads."""
+    a = torch.ones(128 * 1024 * 1024)
+    b = torch.empty_like(a)
+    read, copy = [], []
+    for _ in range(7):
+        start = time.perf_counter()
+        a.sum()
+        read.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b.copy_(a)
+        copy.append(time.perf_counter() - start)
+    nbytes = a.numel() * 4
+    return {"read": nbytes / statistics.median(read) / 1e9, "copy": 2 * nbytes / statistics.median(copy) / 1e9}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    return {
+        "cpu": cpu,
+        "cpus": list(os.sched_getaffinity(0)),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+# -- our engine ----------------------------------------------------------------
+
+
+def make_engine(dtype: str, weights: str, cache: Path, **kwargs: Any) -> Engine:
+    engine = Engine(EngineConfig(cache_dir=cache, dtype=dtype, weights=weights, **kwargs))
+    engine.load()
+    engine.warm_up()
+    return engine
+
+
+def prompt_ids(engine: Engine, n: int) -> list[int]:
+    ids = engine.tokenizer.encode(PROMPT_TEXT, add_special_tokens=False)
+    assert len(ids) >= n
+    return ids[:n]
+
+
+@torch.inference_mode()
+def prefill_tok_s(engine: Engine, n: int, repeats: int = 4) -> float:
+    ids = torch.tensor(prompt_ids(engine, n))
+    times = []
+    for _ in range(repeats):
+        kv = engine.model.new_kv(n)
+        start = time.perf_counter()
+        engine.model.logits(engine.model.forward(ids, kv))
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def decode_tok_s(engine: Engine, steps: int = 64, repeats: int = 3) -> float:
+    """Greedy steps after a 32-token prompt: forward one token, LM head, argmax (what llama.cpp's eval does)."""
+    ids = prompt_ids(engine, 32)
+    runs = []
+    for _ in range(repeats):
+        kv = engine.model.new_kv(32 + steps)
+        logits = engine.model.logits(engine.model.forward(torch.tensor(ids), kv))[0]
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = int(torch.argmax(logits))
+            logits = engine.model.logits(engine.model.forward(torch.tensor([token]), kv))[0]
+        runs.append(steps / (time.perf_counter() - start))
+    return statistics.median(runs)
+
+
+def greedy_replies(engine: Engine, max_new: int = 48) -> list[list[str]]:
+    out = []
+    for prompt in AGREEMENT_PROMPTS:
+        chunks = list(engine.chat((), prompt, None, Decoding(max_new_tokens=max_new), threading.Event(), remember=False))
+        out.append("".join(c.delta for c in chunks))
+    return out
+
+
+def agreement(reference: list[str], other: list[str]) -> dict[str, float]:
+    same = sum(a == b for a, b in zip(reference, other))
+    prefix = [len(os.path.commonprefix([a, b])) / max(len(a), 1) for a, b in zip(reference, other)]
+    return {"identical": same / len(reference), "mean_common_prefix": statistics.mean(prefix)}
+
+
+def sentiment_accuracy(engine: Engine, examples: list[datasets.Example]) -> float:
+    right = 0
+    for i in range(0, len(examples), 16):
+        batch = examples[i : i + 16]
+        results = engine.classify_batch([e.text for e in batch])
+        right += sum((r.p_positive >= 0.5) == e.positive for r, e in zip(results, batch))
+    return right / len(examples)
+
+
+def sentiment_single(engine: Engine, examples: list[datasets.Example]) -> dict[str, float]:
+    """One request at a time, like a caller without concurrency: p50 latency and accuracy."""
+    times, right = [], 0
+    for e in examples:
+        start = time.perf_counter()
+        result = engine.classify_batch([e.text])[0]
+        times.append(time.perf_counter() - start)
+        right += (result.p_positive >= 0.5) == e.positive
+    return {"p50_ms": median_ms(times), "accuracy": right / len(examples), "n": len(examples)}
+
+
+def multi_turn(engine: Engine) -> dict[str, Any]:
+    """Turn 5 of a conversation with ~1,000 tokens of history: time to first token reusing KV vs recomputing."""
+    history: tuple[Turn, ...] = ()
+    for question in MULTI_TURN[:4]:
+        chunks = list(engine.chat(history, question, None, Decoding(max_new_tokens=300), threading.Event()))
+        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, "".join(c.delta for c in chunks)))
+    question = MULTI_TURN[4]
+
+    def turn5(index: PrefixIndex) -> tuple[float, str, int, int]:
+        saved, engine.index = engine.index, index
+        try:
+            chunks = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event(), remember=False))
+        finally:
+            engine.index = saved
+        last = chunks[-1]
+        return last.prefill_ms, "".join(c.delta for c in chunks), last.usage.prompt_tokens, last.usage.cached_tokens
+
+    reuse = [turn5(engine.index) for _ in range(3)]
+    fresh = [turn5(PrefixIndex(engine.config.kv_cache_bytes)) for _ in range(3)]
+    ttft_reuse = statistics.median(r[0] for r in reuse)
+    ttft_fresh = statistics.median(r[0] for r in fresh)
+    return {
+        "prompt_tokens": reuse[0][2],
+        "history_tokens": reuse[0][2] - len(engine.tokenizer.encode(question)),
+        "cached_tokens": reuse[0][3],
+        "ttft_reuse_ms": ttft_reuse,
+        "ttft_recompute_ms": ttft_fresh,
+        "ratio": ttft_reuse / ttft_fresh,
+        "greedy_identical": all(r[1] == fresh[0][1] for r in (*reuse, *fresh)),
+    }
+
+
+async def _concurrent_classify(
+    cache: Path, texts: list[str], max_batch: int, rounds: int = 5, model: str = "default"
+) -> dict[str, float]:
+    import grpc
+
+    from inference_svc.core.service import Batching
+    from inference_svc.server import InferenceApp
+    from reprise.inference.v1 import inference_pb2 as pb
+    from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
+    from reprise.rpc.server import ServerOptions, ServiceHost
+
+    app = InferenceApp(EngineConfig(model=model, cache_dir=cache), batching=Batching(max_batch=max_batch, max_wait_ms=3.0))
+    host = ServiceHost(app, ServerOptions(port=0))
+    await host.start()
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            await stub.Classify(pb.ClassifyRequest(text="warm"))
+            times, sizes = [], []
+            for r in range(rounds):
+                batch = texts[r * 16 : (r + 1) * 16]
+                start = time.perf_counter()
+                replies = await asyncio.gather(*(stub.Classify(pb.ClassifyRequest(text=t)) for t in batch))
+                times.append(time.perf_counter() - start)
+                sizes += [x.batch_size for x in replies]
+    finally:
+        await host.stop(0)
+    return {"requests_per_s": 16 / statistics.median(times), "round_ms": median_ms(times), "mean_batch": statistics.mean(sizes)}
+
+
+def startup(cache: Path, source: model_source.ResolvedModel) -> dict[str, float]:
+    """Cold conversion from the fp32 copy, then a warm start from the converted copy, in a scratch cache."""
+    hf = model_source.converted_dir(cache, source, "hf-fp32")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        scratch = Path(tmp)
+        gguf = cache / model_source.DEFAULT_GGUF_NAME
+        for f in (gguf, gguf.with_suffix(".sha256")):
+            (scratch / f.name).symlink_to(f.resolve())
+        (scratch / "converted").mkdir()
+        (scratch / "converted" / hf.name).symlink_to(hf.resolve())
+        out = {}
+        for label in ("convert_from_fp32_copy_s", "start_from_converted_s"):
+            start = time.perf_counter()
+            engine = make_engine("auto", "auto", scratch)
+            out[label] = time.perf_counter() - start
+            out[label.replace("_s", "_load_s")] = engine.loaded.load_seconds
+            del engine
+            gc.collect()
+    return out
+
+
+# -- main ------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    where = placement.apply(args.cpus)
+    cache = args.model_cache.resolve()
+    results: dict[str, Any] = {"machine": machine(), "placement": where.describe()}
+    log.info("placement %s", where.describe())
+    results["bandwidth_gbs"] = memory_bandwidth_gbs()
+    log.info("bandwidth %s", results["bandwidth_gbs"])
+    source = model_source.resolve("default", cache)
+    sets = datasets.load(args.per_label)
+
+    # Peer first: same GGUF, same threads, same token ids as our prefill.
+    probe = make_engine("auto", "auto", cache)
+    ids = prompt_ids(probe, 512)
+    if peer.available():
+        results["llamacpp"] = peer.measure(cache / model_source.DEFAULT_GGUF_NAME, where.threads, ids, (64, 512), 64)
+        log.info("llama.cpp %s", results["llamacpp"])
+    else:
+        results["llamacpp"] = None
+        log.warning("llama-cpp-python not installed (make llamacpp): peer skipped")
+    del probe
+    gc.collect()
+
+    formats: dict[str, Any] = {}
+    reference: list[str] | None = None
+    for dtype, weights in FORMATS:
+        name = f"{weights}-{dtype}"
+        engine = make_engine(dtype, weights, cache)
+        entry = {
+            "weights_mb": engine.loaded.weight_bytes / 1e6,
+            "decode_mb_per_token": engine.loaded.decode_bytes / 1e6,
+            "decode_tok_s": decode_tok_s(engine),
+            "prefill_tok_s": {str(n): prefill_tok_s(engine, n) for n in (64, 512)},
+        }
+        entry["roofline_tok_s"] = results["bandwidth_gbs"]["read"] * 1e9 / engine.loaded.decode_bytes
+        replies = greedy_replies(engine)
+        if reference is None:
+            reference = replies
+        entry["greedy_vs_fp32"] = agreement(reference, replies)
+        entry["sentiment_accuracy"] = {lang: sentiment_accuracy(engine, s.test) for lang, s in sets.items()}
+        formats[name] = entry
+        log.info("%s: %s", name, entry)
+        del engine
+        gc.collect()
+    results["formats"] = formats
+
+    serving = make_engine("auto", "auto", cache)
+    results["serving_format"] = f"{serving.loaded.spec.weights.value}-{'bf16' if serving.model.dtype == torch.bfloat16 else 'fp32'}"
+    results["precision_reason"] = serving.precision_reason
+    results["lm_head_last_position_only"] = lm_head_saving(serving)
+    results["dense_prefill_copy"] = dense_prefill_effect(serving)
+    results["sentiment"] = {lang: sentiment_single(serving, s.test) for lang, s in sets.items()}
+    log.info("sentiment ours %s", results["sentiment"])
+    results["multi_turn"] = multi_turn(serving)
+    log.info("multi-turn %s", results["multi_turn"])
+    del serving
+    gc.collect()
+
+    texts = [e.text for s in sets.values() for e in s.test]
+    async def both() -> dict[str, Any]:  # one event loop for both servers (grpc.aio keeps per-loop state)
+        return {
+            "batched": await _concurrent_classify(cache, texts, 16),
+            "one_at_a_time": await _concurrent_classify(cache, texts, 1),
+        }
+
+    results["classify_16_concurrent"] = asyncio.run(both())
+    log.info("concurrency %s", results["classify_16_concurrent"])
+
+    baseline = GenerateBaseline(model_source.converted_dir(cache, source, "hf-fp32"))
+    results["sentiment_baseline"] = {}
+    for lang, s in sets.items():
+        times, right, unparsed = [], 0, 0
+        for e in s.test[: args.baseline_n]:
+            positive, seconds = baseline.classify(e.text)
+            times.append(seconds)
+            right += positive == e.positive
+            unparsed += positive is None
+        results["sentiment_baseline"][lang] = {
+            "p50_ms": median_ms(times), "accuracy": right / len(times), "unparsed": unparsed, "n": len(times)
+        }
+    log.info("sentiment baseline %s", results["sentiment_baseline"])
+    del baseline
+    gc.collect()
+
+    if not args.skip_startup:
+        results["startup"] = startup(cache, source)
+    results["machine"]["loadavg_end"] = os.getloadavg()[0]
+    return results
+
+
+@torch.inference_mode()
+def lm_head_saving(engine: Engine, n: int = 512) -> dict[str, float]:
+    """What running the LM head on every prompt position would cost, versus the last one only."""
+    hidden = torch.randn(n, engine.model.shape.hidden)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.model.logits(hidden)
+        times.append(time.perf_counter() - start)
+    return {"all_positions_ms": median_ms(times), "prefill_512_ms": n / prefill_tok_s(engine, n) * 1000}
+
+
+@torch.inference_mode()
+def dense_prefill_effect(engine: Engine) -> dict[str, float]:
+    from inference_svc.core import weights
+
+    with_copy = prefill_tok_s(engine, 512)
+    saved, weights.DENSE_MIN_ROWS = weights.DENSE_MIN_ROWS, 1 << 30
+    try:
+        without = prefill_tok_s(engine, 512)
+    finally:
+        weights.DENSE_MIN_ROWS = saved
+    return {"prefill_512_with_dense_copy": with_copy, "prefill_512_quantized_kernel_only": without}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
+    parser.add_argument("--model-cache", type=Path, default=ROOT / ".models")
+    parser.add_argument("--cpus", default="", help="pin like the service's --cpus (default: inherited mask)")
+    parser.add_argument("--per-label", type=int, default=100, help="held-out sentences per label and language")
+    parser.add_argument("--baseline-n", type=int, default=200, help="test sentences per language for the slow baseline")
+    parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sets, two formats, no startup (numbers meaningless)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.quick:
+        global FORMATS
+        FORMATS = [("bf16", "int8"), ("bf16", "int4")]
+        args.per_label, args.baseline_n, args.skip_startup = 4, 2, True
+        args.out = Path(tempfile.mkdtemp(prefix="bench-inference-quick-"))
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "inference.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (args.out / "inference.md").write_text(report.markdown(results))
+    print(report.markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Markdown summary of ``bench/results/inference.json`` with the issue's targets as ratios."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    peer = r.get("llamacpp")
+    serving = r["formats"].get(r["serving_format"], {})
+    bw = r["bandwidth_gbs"]["read"]
+    lines = [
+        "# Inference benchmark",
+        "",
+        f"{m['date']}, {m['cpu']}, {r['placement']}, torch {m['torch']}; "
+        f"load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', float('nan')):.1f} at end "
+        "(above ~0.5 means other work shared the cores: treat numbers as provisional).",
+        f"Memory bandwidth (streaming read, same threads): **{bw:.1f} GB/s** (copy {r['bandwidth_gbs']['copy']:.1f} GB/s).",
+        f"Serving format: **{r['serving_format']}** ({r['precision_reason']}).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | ratio | met |",
+        "|---|---|---|---|",
+    ]
+    sent, base = r["sentiment"], r["sentiment_baseline"]
+    for lang in sent:
+        ratio = sent[lang]["p50_ms"] / base[lang]["p50_ms"]
+        lines.append(
+            f"| sentiment {lang} latency <= 0.2x baseline | {sent[lang]['p50_ms']:.0f} ms vs {base[lang]['p50_ms']:.0f} ms "
+            f"| {ratio:.2f}x | {'yes' if ratio <= 0.2 else 'no'} |"
+        )
+        acc = sent[lang]["accuracy"]
+        lines.append(f"| sentiment {lang} accuracy >= 90% | {acc:.1%} (baseline {base[lang]['accuracy']:.1%}) | | {'yes' if acc >= 0.9 else 'no'} |")
+    if peer:
+        d = serving.get("decode_tok_s", 0.0) / peer["decode_tok_s"]
+        lines.append(
+            f"| decode >= 0.8x llama.cpp | {serving.get('decode_tok_s', 0):.1f} vs {peer['decode_tok_s']:.1f} tok/s | {d:.2f}x | {'yes' if d >= 0.8 else 'no'} |"
+        )
+        for n in ("64", "512"):
+            p = serving["prefill_tok_s"][n] / peer["prefill_tok_s"][n]
+            lines.append(
+                f"| prefill {n} >= 2x llama.cpp | {serving['prefill_tok_s'][n]:.0f} vs {peer['prefill_tok_s'][n]:.0f} tok/s "
+                f"| {p:.2f}x | {'yes' if p >= 2 else 'no'} |"
+            )
+    mt = r["multi_turn"]
+    lines.append(
+        f"| turn-5 TTFT <= 0.1x recompute ({mt['prompt_tokens']} prompt tokens) | {mt['ttft_reuse_ms']:.0f} ms vs "
+        f"{mt['ttft_recompute_ms']:.0f} ms | {mt['ratio']:.3f}x | {'yes' if mt['ratio'] <= 0.1 else 'no'} |"
+    )
+    c = r["classify_16_concurrent"]
+    lines += [
+        "",
+        f"Turn 5 reused {mt['cached_tokens']} of {mt['prompt_tokens']} prompt tokens; greedy reply identical to "
+        f"recompute: **{mt['greedy_identical']}**.",
+        f"16 concurrent Classify over gRPC: batched **{c['batched']['requests_per_s']:.1f} req/s** (mean batch "
+        f"{c['batched']['mean_batch']:.1f}) vs one at a time {c['one_at_a_time']['requests_per_s']:.1f} req/s "
+        f"({c['batched']['requests_per_s'] / c['one_at_a_time']['requests_per_s']:.2f}x).",
+        "",
+        "## Weight formats (levers)",
+        "",
+        "| format | MB in memory | MB read / token | decode tok/s | roofline tok/s | prefill 64 | prefill 512 | greedy = fp32 | en acc | zh acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in r["formats"].items():
+        lines.append(
+            f"| {name} | {f['weights_mb']:.0f} | {f['decode_mb_per_token']:.0f} | {f['decode_tok_s']:.1f} | "
+            f"{f['roofline_tok_s']:.1f} | {f['prefill_tok_s']['64']:.0f} | {f['prefill_tok_s']['512']:.0f} | "
+            f"{f['greedy_vs_fp32']['identical']:.0%} ({f['greedy_vs_fp32']['mean_common_prefix']:.0%} prefix) | "
+            f"{f['sentiment_accuracy']['en']:.1%} | {f['sentiment_accuracy']['zh']:.1%} |"
+        )
+    if peer:
+        lines.append(
+            f"| llama.cpp {peer['version']} (GGUF Q4_K_M/Q5_0/Q8_0) | | | {peer['decode_tok_s']:.1f} | | "
+            f"{peer['prefill_tok_s']['64']:.0f} | {peer['prefill_tok_s']['512']:.0f} | | | |"
+        )
+    head, dense = r["lm_head_last_position_only"], r["dense_prefill_copy"]
+    lines += [
+        "",
+        f"- LM head on the last position only: running it on all 512 prompt positions would add "
+        f"{head['all_positions_ms']:.0f} ms to a {head['prefill_512_ms']:.0f} ms prefill.",
+        f"- Dense bf16 copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
+        f"{dense['prefill_512_quantized_kernel_only']:.0f} tok/s through the weight-only kernel.",
+        "",
+        "## Sentiment (held-out test split, one request at a time)",
+        "",
+        "| lang | ours p50 | ours acc | baseline p50 | baseline acc | baseline unparsed | n |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for lang in sent:
+        lines.append(
+            f"| {lang} | {sent[lang]['p50_ms']:.0f} ms | {sent[lang]['accuracy']:.1%} | {base[lang]['p50_ms']:.0f} ms | "
+            f"{base[lang]['accuracy']:.1%} | {base[lang]['unparsed']} | {sent[lang]['n']} / {base[lang]['n']} |"
+        )
+    if "startup" in r:
+        s = r["startup"]
+        lines += [
+            "",
+            f"Startup: converting the fp32 copy to the serving format {s['convert_from_fp32_copy_s']:.1f} s; a start from the "
+            f"converted copy {s['start_from_converted_s']:.1f} s (load {s['start_from_converted_load_s']:.1f} s + warm-up).",
+        ]
+    return "\n".join(lines) + "\n"

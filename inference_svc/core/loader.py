@@ -1,0 +1,206 @@
+"""Loading a model into the serving runtime, through two cached conversions.
+
+1. A GGUF (or hub) model is loaded once with transformers, which dequantizes
+   it (~1 min, ~4 GB peak) and saved as an fp32 safetensors copy
+   (``converted/<rev>-hf-fp32-v2``). Local Hugging Face directories skip this.
+2. That copy is converted into the serving format chosen by
+   :class:`RuntimeSpec` (fused QKV and gate/up projections, quantized weights,
+   optional dense prefill copy) and saved with the tokenizer as
+   ``converted/<rev>-<format>-v2``. Later starts only read this directory:
+   a few seconds.
+
+Both conversions write to a temporary directory and rename it, so an
+interrupted conversion never leaves a half-written copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from inference_svc.core import model_source
+from inference_svc.core.model import Layer, ModelShape, Transformer
+from inference_svc.core.weights import INT4_GROUP, Linear, WeightFormat, make_linear
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILE = "runtime.safetensors"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How weights are held in memory."""
+
+    dtype: torch.dtype
+    weights: WeightFormat
+    #: Keep a dense copy of quantized layers for multi-row (prefill, batched) matmuls.
+    dense_prefill: bool = True
+    #: Use the LM head's weights for the input embedding too (saves a vocab x hidden matrix).
+    tie_embeddings: bool = True
+
+    @property
+    def name(self) -> str:
+        dtype = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        parts = [self.weights.value, dtype]
+        if self.tie_embeddings:
+            parts.append("tied")
+        if self.dense_prefill and self.weights is not WeightFormat.DENSE:
+            parts.append("pf")
+        return "-".join(parts)
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: Any
+    model: Transformer
+    source: model_source.ResolvedModel
+    spec: RuntimeSpec
+    load_seconds: float
+    #: True when this start had to convert (slow path) instead of reading the cached copy.
+    converted: bool
+    weight_bytes: int
+    decode_bytes: int
+
+
+def _hf_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
+    """A local Hugging Face directory with the model's weights in fp32 or better, converting once."""
+    if source.gguf_file is None and Path(source.location).is_dir():
+        return Path(source.location)
+    target = model_source.converted_dir(cache_dir, source, "hf-fp32")
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    log.info("loading %s with transformers once (slow); later starts use the converted copy", source.model_id)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+    model_source.save_converted(model, tokenizer, target, source)
+    log.info("saved fp32 copy %s in %.1fs", target, time.perf_counter() - start)
+    return target
+
+
+def _read_state(directory: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(f))
+    if not state:
+        raise model_source.ModelSourceError(f"{directory} has no *.safetensors weights")
+    return state
+
+
+def _read_aligned(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file into 64-byte-aligned tensors.
+
+    Tensors straight from safetensors sit at the file's byte offsets, which are
+    not 64-byte aligned; torch's AVX-512 int8 kernel crashes on such weights
+    (seen with 4-row inputs). A clone lands in torch's aligned allocator.
+    """
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(path, framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            out[name] = f.get_tensor(name).clone()
+    return out
+
+
+def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec) -> dict[str, torch.Tensor]:
+    """Fuse, quantize and rename a Hugging Face Llama/Qwen2 state dict into the runtime layout."""
+    get = lambda name: state[name].float()  # noqa: E731
+    fmt, dtype, pf = spec.weights, spec.dtype, spec.dense_prefill
+    head_fmt = WeightFormat.DENSE if fmt is WeightFormat.DENSE else WeightFormat.INT8
+    out: dict[str, torch.Tensor] = {}
+    embed = get("model.embed_tokens.weight")
+    head_w = get("lm_head.weight") if "lm_head.weight" in state else embed
+    out.update(make_linear(head_w, None, head_fmt, dtype, dense_copy=False).tensors("head"))
+    if not spec.tie_embeddings:
+        out.update(make_linear(embed, None, head_fmt, dtype, dense_copy=False).tensors("embed"))
+    out["norm"] = get("model.norm.weight")  # norms run on the fp32 residual
+    for i in range(shape.layers):
+        p = f"model.layers.{i}."
+        qkv_w = torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+        qkv_b = torch.cat([get(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if shape.attn_bias else None
+        o_b = state.get(p + "self_attn.o_proj.bias")
+        gu_w = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        out.update(make_linear(qkv_w, qkv_b, fmt, dtype, pf).tensors(f"L{i}.qkv"))
+        out.update(make_linear(get(p + "self_attn.o_proj.weight"), o_b, fmt, dtype, pf).tensors(f"L{i}.o"))
+        out.update(make_linear(gu_w, None, fmt, dtype, pf).tensors(f"L{i}.gu"))
+        out.update(make_linear(get(p + "mlp.down_proj.weight"), None, fmt, dtype, pf).tensors(f"L{i}.down"))
+        out[f"L{i}.ln1"] = get(p + "input_layernorm.weight")
+        out[f"L{i}.ln2"] = get(p + "post_attention_layernorm.weight")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, dtype: torch.dtype, max_context: int) -> Transformer:
+    lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
+    layers = [
+        Layer(tensors[f"L{i}.ln1"], lin(f"L{i}.qkv"), lin(f"L{i}.o"), tensors[f"L{i}.ln2"], lin(f"L{i}.gu"), lin(f"L{i}.down"))
+        for i in range(shape.layers)
+    ]
+    head = lin("head")
+    embed = lin("embed") if any(k.startswith("embed.") for k in tensors) else head
+    return Transformer(shape, layers, embed, head, tensors["norm"], dtype, max_context)
+
+
+def runtime_dir(cache_dir: Path, source: model_source.ResolvedModel, spec: RuntimeSpec) -> Path:
+    return model_source.converted_dir(cache_dir, source, spec.name)
+
+
+def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> LoadedModel:
+    """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it."""
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    source = model_source.resolve(model, cache_dir)
+    target = runtime_dir(cache_dir, source, spec)
+    converted = not (target / RUNTIME_FILE).exists()
+    if converted:
+        _convert(source, cache_dir, spec, target)
+    config = json.loads((target / "config.json").read_text())
+    shape = ModelShape.from_config(config)
+    tensors = _read_aligned(target / RUNTIME_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    transformer = build_transformer(tensors, shape, spec.dtype, min(max_context, shape.max_positions))
+    layers = [t for l in transformer.layers for t in (l.qkv, l.o, l.gate_up, l.down)]
+    decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    seconds = time.perf_counter() - start
+    log.info(
+        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token",
+        source.model_id, shape.architecture, source.revision, spec.name, seconds,
+        " (converted this start)" if converted else "", weight_bytes / 1e6, decode_bytes / 1e6,
+    )
+    return LoadedModel(tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes)
+
+
+def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec, target: Path) -> None:
+    start = time.perf_counter()
+    hf = _hf_dir(source, cache_dir)
+    config = json.loads((hf / "config.json").read_text())
+    shape = ModelShape.from_config(config)  # refuse unsupported models before the expensive part
+    tensors = build_runtime_tensors(_read_state(hf), shape, spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".runtime-"))
+    try:
+        save_file(tensors, str(tmp / RUNTIME_FILE), metadata={"spec": spec.name, "source": source.model_id})
+        shutil.copy(hf / "config.json", tmp / "config.json")
+        for name in _TOKENIZER_FILES:
+            if (hf / name).exists():
+                shutil.copy(hf / name, tmp / name)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s to %s in %.1fs", source.model_id, spec.name, time.perf_counter() - start)

@@ -1,0 +1,235 @@
+"""A lean decoder-only transformer (Qwen2 / Llama family) over serving-format weights.
+
+Why not ``transformers``' model: on a 2-core CPU a decode step is ~10 ms of
+weight reads, and the generic model adds several ms of per-token Python
+(cache objects, mask builders, hooks) and always runs the LM head in the
+weights' dtype. This module is the forward pass and nothing else:
+
+- grouped-query attention without repeating K/V: the query heads sharing a
+  KV head are laid out as extra query rows, so one matmul serves the group;
+- the residual stream stays fp32 while matmuls run in the compute dtype
+  (bf16 weights lose little this way);
+- the LM head runs only on positions whose logits are read (the last one, or
+  just the label rows for classification);
+- batched scoring reads a shared, read-only prefix KV (the static system
+  prompt): never recomputed, never copied into a per-request cache.
+
+Every method runs on the model worker thread only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from inference_svc.core.kv import KVBuffer
+from inference_svc.core.weights import Linear
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral")
+
+
+class UnsupportedModel(ValueError):
+    """The checkpoint's architecture is not one this runtime implements."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    rope_theta: float
+    max_positions: int
+    attn_bias: bool
+    tied: bool
+    architecture: str
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
+        """Read a Hugging Face ``config.json``; refuse what this runtime would compute wrongly."""
+        model_type = cfg.get("model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModel(f"model_type {model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise UnsupportedModel(f"hidden_act {cfg.get('hidden_act')!r} is not supported (only silu)")
+        if cfg.get("use_sliding_window") or (model_type == "mistral" and cfg.get("sliding_window")):
+            raise UnsupportedModel("sliding-window attention is not supported")
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise UnsupportedModel(f"rope scaling {rope.get('rope_type')!r} is not supported")
+        heads = cfg["num_attention_heads"]
+        hidden = cfg["hidden_size"]
+        return cls(
+            vocab=cfg["vocab_size"],
+            hidden=hidden,
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or hidden // heads,
+            intermediate=cfg["intermediate_size"],
+            eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            max_positions=int(cfg.get("max_position_embeddings", 4096)),
+            attn_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+            tied=bool(cfg.get("tie_word_embeddings", False)),
+            architecture=(cfg.get("architectures") or ["?"])[0],
+        )
+
+
+@dataclass
+class Layer:
+    ln1: torch.Tensor
+    qkv: Linear
+    o: Linear
+    ln2: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+class Transformer:
+    """Forward passes over a :class:`~inference_svc.core.kv.KVBuffer`."""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        layers: list[Layer],
+        embed: Linear,
+        head: Linear,
+        norm: torch.Tensor,
+        dtype: torch.dtype,
+        max_context: int,
+    ) -> None:
+        self.shape = shape
+        self.layers = layers
+        self.embed = embed
+        self.head = head
+        self.norm = norm
+        self.dtype = dtype
+        self.max_context = max_context
+        s = shape
+        self._q, self._kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        inv = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float64) / s.head_dim))
+        angles = torch.outer(torch.arange(max_context, dtype=torch.float64), inv)
+        angles = torch.cat([angles, angles], dim=-1)
+        # Computed in float64 then rounded once, like the reference implementation's fp32 tables.
+        self._cos = angles.cos().to(torch.float32).to(dtype)
+        self._sin = angles.sin().to(torch.float32).to(dtype)
+
+    # -- building blocks ---------------------------------------------------
+
+    def new_kv(self, capacity: int) -> KVBuffer:
+        s = self.shape
+        return KVBuffer.allocate(s.layers, s.kv_heads, capacity, s.head_dim, self.dtype)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.shape.hidden,), weight, self.shape.eps)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _mlp(self, layer: Layer, x: torch.Tensor) -> None:
+        """x += MLP(norm(x)) in place; ``x`` is the fp32 residual ``[rows, hidden]``."""
+        h = self._norm(x, layer.ln2).to(self.dtype)
+        gu = layer.gate_up(h)
+        inter = self.shape.intermediate
+        x += layer.down(F.silu(gu[:, :inter]) * gu[:, inter:])
+
+    def _qkv(
+        self, layer: Layer, x: torch.Tensor, lead: tuple[int, ...], cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Rotated q ``[*lead, heads, D]`` and k, v ``[*lead, kv_heads, D]`` for the 2-D residual rows ``x``."""
+        s = self.shape
+        qkv = layer.qkv(self._norm(x, layer.ln1).to(self.dtype)).view(*lead, -1)
+        qk = self._rope(qkv[..., : self._q + self._kv].view(*lead, s.heads + s.kv_heads, s.head_dim), cos, sin)
+        q, k = qk[..., : s.heads, :], qk[..., s.heads :, :]
+        v = qkv[..., self._q + self._kv :].view(*lead, s.kv_heads, s.head_dim)
+        return q, k, v
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary fp32 logits for final hidden states ``[rows, hidden]`` (already normed)."""
+        return self.head(hidden.to(self.dtype)).float()
+
+    # -- one sequence ------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
+        """Append tokens ``ids`` (1-D) to the sequence in ``kv``; return the last position's normed hidden state.
+
+        The caller chunks long prompts; ``kv`` must have room for ``len(ids)`` more tokens.
+        """
+        s = self.shape
+        t = ids.numel()
+        start, end = kv.length, kv.length + t
+        if end > kv.capacity:
+            raise ValueError(f"KV buffer holds {kv.capacity} tokens; {end} needed")
+        x = self.embed.rows(ids).float()
+        cos, sin = self._cos[start:end, None, :], self._sin[start:end, None, :]
+        g = s.group
+        mask = None
+        if t > 1:
+            # Query rows are (group member, position); row r is position start + r % t.
+            pos = torch.arange(t).repeat(g) + start
+            mask = torch.arange(end)[None, :] <= pos[:, None]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, (t,), cos, sin)
+            kv.k[i, :, start:end] = k.transpose(0, 1)
+            kv.v[i, :, start:end] = v.transpose(0, 1)
+            qg = q.reshape(t, s.kv_heads, g, s.head_dim).permute(1, 2, 0, 3).reshape(1, s.kv_heads, g * t, s.head_dim)
+            o = F.scaled_dot_product_attention(
+                qg, kv.k[i, :, :end].unsqueeze(0), kv.v[i, :, :end].unsqueeze(0), attn_mask=mask
+            )
+            o = o.view(s.kv_heads, g, t, s.head_dim).permute(2, 0, 1, 3).reshape(t, self._q)
+            x += layer.o(o)
+            self._mlp(layer, x)
+        kv.length = end
+        return self._norm(x[-1:], self.norm)
+
+    # -- a batch sharing a read-only prefix ----------------------------------
+
+    @torch.inference_mode()
+    def score_batch(self, prefix: KVBuffer, prefix_len: int, rows: list[list[int]], label_rows: torch.Tensor) -> torch.Tensor:
+        """Logits of ``label_rows`` at the last token of each row, every row continuing ``prefix[:prefix_len]``.
+
+        Rows are right-padded into one ``[B, T]`` batch: with a causal mask a
+        real token never sees the padding after it, so no padding mask is
+        needed. The prefix KV is only read: it is broadcast to the rows for the
+        attention kernel (a transient ~1 MB per layer), never recomputed and
+        never copied into a per-request cache. Returns fp32 ``[B, len(label_rows)]``.
+        """
+        s = self.shape
+        b, t, g, d, p = len(rows), max(len(r) for r in rows), s.group, s.head_dim, prefix_len
+        lengths = torch.tensor([len(r) for r in rows])
+        ids = torch.zeros(b, t, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        x = self.embed.rows(ids.view(-1)).float()
+        cos, sin = self._cos[p : p + t, None, :], self._sin[p : p + t, None, :]
+        pos = torch.arange(t).repeat(g)  # query rows are (group member, position)
+        mask = torch.cat([torch.ones(g * t, p, dtype=torch.bool), torch.arange(t)[None, :] <= pos[:, None]], dim=1)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, (b, t), cos, sin)
+            qg = q.reshape(b, t, s.kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, s.kv_heads, g * t, d)
+            keys, values = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # [b, kvh, t, d]
+            if p:
+                shared = (b, s.kv_heads, p, d)
+                keys = torch.cat([prefix.k[i, :, :p].unsqueeze(0).expand(shared), keys], dim=2)
+                values = torch.cat([prefix.v[i, :, :p].unsqueeze(0).expand(shared), values], dim=2)
+            o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask)
+            o = o.reshape(b, s.kv_heads, g, t, d).permute(0, 3, 1, 2, 4).reshape(b * t, self._q)
+            x += layer.o(o)
+            self._mlp(layer, x)
+        last = x.view(b, t, s.hidden)[torch.arange(b), lengths - 1]
+        return (self._norm(last, self.norm).to(self.dtype) @ label_rows.t()).float()

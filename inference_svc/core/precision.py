@@ -1,0 +1,94 @@
+"""Choosing the compute dtype and weight format (``--dtype``, ``--weights``).
+
+bf16 is only worth it where the CPU multiplies bf16 natively (AVX512-BF16 or
+AMX) *and* the serving kernels run faster with it, which differs between CPU
+generations; so ``auto`` checks the flags, then times the two matmul shapes
+that dominate serving (one decode row through the quantized kernel, a 64-row
+prefill through the dense one) in both dtypes and keeps bf16 only if it wins
+both.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from inference_svc.core.weights import WeightFormat, make_linear
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: torch.dtype
+    weights: WeightFormat
+    reason: str
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _time(fn: object, repeat: int = 7) -> float:
+    fn()  # type: ignore[operator]
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
+    """Time bf16 (``weights`` for one row, dense for 64) against fp32 dense on a 4864x896 layer."""
+    w = torch.randn(4864, 896) * 0.02
+    fp32 = w.contiguous()
+    layer = make_linear(w, None, weights, torch.bfloat16, dense_copy=True)
+    one, many = torch.randn(1, 896), torch.randn(64, 896)
+    one_b, many_b = one.bfloat16(), many.bfloat16()
+    t32 = (_time(lambda: F.linear(one, fp32)), _time(lambda: F.linear(many, fp32)))
+    t16 = (_time(lambda: layer(one_b)), _time(lambda: layer(many_b)))
+    faster = t16[0] < t32[0] and t16[1] < t32[1]
+    detail = (
+        f"1 row {t16[0] * 1e6:.0f} us bf16/{weights.value} vs {t32[0] * 1e6:.0f} us fp32; "
+        f"64 rows {t16[1] * 1e6:.0f} us vs {t32[1] * 1e6:.0f} us"
+    )
+    return faster, detail
+
+
+def choose(dtype: str, weights: str) -> Precision:
+    """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|dense``.
+
+    The quantized kernels are fast only with bf16 activations, so fp32 always
+    serves dense weights, and ``--weights auto`` means int4 under bf16.
+    """
+    fmt = None if weights == "auto" else WeightFormat(weights)
+    if dtype == "fp32":
+        if fmt not in (None, WeightFormat.DENSE):
+            raise ValueError(f"--weights {weights} needs --dtype bf16 (torch's int kernels are slow with fp32 inputs)")
+        return Precision(torch.float32, WeightFormat.DENSE, "fp32 requested")
+    if dtype == "bf16":
+        return Precision(torch.bfloat16, fmt or WeightFormat.INT4, "bf16 requested")
+    if dtype != "auto":
+        raise ValueError(f"--dtype {dtype!r}: expected auto, bf16 or fp32")
+    if not cpu_supports_bf16():
+        if fmt not in (None, WeightFormat.DENSE):
+            raise ValueError(f"--weights {weights} needs a CPU with AVX512-BF16 or AMX")
+        return Precision(torch.float32, WeightFormat.DENSE, "auto: no AVX512-BF16/AMX on this CPU")
+    candidate = fmt or WeightFormat.INT4
+    faster, detail = bf16_measures_faster(candidate)
+    if faster:
+        return Precision(torch.bfloat16, candidate, f"auto: CPU has bf16 and it measured faster ({detail})")
+    if fmt not in (None, WeightFormat.DENSE):
+        return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
+    return Precision(torch.float32, WeightFormat.DENSE, f"auto: bf16 measured slower ({detail})")

@@ -1,0 +1,141 @@
+"""Serving weight formats: dense, weight-only int8 and int4, and their conversion from a checkpoint.
+
+Decoding one token reads every weight once, so decode speed is weight bytes
+over memory bandwidth: int8 halves the bytes of bf16, int4 quarters them.
+torch ships CPU kernels for both (``_weight_int8pack_mm``,
+``_weight_int4pack_mm_for_cpu``); they are fast only with bf16 activations.
+Prefill is compute-bound instead, and there oneDNN's dense bf16 GEMM beats the
+weight-only kernels 2-4x, so a layer can also keep a dense bf16 copy used
+when many rows are multiplied at once. That copy is made by dequantizing the
+quantized weights, so prefill and decode run the same model up to rounding.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: Rows (tokens) from which a layer with a dense copy uses it instead of the quantized kernel.
+DENSE_MIN_ROWS = 8
+INT4_GROUP = 32
+
+
+class WeightFormat(str, enum.Enum):
+    DENSE = "dense"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+@dataclass
+class Linear:
+    """A linear layer ``y = x @ W.T + b`` in one serving format, optionally with a dense copy for prefill."""
+
+    out_features: int
+    dense: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    q8: torch.Tensor | None = None
+    s8: torch.Tensor | None = None
+    q4: torch.Tensor | None = None
+    sz4: torch.Tensor | None = None
+    group: int = INT4_GROUP
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
+        if self.dense is not None and (x.shape[0] >= DENSE_MIN_ROWS or (self.q8 is None and self.q4 is None)):
+            return F.linear(x, self.dense, self.bias)
+        if self.q4 is not None:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.q4, self.group, self.sz4)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x, self.q8, self.s8)
+        return y if self.bias is None else y.add_(self.bias)
+
+    def rows(self, index: torch.Tensor | list[int]) -> torch.Tensor:
+        """Rows of ``W`` (e.g. embedding lookup or a few LM-head rows) in the compute dtype."""
+        if self.dense is not None:
+            return self.dense[index]
+        if self.q8 is None:
+            raise ValueError("rows() needs a dense or int8 layer")
+        return self.q8[index].to(self.s8.dtype) * self.s8[index].unsqueeze(-1)
+
+    @property
+    def decode_bytes(self) -> int:
+        """Bytes one decode step reads from this layer."""
+        parts = (self.q4, self.sz4) if self.q4 is not None else (self.q8, self.s8) if self.q8 is not None else (self.dense,)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in ("dense", "bias", "q8", "s8", "q4", "sz4"):
+            value = getattr(self, key)
+            if value is not None:
+                out[f"{name}.{key}"] = value
+        return out
+
+    @classmethod
+    def from_tensors(cls, name: str, tensors: dict[str, torch.Tensor], group: int) -> Linear:
+        get = lambda key: tensors.get(f"{name}.{key}")  # noqa: E731
+        dense, q8, sz4 = get("dense"), get("q8"), get("sz4")
+        out = dense.shape[0] if dense is not None else q8.shape[0] if q8 is not None else sz4.shape[1]
+        return cls(out, dense, get("bias"), q8, get("s8"), get("q4"), sz4, group)
+
+
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``W ~= q * s[:, None]``."""
+    w = w.float()
+    s = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), s.to(dtype)
+
+
+def dequantize_int8(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return q.float() * s.float()[:, None]
+
+
+def quantize_int4(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of ``group`` input columns, tinygemm convention.
+
+    ``W ~= (q - 8) * scale + zero`` per group. Returns the kernel's packed
+    weight, the ``[K/group, N, 2]`` scale/zero tensor and the dequantized
+    weight (for the dense prefill copy, so both paths use the same values).
+    """
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group, group)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15)
+    zero = lo + 8.0 * scale
+    scale_c, zero_c = scale.to(dtype), zero.to(dtype)
+    deq = ((q - 8.0) * scale_c.float()[..., None] + zero_c.float()[..., None]).reshape(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).reshape(n, k).contiguous(), 1)
+    sz = torch.stack([scale_c.t(), zero_c.t()], dim=-1).contiguous()
+    return packed, sz, deq
+
+
+def int4_supported(w_shape: tuple[int, int], group: int = INT4_GROUP) -> bool:
+    n, k = w_shape
+    return k % group == 0 and k % 2 == 0 and n % 2 == 0
+
+
+def make_linear(
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    fmt: WeightFormat,
+    dtype: torch.dtype,
+    dense_copy: bool,
+    group: int = INT4_GROUP,
+) -> Linear:
+    """Convert one fp32 weight ``[out, in]`` to a serving :class:`Linear`."""
+    b = None if bias is None else bias.to(dtype).contiguous()
+    if fmt is WeightFormat.INT4 and not int4_supported(tuple(w.shape), group):
+        fmt = WeightFormat.INT8  # shape the int4 kernel cannot take: keep this layer int8
+    if fmt is WeightFormat.DENSE:
+        return Linear(w.shape[0], dense=w.to(dtype).contiguous(), bias=b)
+    if fmt is WeightFormat.INT8:
+        q, s = quantize_int8(w, dtype)
+        dense = dequantize_int8(q, s).to(dtype).contiguous() if dense_copy else None
+        return Linear(w.shape[0], dense=dense, bias=b, q8=q, s8=s)
+    packed, sz, deq = quantize_int4(w, group, dtype)
+    return Linear(w.shape[0], dense=deq.to(dtype).contiguous() if dense_copy else None, bias=b, q4=packed, sz4=sz, group=group)

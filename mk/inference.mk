@@ -1,0 +1,30 @@
+# Inference service: benchmark and the optional llama.cpp peer (issue 5).
+#
+# llama-cpp-python is a benchmark extra only (never a test dependency). It builds from source
+# (~10-15 min on 2 cores), so the wheel is built once into .cache/wheels/ (git-ignored) and
+# reinstalled from there. GGML_NATIVE=ON segfaults in the AMX path on some CPUs here; these
+# flags build a portable AVX-512 binary without AMX (see docs/inference.md).
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_WHEELS := .cache/wheels
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+  -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+BENCH_LOCK ?= /tmp/reprise-bench.lock
+BENCH_INFERENCE_ARGS ?=
+
+.PHONY: llamacpp bench-inference
+
+llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the benchmark peer
+	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then echo "llama-cpp-python already installed"; \
+	else \
+	  mkdir -p $(LLAMACPP_WHEELS); \
+	  ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    flock $(BENCH_LOCK) $(PY) -m pip wheel --no-deps -w $(LLAMACPP_WHEELS) llama-cpp-python==$(LLAMACPP_VERSION); \
+	  $(PY) -m pip install -q --no-deps $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; \
+	  $(PY) -m pip install -q 'diskcache>=5.6.1' 'jinja2>=2.11.3' 'typing-extensions>=4.5.0'; \
+	fi
+
+# The benchmark needs the model; llama.cpp is used when installed (`make llamacpp`), else skipped
+# and said so in the summary. Every timing runs under the shared bench lock.
+bench-inference: install model ## inference benchmark -> bench/results/inference.{json,md}
+	flock $(BENCH_LOCK) $(PY) -m bench.inference $(BENCH_INFERENCE_ARGS)

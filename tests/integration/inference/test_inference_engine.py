@@ -1,0 +1,167 @@
+"""The engine on the tiny model: the runtime matches transformers, label scoring, KV reuse == recompute."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
+from reprise.domain import Decoding, Finish, Role, Turn
+from reprise.errors import InvalidArgument
+
+
+def _engine(model_dir: Path, cache: Path, **kwargs: object) -> Engine:
+    engine = Engine(EngineConfig(model=str(model_dir), cache_dir=cache, max_new_tokens=24, **kwargs))  # type: ignore[arg-type]
+    engine.load()
+    engine.warm_up()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return _engine(tiny_model_dir, tmp_path_factory.mktemp("cache"), dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _reply(chunks: list[ChatChunk]) -> str:
+    return "".join(c.delta for c in chunks)
+
+
+def _chat(engine: Engine, history: tuple[Turn, ...], text: str, **decoding: object) -> list[ChatChunk]:
+    return list(engine.chat(history, text, None, Decoding(**decoding), threading.Event()))  # type: ignore[arg-type]
+
+
+@torch.inference_mode()
+def test_runtime_logits_match_transformers(fp32: Engine, reference) -> None:  # type: ignore[no-untyped-def]
+    ids = torch.randint(0, fp32.model.shape.vocab, (41,), generator=torch.Generator().manual_seed(1))
+    expected = reference(input_ids=ids[None]).logits[0]
+    kv = fp32.model.new_kv(64)
+    fp32.model.forward(ids[:17], kv)  # two chunks, then one token at a time: all paths must agree
+    fp32.model.forward(ids[17:40], kv)
+    last = fp32.model.logits(fp32.model.forward(ids[40:], kv))[0]
+    torch.testing.assert_close(last, expected[-1], atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_label_scoring_is_the_label_logit_softmax_of_the_full_prompt(fp32: Engine, reference) -> None:  # type: ignore[no-untyped-def]
+    tok = fp32.tokenizer
+    texts = ["I love this phone", "服务太差了，我不喜欢", "I love this phone", "ok"]
+    results = fp32.classify_batch(texts)
+    for text, result in zip(texts, results):
+        spec = fp32.config.sentiment
+        messages = [{"role": "system", "content": spec.system}]
+        for example, label in spec.examples:
+            messages += [{"role": "user", "content": spec.user(example)}, {"role": "assistant", "content": spec.answer(label)}]
+        messages.append({"role": "user", "content": spec.user(text)})
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        logits = reference(input_ids=torch.tensor([ids])).logits[0, -1]
+        pos, neg = (tok.encode(w, add_special_tokens=False)[0] for w in ("Positive", "Negative"))
+        p_pos = torch.sigmoid(logits[pos] - logits[neg] - spec.bias_for(text)).item()
+        assert result.p_positive == pytest.approx(p_pos, abs=1e-4)
+        assert result.result.probability == pytest.approx(max(p_pos, 1 - p_pos), abs=1e-4)
+        assert result.usage.prompt_tokens == len(ids) and result.usage.cached_tokens > 0
+    assert results[0] == results[2]
+
+
+def test_batched_scores_equal_single_scores_and_duplicates_run_once(fp32: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    texts = ["short", "a much longer sentence that needs padding in a batch", "short", "中文句子"]
+    single = [fp32.classify_batch([t])[0].p_positive for t in texts]
+    rows_seen: list[int] = []
+    original = fp32.model.score_batch
+
+    def spy(prefix, prefix_len, rows, label_rows):  # type: ignore[no-untyped-def]
+        rows_seen.append(len(rows))
+        return original(prefix, prefix_len, rows, label_rows)
+
+    monkeypatch.setattr(fp32.model, "score_batch", spy)
+    batched = [r.p_positive for r in fp32.classify_batch(texts)]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert sum(rows_seen) == 3
+
+
+def test_long_texts_take_the_chunked_path_with_the_same_scores(tiny_model_dir: Path, tmp_path: Path, fp32: Engine) -> None:
+    chunked = _engine(tiny_model_dir, tmp_path, dtype="fp32", prefill_chunk=40)
+    texts = ["a long sentence about cats and dogs that runs past one prefill chunk of sixteen tokens", "short", "ok"]
+    assert [r.p_positive for r in chunked.classify_batch(texts)] == pytest.approx(
+        [r.p_positive for r in fp32.classify_batch(texts)], abs=1e-4
+    )
+
+
+def test_chat_reuses_kv_and_matches_recompute(fp32: Engine) -> None:
+    first = _chat(fp32, (), "Tell me a joke about cats", max_new_tokens=20)
+    usage = first[-1].usage
+    assert usage is not None and usage.cached_tokens > 0  # the pinned system prompt
+    history = (Turn(Role.USER, "Tell me a joke about cats"), Turn(Role.ASSISTANT, _reply(first)))
+    reused = _chat(fp32, history, "another one", max_new_tokens=20)
+    assert reused[-1].usage.cached_tokens > usage.prompt_tokens  # the whole first turn was reused
+    fp32.index.clear()
+    recomputed = _chat(fp32, history, "another one", max_new_tokens=20)
+    assert recomputed[-1].usage.cached_tokens < usage.prompt_tokens
+    assert _reply(reused) == _reply(recomputed)
+    assert reused[-1].usage.completion_tokens == recomputed[-1].usage.completion_tokens
+
+
+def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for weights in ("int4", "int8"):
+        engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights=weights)
+        assert engine.describe().weights == weights and engine.describe().dtype == "bfloat16"
+        for layer in (engine.model.head, engine.model.layers[0].qkv):
+            # Weights must be 64-byte aligned: the int8 kernel crashed on safetensors' offsets with 4-row inputs.
+            assert all(t.data_ptr() % 64 == 0 for t in (layer.q8, layer.q4) if t is not None)
+            assert layer(torch.randn(4, engine.model.shape.hidden).bfloat16()).shape[0] == 4
+        result = engine.classify_batch(["I love it"])[0]
+        assert 0.5 <= result.result.probability <= 1.0
+        first = _chat(engine, (), "hello there", max_new_tokens=8)
+        history = (Turn(Role.USER, "hello there"), Turn(Role.ASSISTANT, _reply(first) or "x"))
+        again = _chat(engine, history, "and then?", max_new_tokens=4)
+        assert again[-1].usage.cached_tokens >= first[-1].usage.prompt_tokens
+
+
+def test_max_new_tokens_and_stop_strings(fp32: Engine) -> None:
+    chunks = _chat(fp32, (), "What is the capital of France?", max_new_tokens=5)
+    last = chunks[-1]
+    if last.finish is Finish.LENGTH:
+        assert last.usage.completion_tokens == 5
+    full = _reply(_chat(fp32, (), "What is the capital of France?", max_new_tokens=24))
+    if len(full) > 4:
+        stop = full[2:4]
+        cut = _chat(fp32, (), "What is the capital of France?", max_new_tokens=24, stop=(stop,))
+        assert _reply(cut) == full[: full.index(stop)] and cut[-1].finish is Finish.STOP
+
+
+def test_cancellation_stops_decoding_within_a_token(fp32: Engine) -> None:
+    cancelled = threading.Event()
+    produced = 0
+    gen = fp32.chat((), "Tell me a long story", None, Decoding(max_new_tokens=200), cancelled)
+    for chunk in gen:
+        if chunk.finish is not None:
+            break
+        produced += 1
+        cancelled.set()
+    assert chunk.finish is not None and chunk.usage.completion_tokens <= produced + 1 < 200
+
+
+def test_prompt_over_the_context_is_invalid(tiny_model_dir: Path, tmp_path: Path) -> None:
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", max_context_tokens=1024)
+    with pytest.raises(InvalidArgument, match="text"):
+        _chat(engine, (), "word " * 1100)
+    assert isinstance(engine.classify_batch(["word " * 1100])[0], InvalidArgument)
+    with pytest.raises(ValueError, match="max-context-tokens"):
+        _engine(tiny_model_dir, tmp_path, dtype="fp32", max_context_tokens=64)
+
+
+def test_kv_budget_bounds_the_index(tiny_model_dir: Path, tmp_path: Path) -> None:
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", kv_cache_bytes=128 * 1024)
+    for i in range(12):
+        _chat(engine, (), f"question number {i} about cats and dogs", max_new_tokens=8)
+    stats = engine.index.stats()
+    assert stats.bytes <= 128 * 1024 and stats.evictions > 0 and stats.entries >= 2

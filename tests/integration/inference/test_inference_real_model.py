@@ -1,0 +1,48 @@
+"""The default model in its serving format (slow: needs `make model`)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from inference_svc.core.engine import Engine, EngineConfig
+from reprise.domain import Decoding, Label, Role, Turn
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    e = Engine(EngineConfig(cache_dir=ROOT / ".models", max_new_tokens=48))
+    e.load()
+    e.warm_up()
+    return e
+
+
+def test_obvious_sentiment_in_both_languages(engine: Engine) -> None:
+    cases = {
+        "I love this phone, the battery lasts all day!": Label.POSITIVE,
+        "The flight was cancelled and nobody helped us. Terrible.": Label.NEGATIVE,
+        "这家餐厅的菜非常好吃，服务也很周到。": Label.POSITIVE,
+        "房间又脏又吵，再也不会住了。": Label.NEGATIVE,
+    }
+    results = engine.classify_batch(list(cases))
+    assert [r.result.label for r in results] == list(cases.values())
+
+
+def test_five_turn_conversation_reuse_equals_recompute(engine: Engine) -> None:
+    history: tuple[Turn, ...] = ()
+    questions = ["What is a hash map?", "How does it handle collisions?", "And in Python?", "Give an example.", "Thanks! Summarize."]
+    for question in questions:
+        reused = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event()))
+        engine.index.clear()
+        fresh = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event()))
+        reply = "".join(c.delta for c in reused)
+        assert reply == "".join(c.delta for c in fresh)
+        if history:
+            assert reused[-1].usage.cached_tokens > fresh[-1].usage.cached_tokens
+        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, reply))
