@@ -321,6 +321,12 @@ class CacheService:
         for cand, entry in zip(above, entries, strict=True):
             if entry is None or entry.namespace != query.namespace or not self._servable(entry, time.time(), options):
                 continue
+            if entry.key == key:
+                # The same request, stored while this lookup ran (the exact read came
+                # first): it is an exact hit, and must be reported as one.
+                clock.lap("guard")
+                self._count("exact_hits", Tier.EXACT)
+                return LookupResult(Tier.EXACT, key, 1.0, entry, stage_ms=clock.stages)
             why = self._guard.check(query.text, entry.text) if self._guard is not None else None
             if why is None:
                 clock.lap("guard")
