@@ -10,11 +10,18 @@ production). File format, one pair per line, ``#`` starts a comment::
 String format: ``token=tenant,token=tenant``. With no tokens configured, auth is
 off and every call is tenant ``public``. Tokens are kept only as SHA-256
 digests, so a lookup's timing says nothing about how close a guess was.
+
+A tokens file is re-read when it changes (``TokenFile``; the gateway polls it),
+so tokens rotate without a restart: a Kubernetes Secret volume is updated in
+place. Auth that was on at start stays on: a file that empties or fails to parse
+never turns it off (a broken file keeps the previous tokens, an empty one
+refuses every call).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -93,18 +100,56 @@ class TokenTable:
         return table
 
 
-class Authenticator:
-    """The tenant of a call, from its metadata; UNAUTHENTICATED when auth is on and it has none."""
+class TokenFile:
+    """A tokens file (plus the fixed ``token=tenant`` spec), re-read only when it changed on disk."""
 
-    def __init__(self, tokens: TokenTable | None = None) -> None:
-        self._tokens = tokens if tokens is not None and len(tokens) else None
+    def __init__(self, path: str | Path, spec: str = "") -> None:
+        self.path = Path(path)
+        self.spec = spec
+        self._seen: tuple[int, int, int] | None = None
+
+    def _signature(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)  # follows the symlinks a Secret volume swaps
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def load(self) -> TokenTable:
+        """The table now; raises OSError/ValueError for a missing or malformed file."""
+        self._seen = self._signature()
+        return TokenTable.load([str(self.path)], self.spec)
+
+    def reload_if_changed(self) -> TokenTable | None:
+        """The new table when the file changed since the last load, else None.
+
+        A change that fails to parse raises once; the same broken file is not re-read until it
+        changes again.
+        """
+        signature = self._signature()
+        if signature == self._seen:
+            return None
+        self._seen = signature
+        return TokenTable.load([str(self.path)], self.spec)
+
+
+class Authenticator:
+    """The tenant of a call, from its metadata; UNAUTHENTICATED when auth is on and it has none.
+
+    ``required`` keeps auth on even when the table is empty (a tokens file is configured).
+    """
+
+    def __init__(self, tokens: TokenTable | None = None, *, required: bool = False) -> None:
+        self._enabled = required or (tokens is not None and len(tokens) > 0)
+        self._tokens = tokens if tokens is not None else TokenTable()
 
     @property
     def enabled(self) -> bool:
-        return self._tokens is not None
+        return self._enabled
+
+    def replace(self, tokens: TokenTable) -> None:
+        """Swap in a new table (one assignment: calls see the old or the new one, never a mix)."""
+        self._tokens = tokens
 
     def tenant(self, metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str] | None) -> str:
-        if self._tokens is None:
+        if not self._enabled:
             return PUBLIC_TENANT
         value = None
         for key, v in (metadata.items() if isinstance(metadata, Mapping) else metadata or ()):

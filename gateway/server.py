@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import grpc
 
 from gateway import metrics
-from gateway.auth import Authenticator, TokenTable
+from gateway.auth import Authenticator, TokenFile, TokenTable
 from gateway.clients import GrpcCache, GrpcInference
 from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import Gateway, GatewayConfig
@@ -72,6 +72,8 @@ class GatewayApp:
         cache_tls: ClientTLS | None = None,
         inference_tls: ClientTLS | None = None,
         tokens: TokenTable | None = None,
+        token_file: TokenFile | None = None,
+        tokens_reload_s: float = 10.0,
     ) -> None:
         self._cache_channel = backend_channel(cache_target, cache_tls)
         # Retries on UNAVAILABLE happen inside gRPC, before any reply byte reached us: safe.
@@ -85,15 +87,35 @@ class GatewayApp:
             metrics.PrometheusObserver(),
         )
         metrics.track(self.gateway)
-        self.auth = Authenticator(tokens)
+        self.auth = Authenticator(tokens, required=token_file is not None)
+        self._token_file = token_file
+        self._tokens_reload_s = tokens_reload_s
+        self._token_watch: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.auth), server)
 
     async def start(self) -> None:
         await self.gateway.start()
+        if self._token_file is not None and self._tokens_reload_s > 0:
+            self._token_watch = asyncio.create_task(self._watch_tokens(self._token_file), name="tokens-file")
+
+    async def _watch_tokens(self, source: TokenFile) -> None:
+        """Rotate tokens without a restart; a broken file keeps the tokens in force."""
+        while True:
+            await asyncio.sleep(self._tokens_reload_s)
+            try:
+                table = source.reload_if_changed()
+            except (OSError, ValueError) as exc:
+                log.error("tokens file %s not reloaded, keeping the tokens in force: %s", source.path, exc)
+                continue
+            if table is not None:
+                self.auth.replace(table)
+                log.info("tokens file %s reloaded: %d tokens, %d tenants", source.path, len(table), len(table.tenants))
 
     async def close(self) -> None:
+        if self._token_watch is not None:
+            self._token_watch.cancel()
         await self.gateway.close()
         await self._cache_channel.close()
         await self._inference_channel.close()
@@ -146,7 +168,8 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--replay-chunk-chars", default=16, type=int, help="characters per message when replaying a cached stream")
     p.add_option("--model-refresh", default=30.0, type=float, help="seconds between model identity checks")
     # Tenancy.
-    p.add_option("--tokens-file", help="file of 'token tenant' lines; enables bearer-token auth")
+    p.add_option("--tokens-file", help="file of 'token tenant' lines; enables bearer-token auth; re-read when it changes")
+    p.add_option("--tokens-reload", default=10.0, type=float, help="seconds between checks of --tokens-file for changes (0: read once)")
     # "%(default).0s" keeps argparse from printing the tokens in --help.
     p.add_option("--tokens", default="", help="token=tenant[,token=tenant...]; enables bearer-token auth%(default).0s")
     # Per-task cache defaults.
@@ -214,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging("gateway", args.log_level, args.log_format)
     config = config_from_args(args)
+    token_file = TokenFile(args.tokens_file, args.tokens) if args.tokens_file else None
     try:
-        tokens = TokenTable.load([args.tokens_file] if args.tokens_file else [], args.tokens)
+        tokens = token_file.load() if token_file else TokenTable.load([], args.tokens)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tokens: {exc}") from None
     log.info("auth %s (%d tenants)", "on" if len(tokens) else "off: every call is tenant 'public'", len(tokens.tenants))
@@ -230,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             cache_tls=_peer_tls(args, "cache"),
             inference_tls=_peer_tls(args, "inference"),
             tokens=tokens,
+            token_file=token_file,
+            tokens_reload_s=args.tokens_reload,
         )
         await run_until_signal(app, options)
 

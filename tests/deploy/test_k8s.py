@@ -32,11 +32,12 @@ def _kubectl() -> str:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    """base, dev and production rendered by `kubectl kustomize` (production with the example password file)."""
+    """base, dev and production rendered by `kubectl kustomize` (production with the example password and tokens files)."""
     tree = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(K8S, tree)
     prod = tree / "overlays" / "production"
     (prod / "redis.env").write_text((prod / "redis.env.example").read_text())
+    (prod / "tokens").write_text((prod / "tokens.example").read_text())
     out = {}
     for name, path in {"base": tree / "base", "dev": tree / "overlays" / "dev", "production": prod}.items():
         result = subprocess.run([_kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
@@ -138,6 +139,27 @@ def test_redis_has_auth_from_the_secret_and_a_persistent_volume(rendered) -> Non
 
     assert base64.b64decode(secret["data"]["password"]).decode() == "replace-with-openssl-rand-hex-24"
     assert sts["spec"]["serviceName"] == "reprise-redis-headless"
+
+
+def test_production_gateway_reads_rotatable_tokens_from_a_secret(rendered, tmp_path: Path) -> None:
+    import base64
+
+    from gateway.auth import TokenTable
+
+    docs = rendered["production"]
+    pod = _by(docs, "Deployment", "reprise-gateway")["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    path = {e["name"]: e.get("value") for e in gateway["env"]}["REPRISE_GATEWAY_TOKENS_FILE"]
+    mount = next(m for m in gateway["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    # subPath mounts never see Secret updates: the directory must be mounted for in-place rotation.
+    assert "subPath" not in mount and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    secret = _by(docs, "Secret", volume["secret"]["secretName"])  # fixed name: no hash suffix, no rollout
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(base64.b64decode(secret["data"][path.rsplit("/", 1)[1]]))
+    assert TokenTable.parse_file(tokens).tenants == {"team-example"}
+    base_gateway = _by(rendered["base"], "Deployment", "reprise-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "REPRISE_GATEWAY_TOKENS_FILE" not in {e["name"] for e in base_gateway.get("env", [])}  # dev: auth off
 
 
 def test_services_headless_where_grpc_clients_balance(rendered) -> None:

@@ -14,7 +14,7 @@ from typing import TypeVar
 from prometheus_client import REGISTRY
 
 from cache_svc.server import CacheApp, CacheSettings, SemanticOptions
-from gateway.auth import TokenTable
+from gateway.auth import TokenFile, TokenTable
 from gateway.core.flow import GatewayConfig
 from gateway.server import GatewayApp
 from reprise.rpc.server import ServerOptions, ServiceHost
@@ -34,6 +34,8 @@ async def start_gateway_host(
     config: GatewayConfig | None = None,
     *,
     tokens: TokenTable | None = None,
+    token_file: TokenFile | None = None,
+    tokens_reload_s: float = 10.0,
     tls: ServerTLS | None = None,
     cache_tls: ClientTLS | None = None,
     inference_tls: ClientTLS | None = None,
@@ -47,6 +49,8 @@ async def start_gateway_host(
         cache_tls=cache_tls,
         inference_tls=inference_tls,
         tokens=tokens,
+        token_file=token_file,
+        tokens_reload_s=tokens_reload_s,
     )
     host = ServiceHost(app, ServerOptions(port=0, tls=tls))
     await host.start()

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from gateway_support import Certs, eventually, make_certs, start_exact_cache, start_gateway_host, unique
 
-from gateway.auth import TokenTable
+from gateway.auth import TokenFile, TokenTable
 from inference_svc.core.engine import EngineConfig
 from inference_svc.server import InferenceApp
 from reprise.devstack import RedisServer
@@ -52,6 +52,39 @@ async def test_auth_on_rejects_missing_and_unknown_tokens(authed_gateway, channe
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     ok = await stub.Classify(pb.ClassifyRequest(text=unique("hello")), metadata=bearer(TOKEN_A))
     assert ok.result.label in (1, 2)
+
+
+async def test_tokens_file_rotates_without_a_restart(cache_host, inference_host, channel_to, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "tokens"
+    path.write_text(f"{TOKEN_A} team-a\n")
+    source = TokenFile(path)
+    host = await start_gateway_host(
+        cache_host.address, inference_host.address, tokens=source.load(), token_file=source, tokens_reload_s=0.05
+    )
+    try:
+        stub = pb_grpc.GatewayStub(channel_to(host))
+        assert (await stub.Stats(pb.StatsRequest(), metadata=bearer(TOKEN_A))).tenant == "team-a"
+
+        async def tenant_of(token: str) -> str:
+            try:
+                return (await stub.Stats(pb.StatsRequest(), metadata=bearer(token))).tenant
+            except grpc.aio.AioRpcError as err:
+                return err.code().name
+
+        rotated = tmp_path / "tokens.next"
+        rotated.write_text(f"{TOKEN_B} team-b\n")
+        rotated.replace(path)
+        await eventually(lambda: tenant_of(TOKEN_B), lambda t: t == "team-b")
+        assert await tenant_of(TOKEN_A) == "UNAUTHENTICATED"
+        # A broken file keeps the tokens in force; an emptied one refuses everyone (auth stays on).
+        path.write_text("not a valid line at all\n")
+        await asyncio.sleep(0.3)
+        assert await tenant_of(TOKEN_B) == "team-b"
+        path.write_text("# nobody\n")
+        await eventually(lambda: tenant_of(TOKEN_B), lambda t: t == "UNAUTHENTICATED")
+        assert await tenant_of("") == "UNAUTHENTICATED"
+    finally:
+        await host.stop(0)
 
 
 async def test_auth_off_means_tenant_public(gateway_host, channel_to) -> None:  # type: ignore[no-untyped-def]
