@@ -25,7 +25,7 @@ from gateway.core.types import (
 from reprise import convert
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
-from reprise.errors import ServiceError, from_status
+from reprise.errors import ServiceError, Unavailable, from_status
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
 
@@ -35,8 +35,23 @@ def _metadata() -> tuple[tuple[str, str], ...]:
 
 
 def _downstream(service: str, err: grpc.aio.AioRpcError) -> ServiceError:
-    """Keep the status a dependency returned; say which dependency it was."""
+    """Keep the status a dependency returned; say which dependency it was.
+
+    CANCELLED is the exception. Our own caller going away reaches us as
+    ``asyncio.CancelledError``, never as a status, so a CANCELLED status means the
+    dependency dropped the call: grpc-core cancels a call that arrives just as a
+    server begins its graceful shutdown. That is the server going away, which
+    callers know as UNAVAILABLE and retry (the SDK's service config does).
+    """
+    if err.code() is grpc.StatusCode.CANCELLED:
+        return Unavailable(f"{service}: the call was dropped (the service is draining or restarting); retry")
     return from_status(err.code().name, f"{service}: {err.details()}")
+
+
+def model_identity_from_pb(info: inference_pb2.ModelInfoResponse) -> ModelIdentity:
+    """The model as the cache keys it: the prompts shape answers as much as the weights do."""
+    revision = f"{info.revision}+{info.prompts_revision}" if info.prompts_revision else info.revision
+    return ModelIdentity(info.model_id, revision)
 
 
 def _cache_error(err: grpc.aio.AioRpcError) -> CacheError:
@@ -233,4 +248,4 @@ class GrpcInference:
             r = await self._stub.ModelInfo(inference_pb2.ModelInfoRequest(), timeout=5.0, metadata=_metadata())
         except grpc.aio.AioRpcError as err:
             raise _downstream("inference", err) from None
-        return ModelIdentity(r.model_id, r.revision)
+        return model_identity_from_pb(r)

@@ -83,4 +83,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             kv_cache_budget_bytes=d.kv.budget_bytes,
             kv_cache_entries=d.kv.entries,
             memory_nodes=d.memory_nodes,
+            prompts_revision=d.prompts_revision,
         )

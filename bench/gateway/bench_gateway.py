@@ -35,6 +35,7 @@ from pathlib import Path
 import grpc
 
 from bench.gateway import loadgen
+from gateway.clients import model_identity_from_pb
 from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -118,8 +119,9 @@ def running_stack(model: str, run_dir: Path, embedder: str) -> Iterator[Stack]:
         started.append(gw_cold)
         with grpc.insecure_channel(inference.address) as ch:
             info = inference_pb2_grpc.InferenceStub(ch).ModelInfo(inference_pb2.ModelInfoRequest(), timeout=30)
+        model = model_identity_from_pb(info)  # the identity the gateway keys entries on
         relay = _service("relay", [py, "-m", "bench.gateway.relay", "--cache-target", cache.address,
-                                   "--model-id", info.model_id, "--model-revision", info.revision], run_dir)
+                                   "--model-id", model.model_id, "--model-revision", model.revision], run_dir)
         started.append(relay)
         for svc in (gw_hot, gw_cold, relay):
             wait_serving(svc.address, 120, svc.proc)

@@ -90,6 +90,8 @@ class ModelDescription:
     decode_bytes: int
     kv: IndexStats
     memory_nodes: str = ""
+    #: Digest of the built-in prompts (:func:`.prompts.revision`).
+    prompts_revision: str = ""
 
 
 @dataclass
@@ -167,6 +169,10 @@ class Engine:
             decode_bytes=self.loaded.decode_bytes,
             kv=self.index.stats(),
             memory_nodes=where.mems,
+            prompts_revision=prompts.revision(
+                self._sentiment.spec if self._sentiment is not None else self.config.sentiment,
+                self.config.chat_system_prompt,
+            ),
         )
 
     # -- prompts -------------------------------------------------------------

@@ -7,6 +7,8 @@ examples in the prompt cost memory, not time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from reprise.domain import Label
@@ -83,4 +85,35 @@ SENTIMENT = SentimentPrompt(
     bias_cjk=0.0,
 )
 
-CHAT_SYSTEM_PROMPT = "You are Reprise, a concise and helpful assistant. Answer briefly."
+#: Chosen on a handful of statements and questions (docs/inference.md, "Chat prompt"): the shorter
+#: "Answer briefly." prompt made the 0.5B model echo most statements, and even questions, back.
+CHAT_SYSTEM_PROMPT = (
+    "You are Reprise, a concise and helpful assistant. Answer questions briefly. If the user tells you about "
+    'an experience, reply to them directly ("you"), with empathy or advice, in one or two sentences and in '
+    "their language."
+)
+
+
+def revision(sentiment: SentimentPrompt, chat_system_prompt: str) -> str:
+    """A short digest of the built-in prompts: answers made under other prompts are other answers.
+
+    The gateway puts it into every cache key next to the weights' revision, so
+    an upgrade that changes a prompt (or its calibration) never serves replies
+    or labels computed under the old one.
+    """
+    canonical = json.dumps(
+        {
+            "sentiment": {
+                "system": sentiment.system,
+                "examples": [[text, label.name] for text, label in sentiment.examples],
+                "label_words": {label.name: list(words) for label, words in sentiment.label_words.items()},
+                "bias": sentiment.bias,
+                "bias_cjk": sentiment.bias_cjk,
+                "user_template": sentiment.user_template,
+            },
+            "chat_system_prompt": chat_system_prompt,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -67,8 +67,15 @@ class ModelWorker:
 
     @property
     def depth(self) -> int:
-        """Jobs waiting (not counting running calls and streams being decoded)."""
-        return len(self._calls) + len(self._waiting_streams)
+        """Jobs waiting: calls not yet run, and streams beyond the free decode slots.
+
+        A stream that will take a free slot on the worker's next step is not
+        waiting, even if the worker has not picked it up yet: counting it would
+        refuse a burst that arrives faster than the worker thread wakes up.
+        (``_active`` shrinks outside the lock, so a stale read only overcounts.)
+        """
+        free_slots = max(0, self.max_active_streams - len(self._active))
+        return len(self._calls) + max(0, len(self._waiting_streams) - free_slots)
 
     # -- the worker thread ----------------------------------------------------
 

@@ -79,10 +79,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         latency = metrics.RPC_LATENCY.labels(self._service, method)
+        in_flight = metrics.RPC_IN_FLIGHT.labels(self._service, method)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id.set(_incoming_request_id(context))
             start = time.perf_counter()
+            in_flight.inc()
             raised: grpc.StatusCode | None = None
             try:
                 return await behavior(request, context)
@@ -96,6 +98,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id.get()})")
             finally:
+                in_flight.dec()
                 latency.observe(time.perf_counter() - start)
                 metrics.RPC_REQUESTS.labels(self._service, method, _final_code(context, raised)).inc()
 
@@ -105,10 +108,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behavior: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         latency = metrics.RPC_LATENCY.labels(self._service, method)
+        in_flight = metrics.RPC_IN_FLIGHT.labels(self._service, method)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             request_id.set(_incoming_request_id(context))
             start = time.perf_counter()
+            in_flight.inc()
             raised: grpc.StatusCode | None = None
             try:
                 async for item in behavior(request, context):
@@ -123,6 +128,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id.get()})")
             finally:
+                in_flight.dec()
                 latency.observe(time.perf_counter() - start)
                 metrics.RPC_REQUESTS.labels(self._service, method, _final_code(context, raised)).inc()
 

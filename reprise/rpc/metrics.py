@@ -7,7 +7,7 @@ so three services in one test process never collide.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # Buckets from 0.25 ms (a hot-cache hit) to 60 s (a long generation).
 LATENCY_BUCKETS = (
@@ -16,6 +16,9 @@ LATENCY_BUCKETS = (
 
 RPC_REQUESTS = Counter(
     "reprise_rpc_requests_total", "RPCs handled, by final status code.", ["service", "method", "code"]
+)
+RPC_IN_FLIGHT = Gauge(
+    "reprise_rpc_in_flight", "RPCs being handled now (accepted, not yet finished).", ["service", "method"]
 )
 RPC_LATENCY = Histogram(
     "reprise_rpc_latency_seconds", "RPC handling time.", ["service", "method"], buckets=LATENCY_BUCKETS

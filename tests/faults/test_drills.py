@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import grpc
 import pytest
 
 from reprise.common.v1 import common_pb2
-from reprise.devstack import Stack, StackConfig, rss_bytes, wait_serving
+from reprise.devstack import Stack, StackConfig, free_port, rss_bytes, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -37,6 +38,16 @@ pytestmark = pytest.mark.faults
 MAX_QUEUE = 4
 #: Calls the inference service accepts at once: one running + the bounded queue.
 CAPACITY = MAX_QUEUE + 1
+INFERENCE_METRICS_PORT = free_port()
+
+
+def _inference_in_flight(method: str) -> float:
+    """The inference service's ``reprise_rpc_in_flight`` for one RPC: calls its handlers hold now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{INFERENCE_METRICS_PORT}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("reprise_rpc_in_flight{") and f'method="{method}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 NO_CACHE = pb.CachePolicy(no_cache=True, no_store=True)
 OK_STATUSES = {pb.CACHE_STATUS_MISS, pb.CACHE_STATUS_EXACT, pb.CACHE_STATUS_SEMANTIC, pb.CACHE_STATUS_BYPASS}
 
@@ -50,7 +61,8 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         run_dir=run_dir,
         redis_persist=True,
         ready_timeout_s=180,
-        extra_inference_args=("--max-queue", str(MAX_QUEUE), "--grace", "30", "--max-new-tokens", "16"),
+        extra_inference_args=("--max-queue", str(MAX_QUEUE), "--max-active-streams", "1", "--grace", "30",
+                              "--max-new-tokens", "16", "--metrics-port", str(INFERENCE_METRICS_PORT)),
         extra_gateway_args=("--cache-timeout-ms", "500"),
     )
     s = Stack(config).start()
@@ -206,12 +218,29 @@ async def test_sigterm_inference_lets_in_flight_generations_complete(stack: Stac
 
     calls = [asyncio.create_task(generate(i)) for i in range(n)]
     await asyncio.wait_for(started.wait(), 60)
+    # SIGTERM only once inference holds every call (streaming or queued): a call that reaches a
+    # server in the same instant as its shutdown is refused, not in flight (see `late` below).
+    deadline = time.monotonic() + 30
+    while await asyncio.to_thread(_inference_in_flight, "ChatStream") < n:
+        assert time.monotonic() < deadline and not any(c.done() for c in calls), \
+            f"never had all {n} calls in flight at once: {results}"
+        await asyncio.sleep(0.002)
     sigterm_at = time.monotonic()
     stack.inference.proc.terminate()  # SIGTERM: graceful drain
+    # A call sent as the drain starts is refused, and the caller must be told to retry: UNAVAILABLE
+    # (grpc-core reports a call dropped at shutdown as CANCELLED; the gateway says UNAVAILABLE), or
+    # RESOURCE_EXHAUSTED if it still reached the full queue before the signal landed.
+    late = asyncio.create_task(gateway.ChatStream(
+        pb.ChatStreamRequest(text="drill three, sent during the drain", cache=NO_CACHE), timeout=30).read())
     await asyncio.wait_for(asyncio.gather(*calls), 120)
     code = await asyncio.to_thread(stack.inference.proc.wait, 60)
     assert any(t > sigterm_at for t in finished), "the drill did not overlap: every call ended before SIGTERM"
     assert [status for _, status in results] == ["OK"] * n, results
+    try:
+        await late
+    except grpc.aio.AioRpcError as err:
+        assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), \
+            (err.code(), err.details())
     assert code == 0, f"inference exited with {code} after SIGTERM"
     print(f"{n} generations in flight at SIGTERM ({sum(t > sigterm_at for t in finished)} finished after it, "
           f"the last {max(finished) - sigterm_at:.1f}s later), all complete; exit code {code}")

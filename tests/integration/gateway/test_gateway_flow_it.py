@@ -8,6 +8,7 @@ import grpc
 import pytest
 from gateway_support import eventually, metric, unique
 
+from inference_svc.core import prompts
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.common.v1 import common_pb2
 from reprise.gateway.v1 import gateway_pb2 as pb
@@ -171,5 +172,8 @@ async def test_stats_and_metrics(stub) -> None:  # type: ignore[no-untyped-def]
     assert s.counters.requests >= s.counters.misses >= 1 and s.counters.model_calls >= 1
     assert s.HasField("cache_entries") and s.cache_entries >= 1
     assert s.model_id and s.model_revision
+    # The key's revision is the weights' and the prompts': a prompt upgrade is a new model to the cache.
+    weights, _, prompts_rev = s.model_revision.partition("+")
+    assert weights and prompts_rev == prompts.revision(prompts.SENTIMENT, prompts.CHAT_SYSTEM_PROMPT)
     assert metric("reprise_gateway_breaker_state") == 0
     assert metric("reprise_gateway_hit_ratio", tier="exact") >= 0

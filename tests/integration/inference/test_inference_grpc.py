@@ -11,6 +11,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from inference_svc.core import prompts
 from inference_svc.core.engine import EngineConfig
 from inference_svc.core.service import Batching
 from inference_svc.server import InferenceApp
@@ -58,7 +59,9 @@ async def test_full_queue_is_resource_exhausted(host: ServiceHost, stub: pb_grpc
     app: InferenceApp = host.app  # type: ignore[assignment]
     release = threading.Event()
     app.worker.submit(lambda _: release.wait(10))
-    calls = [stub.Chat(pb.ChatRequest(text=f"hi {i}")) for i in range(4)]
+    # Chats fill the free decode slots first, then the queue: capacity is slots + queue, whatever the timing.
+    capacity = app.worker.max_active_streams + app.worker.max_queue
+    calls = [stub.Chat(pb.ChatRequest(text=f"hi {i}")) for i in range(capacity)]
     try:
         await asyncio.sleep(0.2)
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -138,6 +141,7 @@ async def test_bad_requests_name_the_field(stub: pb_grpc.InferenceStub, request_
 async def test_model_info_reports_model_placement_and_kv(stub: pb_grpc.InferenceStub) -> None:
     info = await stub.ModelInfo(pb.ModelInfoRequest())
     assert info.architecture == "Qwen2ForCausalLM" and info.revision
+    assert info.prompts_revision == prompts.revision(prompts.SENTIMENT, prompts.CHAT_SYSTEM_PROMPT)
     assert info.weights in ("int4", "int8", "dense") and info.dtype in ("bfloat16", "float32")
     assert list(info.cpus) and info.threads >= 1
     assert info.kv_cache_budget_bytes > 0 and info.kv_cache_entries >= 1  # the pinned system prompt

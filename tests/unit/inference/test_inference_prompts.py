@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from inference_svc.core.prompts import SENTIMENT, SentimentPrompt, is_mostly_cjk
+import dataclasses
+
+from inference_svc.core.prompts import CHAT_SYSTEM_PROMPT, SENTIMENT, SentimentPrompt, is_mostly_cjk, revision
 from reprise.domain import Label
 
 
@@ -25,3 +27,19 @@ def test_user_template_and_answers() -> None:
     assert spec.user("hi {x}") == "Text: hi {x}\nLabel?"
     assert spec.answer(Label.NEGATIVE) == "Negative"
     assert all(label in (Label.POSITIVE, Label.NEGATIVE) for _, label in SENTIMENT.examples)
+
+
+def test_prompts_revision_follows_every_part_that_changes_answers() -> None:
+    base = revision(SENTIMENT, CHAT_SYSTEM_PROMPT)
+    assert len(base) == 12 and int(base, 16) >= 0
+    assert revision(SENTIMENT, CHAT_SYSTEM_PROMPT) == base  # stable across calls (and processes: no hash())
+    (text, label), *rest = SENTIMENT.examples
+    flipped = (text, Label.NEGATIVE if label is Label.POSITIVE else Label.POSITIVE)
+    changed = [
+        revision(SENTIMENT, CHAT_SYSTEM_PROMPT + " "),
+        revision(dataclasses.replace(SENTIMENT, bias=SENTIMENT.bias + 0.01), CHAT_SYSTEM_PROMPT),
+        revision(dataclasses.replace(SENTIMENT, bias_cjk=None), CHAT_SYSTEM_PROMPT),
+        revision(dataclasses.replace(SENTIMENT, examples=(flipped, *rest)), CHAT_SYSTEM_PROMPT),
+        revision(dataclasses.replace(SENTIMENT, user_template="{text}"), CHAT_SYSTEM_PROMPT),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)

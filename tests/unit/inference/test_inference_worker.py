@@ -116,3 +116,26 @@ async def test_consumer_leaving_stops_the_generator(worker: ModelWorker) -> None
                 break
     assert await asyncio.to_thread(closed.wait, 5)
     assert len(produced) <= 5  # stopped within a step or two of the consumer leaving at item 2
+
+
+async def test_a_burst_of_streams_fits_the_free_slots_plus_the_queue() -> None:
+    # The burst arrives before the worker thread picks anything up: streams that will take a
+    # free decode slot are not "waiting", so 2 slots + 1 queued are accepted and only the 4th is refused.
+    w = ModelWorker(max_queue=1, max_active_streams=2)
+
+    def tokens(_cancelled: threading.Event) -> Iterator[str]:
+        yield from "ab"
+
+    streams = [w.stream(tokens) for _ in range(4)]
+    firsts = [asyncio.ensure_future(s.__anext__()) for s in streams]
+    await asyncio.sleep(0.01)  # every stream has tried to enqueue; the worker is not running yet
+    assert firsts[3].done()
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        firsts[3].result()
+    assert w.depth == 1
+    w.start()
+    try:
+        assert await asyncio.gather(*firsts[:3]) == ["a", "a", "a"]
+        assert [[t async for t in s] for s in streams[:3]] == [["b"], ["b"], ["b"]]
+    finally:
+        w.close(timeout=5)
