@@ -22,7 +22,7 @@ async def test_demo_tour_computes_each_question_once(inference_host, capsys: pyt
     try:
         with grpc.insecure_channel(gateway.address) as channel:
             # The tour is blocking client code; the servers run on this event loop.
-            await asyncio.to_thread(demo.run_tour, pb_grpc.GatewayStub(channel))
+            returned = await asyncio.to_thread(demo.run_tour, pb_grpc.GatewayStub(channel))
     finally:
         await gateway.stop(0)
         await cache.stop(0)
@@ -31,6 +31,7 @@ async def test_demo_tour_computes_each_question_once(inference_host, capsys: pyt
     calls = [(call, status) for call, status in rows if call in ("Classify", "Chat", "Analyze", "ChatStream")]
     assert [c for c, _ in calls] == ["Classify"] * 3 + ["Chat"] * 2 + ["Analyze"] * 2 + ["ChatStream"]
     statuses = [s for _, s in calls]
+    assert returned == statuses  # main() decides on the MISS+join footnote from these
     first = [statuses[0], statuses[1], statuses[3], statuses[5]]  # the first time each question is asked
     repeats = [statuses[2], statuses[4], statuses[6], statuses[7]]
     assert first == ["MISS"] * 4, calls
