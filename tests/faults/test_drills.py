@@ -40,6 +40,9 @@ MAX_QUEUE = 4
 CAPACITY = MAX_QUEUE + 1
 INFERENCE_METRICS_PORT = free_port()
 
+NO_CACHE = pb.CachePolicy(no_cache=True, no_store=True)
+OK_STATUSES = {pb.CACHE_STATUS_MISS, pb.CACHE_STATUS_EXACT, pb.CACHE_STATUS_SEMANTIC, pb.CACHE_STATUS_BYPASS}
+
 
 def _inference_in_flight(method: str) -> float:
     """The inference service's ``reprise_rpc_in_flight`` for one RPC: calls its handlers hold now."""
@@ -48,8 +51,6 @@ def _inference_in_flight(method: str) -> float:
             if line.startswith("reprise_rpc_in_flight{") and f'method="{method}"' in line:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
-NO_CACHE = pb.CachePolicy(no_cache=True, no_store=True)
-OK_STATUSES = {pb.CACHE_STATUS_MISS, pb.CACHE_STATUS_EXACT, pb.CACHE_STATUS_SEMANTIC, pb.CACHE_STATUS_BYPASS}
 
 
 @pytest.fixture(scope="module")
