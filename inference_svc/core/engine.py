@@ -206,7 +206,9 @@ class Engine:
             flat += firsts
         if set(flat[i] for i in columns[0]) & set(flat[i] for i in columns[1]):
             raise RuntimeError("sentiment label words share a first token")
-        rows = self.model.head.rows(torch.tensor(flat))
+        # fp32: a bf16 logit near 20 moves in steps of 0.125, so the label margin of many texts rounded to
+        # exactly 0 and flipped with the batch a text happened to share (docs/inference.md).
+        rows = self.model.head.rows(torch.tensor(flat)).float()
         log.info("sentiment prefix: %d tokens cached, label tokens %s", len(ids), flat)
         return _SentimentPrefix(kv, ids, suffix, columns, rows, spec)
 
@@ -274,7 +276,7 @@ class Engine:
         kv.copy_prefix(prefix.kv, len(prefix.ids))
         for at in range(0, len(row), self.config.prefill_chunk):
             hidden = self.model.forward(torch.tensor(row[at : at + self.config.prefill_chunk]), kv)
-        return (hidden.to(self.model.dtype) @ prefix.label_rows.t()).float()
+        return hidden.float() @ prefix.label_rows.t()
 
     # -- chat ------------------------------------------------------------------
 

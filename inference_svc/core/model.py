@@ -232,4 +232,4 @@ class Transformer:
             x += layer.o(o)
             self._mlp(layer, x)
         last = x.view(b, t, s.hidden)[torch.arange(b), lengths - 1]
-        return (self._norm(last, self.norm).to(self.dtype) @ label_rows.t()).float()
+        return self._norm(last, self.norm).float() @ label_rows.t().float()

@@ -80,9 +80,10 @@ SENTIMENT = SentimentPrompt(
     ),
     examples=FEW_SHOT,
     user_template="{text}\n\nIs the sentiment of this text Positive or Negative?",
-    # Dev split: English 0.89 -> 0.94 with this bias; Chinese is best uncorrected (0.78).
-    bias=0.6875,
-    bias_cjk=0.0,
+    # Fitted on the dev split with fp32 label logits (scoring version 2): English 0.885 -> 0.945,
+    # Chinese 0.775 -> 0.785 (its label-supported texts 0.841 -> 0.853).
+    bias=0.637,
+    bias_cjk=0.0445,
 )
 
 #: Chosen on a handful of statements and questions (docs/inference.md, "Chat prompt"): the shorter
@@ -92,6 +93,11 @@ CHAT_SYSTEM_PROMPT = (
     'an experience, reply to them directly ("you"), with empathy or advice, in one or two sentences and in '
     "their language."
 )
+
+
+#: How label probabilities are computed from the model; part of ``revision``. Bump it when the
+#: computation changes answers. 2: label logits in fp32 (1 rounded them to bf16, steps of 0.125).
+SCORING_VERSION = 2
 
 
 def revision(sentiment: SentimentPrompt, chat_system_prompt: str) -> str:
@@ -110,6 +116,7 @@ def revision(sentiment: SentimentPrompt, chat_system_prompt: str) -> str:
                 "bias": sentiment.bias,
                 "bias_cjk": sentiment.bias_cjk,
                 "user_template": sentiment.user_template,
+                "scoring": SCORING_VERSION,
             },
             "chat_system_prompt": chat_system_prompt,
         },

@@ -165,3 +165,22 @@ def test_kv_budget_bounds_the_index(tiny_model_dir: Path, tmp_path: Path) -> Non
         _chat(engine, (), f"question number {i} about cats and dogs", max_new_tokens=8)
     stats = engine.index.stats()
     assert stats.bytes <= 256 * 1024 and stats.evictions > 0 and stats.entries >= 2
+
+
+def test_bf16_label_logits_are_not_rounded_to_bf16(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The label margin decides the answer: it must be the fp32 dot product of the hidden state and the label rows.
+
+    Rounded to bf16 (steps of 0.125 for a logit near 20 on the real model), many margins became
+    exactly 0 and a text's label flipped with the batch it happened to share.
+    """
+    engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4")
+    prefix = engine._sentiment
+    assert prefix is not None and prefix.label_rows.dtype == torch.float32
+    rows = [engine._encode(t) + prefix.suffix_ids for t in ("I love it", "terrible, never again", "ok")]
+    identity = torch.eye(engine.model.shape.hidden)
+    hidden = engine.model.score_batch(prefix.kv, len(prefix.ids), rows, identity)
+    logits = engine.model.score_batch(prefix.kv, len(prefix.ids), rows, prefix.label_rows)
+    assert logits.dtype == torch.float32
+    expected = hidden @ prefix.label_rows.t()
+    assert torch.allclose(logits, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(expected, expected.bfloat16().float())  # the check can tell the two apart

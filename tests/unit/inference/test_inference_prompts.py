@@ -43,3 +43,11 @@ def test_prompts_revision_follows_every_part_that_changes_answers() -> None:
         revision(dataclasses.replace(SENTIMENT, user_template="{text}"), CHAT_SYSTEM_PROMPT),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_prompts_revision_follows_the_scoring_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_svc.core import prompts
+
+    base = revision(SENTIMENT, CHAT_SYSTEM_PROMPT)
+    monkeypatch.setattr(prompts, "SCORING_VERSION", prompts.SCORING_VERSION + 1)
+    assert revision(SENTIMENT, CHAT_SYSTEM_PROMPT) != base
