@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+from inference_svc.core import placement
 from inference_svc.core.engine import Engine, EngineConfig
 from reprise.rpc.config import EnvArgumentParser
 from reprise.rpc.logs import configure_logging
@@ -18,6 +19,7 @@ from reprise.rpc.logs import configure_logging
 
 def main() -> None:
     parser = EnvArgumentParser("REPRISE_INFERENCE_", prog="python -m inference_svc.prepare", description=__doc__)
+    parser.add_option("--cpus", default="", help="same as the service's --cpus (the dtype probe is timed on them)")
     parser.add_option("--model", default="default", help="same as the service's --model")
     parser.add_option("--model-cache", default=".models", type=Path, help="same as the service's --model-cache")
     parser.add_option("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="same as the service's --dtype")
@@ -26,6 +28,11 @@ def main() -> None:
     parser.add_flag("--no-tie-embeddings", help="same as the service's --no-tie-embeddings")
     args = parser.parse_args()
     configure_logging("inference", "INFO", "text")
+    try:
+        where = placement.apply(args.cpus)  # before any torch work, as the service does
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.getLogger(__name__).info("placement: %s", where.describe())
     start = time.perf_counter()
     engine = Engine(
         EngineConfig(

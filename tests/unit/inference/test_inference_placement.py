@@ -24,3 +24,17 @@ def test_bad_cpu_lists_are_refused_with_the_flag_name(spec: str) -> None:
 
 def test_current_reads_the_affinity_mask() -> None:
     assert current().cpus == tuple(sorted(os.sched_getaffinity(0)))
+
+
+def test_prepare_refuses_cpus_it_cannot_have_before_loading_anything() -> None:
+    """`python -m inference_svc.prepare` takes the service's --cpus and fails fast on a bad one."""
+    import subprocess
+    import sys
+
+    bad = max(os.sched_getaffinity(0)) + 1000
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference_svc.prepare", "--cpus", str(bad), "--model-cache", "/nonexistent"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert f"CPUs [{bad}] are not available" in proc.stderr
