@@ -38,6 +38,21 @@ SYS_ZH = (
     "只回答一个词：Positive 或 Negative。"
 )
 QUESTION = "{text}\n\nIs the sentiment of this text Positive or Negative?"
+#: Chinese turns for what the model gets wrong on the audited dev split: mild complaints, sarcasm,
+#: and idioms whose words point the other way (没得说 "nothing to fault", 不是一般的差 "extraordinarily bad").
+ZH_HARD: tuple[tuple[str, Label], ...] = (
+    ("房间里的矿泉水和茶包都要另外收费，真小气。", N),
+    ("质量没得说，发货也快。", P),
+    ("服务不是一般的差，再也不来了。", N),
+    ("这种书也能上畅销榜？真佩服作者。", N),
+    ("整体印象一般，没什么特别的。", N),
+)
+SYS_MILD = (
+    "You are a sentiment classifier. Read the user's text (English or Chinese) and answer with exactly one word: "
+    "Positive or Negative. A text whose main point is a problem, a defect, an extra charge or an inconvenience is "
+    "Negative even when it is mild, shrugged off or sarcastic; a text whose main point is praise or satisfaction is "
+    "Positive."
+)
 VARIANTS = {
     "plain (seed prompt)": SentimentPrompt(SYS_PLAIN),
     "feedback + 8-shot": SentimentPrompt(SYS_FEEDBACK, prompts.FEW_SHOT),
@@ -45,6 +60,9 @@ VARIANTS = {
     "plain + 8-shot + question": SentimentPrompt(SYS_PLAIN, prompts.FEW_SHOT, user_template=QUESTION),
     "feedback + 8-shot + question": SentimentPrompt(SYS_FEEDBACK, prompts.FEW_SHOT, user_template=QUESTION),
     "chinese system + 8-shot": SentimentPrompt(SYS_ZH, prompts.FEW_SHOT),
+    "plain + 8-shot + zh-hard + question": SentimentPrompt(SYS_PLAIN, prompts.FEW_SHOT + ZH_HARD, user_template=QUESTION),
+    "mild + 8-shot + question": SentimentPrompt(SYS_MILD, prompts.FEW_SHOT, user_template=QUESTION),
+    "mild + 8-shot + zh-hard + question": SentimentPrompt(SYS_MILD, prompts.FEW_SHOT + ZH_HARD, user_template=QUESTION),
 }
 #: Tried during development and dropped (dev accuracy, bias fitted for both languages together):
 #: "feedback" system prompt zero-shot en 0.915 / zh 0.74; "plain + question" 0.915 / 0.74;
@@ -89,6 +107,8 @@ def main() -> None:
     engine = Engine(EngineConfig(cache_dir=args.model_cache, weights=args.weights))
     engine.load()
     dev = {lang: split.dev for lang, split in datasets.load().items()}
+    # The Chinese dev texts whose corpus label a reader agrees with (see datasets.audited).
+    supported = {id(e) for e in datasets.audited("dev", dev["zh"])}
     rows = []
     for name, spec in VARIANTS.items():
         if args.variant and name not in args.variant:
@@ -102,6 +122,9 @@ def main() -> None:
             row[f"{lang}_shared_bias"] = accuracy(lg, ex, bias)
             row[f"{lang}_bias"] = own
             row[f"{lang}_own_bias"] = accuracy(lg, ex, own)
+        lg, ex = zip(*((x, e) for x, e in zip(*per_lang["zh"]) if id(e) in supported))
+        row["zh_audited_bias"] = fit_bias({"zh": (list(lg), list(ex))})
+        row["zh_audited"] = accuracy(list(lg), list(ex), row["zh_audited_bias"])
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
