@@ -78,7 +78,14 @@ def memory_bandwidth_gbs() -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    info = dict(
+        (k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in Path("/proc/cpuinfo").read_text().splitlines()) if v
+    )
+    cpu = info.get("model name", "?")
+    # The brand string alone hides the generation ("AMD EPYC" is Zen 4 or Zen 5 on these VMs), and with it
+    # the AVX-512 width: family/model tell them apart.
+    if "cpu family" in info and "model" in info:
+        cpu += f" (family {info['cpu family']} model {info['model']})"
     return {
         "cpu": cpu,
         "cpus": list(os.sched_getaffinity(0)),
