@@ -169,7 +169,7 @@ def sentiment_accuracy(engine: Engine, examples: list[datasets.Example]) -> floa
     return sum(correct) / len(correct)
 
 
-def sentiment_single(engine: Engine, examples: list[datasets.Example], supported: set[int] | None) -> dict[str, Any]:
+def sentiment_single(engine: Engine, examples: list[datasets.Example], supported: list[bool] | None) -> dict[str, Any]:
     """One request at a time, like a caller without concurrency: p50 latency and accuracy."""
     times, correct = [], []
     for e in examples:
@@ -180,23 +180,22 @@ def sentiment_single(engine: Engine, examples: list[datasets.Example], supported
     return {"p50_ms": median_ms(times), **accuracies(correct, supported)}
 
 
-def label_supported(lang: str, name: str, examples: list[datasets.Example]) -> set[int] | None:
-    """Indices of the texts whose corpus label the audit agrees with (Chinese only; None when not audited)."""
+def label_supported(lang: str, name: str, examples: list[datasets.Example]) -> list[bool] | None:
+    """Per text: does the audit agree with its corpus label? (Chinese only; None when not audited.)"""
     if lang != "zh":
         return None
     try:
-        keep = {id(e) for e in datasets.audited(name, examples)}
+        return datasets.supported_mask(name, examples)
     except ValueError as exc:  # another --per-label gives another split than the one audited
         log.warning("zh label audit not applied: %s", exc)
         return None
-    return {i for i, e in enumerate(examples) if id(e) in keep}
 
 
-def accuracies(correct: list[bool], supported: set[int] | None) -> dict[str, Any]:
+def accuracies(correct: list[bool], supported: list[bool] | None) -> dict[str, Any]:
     """Accuracy on the corpus' labels and, where audited, on the texts whose label a reader agrees with."""
     out: dict[str, Any] = {"accuracy": sum(correct) / len(correct), "n": len(correct)}
     if supported is not None:
-        kept = [c for i, c in enumerate(correct) if i in supported]
+        kept = [c for c, keep in zip(correct, supported) if keep]  # the baseline scores a prefix of the split
         out.update(accuracy_label_supported=sum(kept) / len(kept), n_label_supported=len(kept))
     return out
 

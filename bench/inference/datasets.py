@@ -153,16 +153,20 @@ def audit(path: Path = AUDIT) -> dict[tuple[str, int], tuple[str, str, str]]:
     return rows
 
 
-def audited(split: str, examples: list[Example], path: Path = AUDIT) -> list[Example]:
-    """The examples of a Chinese split whose label the audit supports (the split must be the one audited)."""
+def supported_mask(split: str, examples: list[Example], path: Path = AUDIT) -> list[bool]:
+    """Per example of a Chinese split: does the audit support its label? (The split must be the one audited.)"""
     rows = audit(path)
-    keep = []
+    mask = []
     for i, example in enumerate(examples):
         row = rows.get((split, i))
         if row is not None and row[0] != _digest(example.text):
             raise ValueError(f"{path.name} was made for another {split} split (#{i} differs): re-audit after changing the split")
-        if row is None:
-            keep.append(example)
-    if len(keep) + sum(1 for key in rows if key[0] == split) != len(examples):
+        mask.append(row is None)
+    if mask.count(False) != sum(1 for key in rows if key[0] == split):
         raise ValueError(f"{path.name} lists {split} rows beyond the split's {len(examples)} texts")
-    return keep
+    return mask
+
+
+def audited(split: str, examples: list[Example], path: Path = AUDIT) -> list[Example]:
+    """The examples of a Chinese split whose label the audit supports."""
+    return [e for e, keep in zip(examples, supported_mask(split, examples, path)) if keep]

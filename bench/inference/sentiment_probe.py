@@ -75,9 +75,8 @@ def main() -> None:
     evals = {}
     for name in ("dev", "test"):
         examples = getattr(split, name)
-        supported = {id(e) for e in datasets.audited(name, examples)}
         prompt = [r.p_positive >= 0.5 for r in engine.classify_batch([e.text for e in examples])]
-        evals[name] = (examples, [id(e) in supported for e in examples], hidden_states(engine, [e.text for e in examples]), prompt)
+        evals[name] = (examples, datasets.supported_mask(name, examples), hidden_states(engine, [e.text for e in examples]), prompt)
 
     def score(predicted: list[bool], examples: list[datasets.Example], kept: list[bool]) -> dict[str, float]:
         right = [p == e.positive for p, e in zip(predicted, examples)]

@@ -107,8 +107,8 @@ def main() -> None:
     engine = Engine(EngineConfig(cache_dir=args.model_cache, weights=args.weights))
     engine.load()
     dev = {lang: split.dev for lang, split in datasets.load().items()}
-    # The Chinese dev texts whose corpus label a reader agrees with (see datasets.audited).
-    supported = {id(e) for e in datasets.audited("dev", dev["zh"])}
+    # The Chinese dev texts whose corpus label a reader agrees with (see datasets.supported_mask).
+    supported = datasets.supported_mask("dev", dev["zh"])
     rows = []
     for name, spec in VARIANTS.items():
         if args.variant and name not in args.variant:
@@ -122,7 +122,7 @@ def main() -> None:
             row[f"{lang}_shared_bias"] = accuracy(lg, ex, bias)
             row[f"{lang}_bias"] = own
             row[f"{lang}_own_bias"] = accuracy(lg, ex, own)
-        lg, ex = zip(*((x, e) for x, e in zip(*per_lang["zh"]) if id(e) in supported))
+        lg, ex = zip(*((x, e) for x, e, keep in zip(*per_lang["zh"], supported) if keep))
         row["zh_audited_bias"] = fit_bias({"zh": (list(lg), list(ex))})
         row["zh_audited"] = accuracy(list(lg), list(ex), row["zh_audited_bias"])
         rows.append(row)

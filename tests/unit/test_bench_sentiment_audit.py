@@ -32,6 +32,7 @@ EXAMPLES = [
 def test_audited_drops_only_the_listed_texts(tmp_path: Path) -> None:
     path = _audit_file(tmp_path, [("test", 1, EXAMPLES[1], "contradicts"), ("test", 2, EXAMPLES[2], "unclear")])
     assert datasets.audited("test", EXAMPLES, path) == [EXAMPLES[0], EXAMPLES[3]]
+    assert datasets.supported_mask("test", EXAMPLES, path) == [True, False, False, True]
     # Rows of the other split do not touch this one.
     assert datasets.audited("dev", EXAMPLES, path) == EXAMPLES
 
@@ -65,6 +66,6 @@ def test_the_shipped_audit_matches_the_current_chinese_splits() -> None:
 def test_accuracies_report_both_label_sets() -> None:
     correct = [True, False, True, False]
     assert accuracies(correct, None) == {"accuracy": 0.5, "n": 4}
-    out = accuracies(correct, {0, 2, 3})
+    out = accuracies(correct, [True, False, True, True])
     assert out["accuracy"] == 0.5 and out["n_label_supported"] == 3
     assert out["accuracy_label_supported"] == pytest.approx(2 / 3)
