@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_option("--model", default="default", help="same as the service's --model")
     parser.add_option("--model-cache", default=".models", type=Path, help="same as the service's --model-cache")
     parser.add_option("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="same as the service's --dtype")
-    parser.add_option("--weights", default="auto", choices=("auto", "int4", "int8", "dense"), help="same as the service's --weights")
+    parser.add_option("--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"), help="same as the service's --weights")
     parser.add_flag("--no-dense-prefill", help="same as the service's --no-dense-prefill")
     parser.add_flag("--no-tie-embeddings", help="same as the service's --no-tie-embeddings")
     args = parser.parse_args()

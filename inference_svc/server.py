@@ -66,13 +66,13 @@ def build_parser() -> EnvArgumentParser:
     parser.add_option("--cpus", default="", help="pin to these CPUs, e.g. 0-3 or 0,2 (empty: the inherited affinity)")
     parser.add_option(
         "--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX and it measures faster, else fp32",
+        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX and it measures faster, else fp32 activations with fp16 weights through fbgemm",
     )
     parser.add_option(
-        "--weights", default="auto", choices=("auto", "int4", "int8", "dense"),
-        help="weight format; auto = int4 (group 32) under bf16, dense under fp32",
+        "--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"),
+        help="weight format; auto = int4 (group 32) under bf16, fp16 (fbgemm) when --dtype auto picks fp32, dense under an explicit --dtype fp32; int4/int8 need bf16, fp16 needs fp32",
     )
-    parser.add_flag("--no-dense-prefill", help="drop the dense bf16 copy used for prefill (saves memory, slower prefill)")
+    parser.add_flag("--no-dense-prefill", help="drop the dense bf16 copy of int4/int8 weights used for prefill (saves memory, slower prefill)")
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")

@@ -2,12 +2,17 @@
 #
 # llama-cpp-python is a benchmark extra only (never a test dependency). It builds from source
 # (~10-15 min on 2 cores), so the wheel is built once into .cache/wheels/ (git-ignored) and
-# reinstalled from there. GGML_NATIVE=ON segfaults in the AMX path on some CPUs here; these
-# flags build a portable AVX-512 binary without AMX (see docs/inference.md).
+# reinstalled from there. GGML_NATIVE=ON segfaults in the AMX path on some CPUs here, so the build
+# is portable (NATIVE and AMX off) with each AVX-512 extension switched on only when this CPU has
+# it: forcing AVX-512 on an AVX2-only CPU (AMD Zen 3) builds a library that dies of SIGILL.
 LLAMACPP_VERSION ?= 0.3.36
 LLAMACPP_WHEELS := .cache/wheels
-LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
-  -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+cpu_has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=$(call cpu_has,avx512f) \
+  -DGGML_AVX512_VBMI=$(call cpu_has,avx512_vbmi) -DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) \
+  -DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16) -DGGML_AVX_VNNI=$(call cpu_has,avx_vnni) \
+  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 BENCH_LOCK ?= /tmp/reprise-bench.lock
 BENCH_INFERENCE_ARGS ?=
 

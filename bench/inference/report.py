@@ -90,13 +90,20 @@ def markdown(r: dict[str, Any]) -> str:
             f"| llama.cpp {peer['version']} (GGUF Q4_K_M/Q5_0/Q8_0) | | | {peer['decode_tok_s']:.1f} | | "
             f"{peer['prefill_tok_s']['64']:.0f} | {peer['prefill_tok_s']['512']:.0f} | | | |"
         )
+    for name, why in r.get("formats_skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} | | | | | | | | |")
     head, dense = r["lm_head_last_position_only"], r["dense_prefill_copy"]
     lines += [
         "",
         f"- LM head on the last position only: running it on all 512 prompt positions would add "
         f"{head['all_positions_ms']:.0f} ms to a {head['prefill_512_ms']:.0f} ms prefill.",
-        f"- Dense bf16 copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
-        f"{dense['prefill_512_quantized_kernel_only']:.0f} tok/s through the weight-only kernel.",
+    ]
+    if r["serving_format"].split("-")[0] in ("int4", "int8"):  # only those formats keep a dense prefill copy
+        lines.append(
+            f"- Dense bf16 copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
+            f"{dense['prefill_512_quantized_kernel_only']:.0f} tok/s through the weight-only kernel."
+        )
+    lines += [
         "",
         "## Sentiment (held-out test split, one request at a time)",
         "",

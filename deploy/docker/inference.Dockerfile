@@ -3,8 +3,9 @@
 #   docker build -f deploy/docker/inference.Dockerfile -t reprise-inference:0.1.0 .
 # Build args: MODEL (default: the packaged Qwen2.5-Coder-0.5B-Instruct GGUF), MODEL_DTYPE and
 # MODEL_WEIGHTS (the service's --dtype/--weights: the converted copy is per format, so the image
-# pins both and sets the same values for the service; use MODEL_DTYPE=fp32 for nodes without
-# AVX512-BF16/AMX), TORCH_INDEX_URL (where the CPU-only torch wheel comes from).
+# pins both and sets the same values for the service; for nodes without AVX512-BF16/AMX use
+# MODEL_DTYPE=fp32 MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the
+# CPU-only torch wheel comes from).
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 
 # ---- build: a venv with the pinned dependencies and the generated gRPC code ----

@@ -55,7 +55,7 @@ class RuntimeSpec:
         parts = [self.weights.value, dtype]
         if self.tie_embeddings:
             parts.append("tied")
-        if self.dense_prefill and self.weights is not WeightFormat.DENSE:
+        if self.dense_prefill and self.weights in (WeightFormat.INT8, WeightFormat.INT4):
             parts.append("pf")
         return "-".join(parts)
 
@@ -141,7 +141,7 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, dtype: torch.dtype, max_context: int) -> Transformer:
+def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec, max_context: int) -> Transformer:
     lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
     layers = [
         Layer(tensors[f"L{i}.ln1"], lin(f"L{i}.qkv"), lin(f"L{i}.o"), tensors[f"L{i}.ln2"], lin(f"L{i}.gu"), lin(f"L{i}.down"))
@@ -149,7 +149,12 @@ def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, dtype
     ]
     head = lin("head")
     embed = lin("embed") if any(k.startswith("embed.") for k in tensors) else head
-    return Transformer(shape, layers, embed, head, tensors["norm"], dtype, max_context)
+    if spec.weights is WeightFormat.FP16:
+        # fp32 activations on a CPU without bf16: fbgemm's kernels, packed now (they cannot be saved packed).
+        for linear in (x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down)):
+            linear.pack_fbgemm()
+        head.pack_fbgemm()  # int8; its logits are read one row at a time and never feed the KV
+    return Transformer(shape, layers, embed, head, tensors["norm"], spec.dtype, max_context)
 
 
 def runtime_dir(cache_dir: Path, source: model_source.ResolvedModel, spec: RuntimeSpec) -> Path:
@@ -170,10 +175,13 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> Lo
     shape = ModelShape.from_config(config)
     tensors = _read_aligned(target / RUNTIME_FILE)
     tokenizer = AutoTokenizer.from_pretrained(target)
-    transformer = build_transformer(tensors, shape, spec.dtype, min(max_context, shape.max_positions))
+    transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions))
+    del tensors  # layers packed for fbgemm no longer need their unpacked copy
     layers = [t for l in transformer.layers for t in (l.qkv, l.o, l.gate_up, l.down)]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    norms = [transformer.norm, *(t for l in transformer.layers for t in (l.ln1, l.ln2))]
+    linears = {id(x): x for x in (*layers, transformer.head, transformer.embed)}.values()
+    weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
     log.info(
         "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token",

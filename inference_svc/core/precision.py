@@ -5,7 +5,8 @@ AMX) *and* the serving kernels run faster with it, which differs between CPU
 generations; so ``auto`` checks the flags, then times the two matmul shapes
 that dominate serving (one decode row through the quantized kernel, a 64-row
 prefill through the dense one) in both dtypes and keeps bf16 only if it wins
-both.
+both. Otherwise activations stay fp32 and the weights are fp16 run through
+fbgemm (see ``weights.py``), where this torch build has it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.weights import WeightFormat, make_linear
+from inference_svc.core.weights import WeightFormat, fbgemm_available, make_linear
 
 log = logging.getLogger(__name__)
 
@@ -76,29 +77,47 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
     return faster, detail
 
 
-def choose(dtype: str, weights: str) -> Precision:
-    """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|dense``.
+def _fp32(fmt: WeightFormat | None, why: str) -> Precision:
+    """fp32 activations: fp16 weights through fbgemm unless dense is asked for or fbgemm is missing."""
+    if fmt in (WeightFormat.INT4, WeightFormat.INT8):
+        raise ValueError(
+            f"--weights {fmt.value} needs --dtype bf16 on a CPU with AVX512-BF16 or AMX (torch's int kernels "
+            "are slow with fp32 inputs); under fp32 use --weights fp16 or dense"
+        )
+    if fmt is WeightFormat.DENSE:
+        return Precision(torch.float32, WeightFormat.DENSE, why)
+    if fbgemm_available():
+        return Precision(torch.float32, WeightFormat.FP16, f"{why}; fp16 weights through fbgemm")
+    if fmt is WeightFormat.FP16:
+        raise ValueError("--weights fp16 needs fbgemm, which this torch build lacks; use --weights dense")
+    return Precision(torch.float32, WeightFormat.DENSE, f"{why}; no fbgemm in this torch build")
 
-    The quantized kernels are fast only with bf16 activations, so fp32 always
-    serves dense weights, and ``--weights auto`` means int4 under bf16.
+
+def choose(dtype: str, weights: str) -> Precision:
+    """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|fp16|dense``.
+
+    ``--weights auto`` means int4 under bf16 and fp16 (fbgemm) when ``--dtype
+    auto`` resolves to fp32; an explicit ``--dtype fp32`` keeps the dense fp32
+    reference unless ``--weights fp16`` is asked for. fp16 weights exist only
+    with fp32 activations, int4/int8 only with bf16.
     """
     fmt = None if weights == "auto" else WeightFormat(weights)
     if dtype == "fp32":
-        if fmt not in (None, WeightFormat.DENSE):
-            raise ValueError(f"--weights {weights} needs --dtype bf16 (torch's int kernels are slow with fp32 inputs)")
-        return Precision(torch.float32, WeightFormat.DENSE, "fp32 requested")
+        return _fp32(fmt or WeightFormat.DENSE, "fp32 requested")
     if dtype == "bf16":
+        if fmt is WeightFormat.FP16:
+            raise ValueError("--weights fp16 runs with fp32 activations: use --dtype fp32 or auto")
         return Precision(torch.bfloat16, fmt or WeightFormat.INT4, "bf16 requested")
     if dtype != "auto":
         raise ValueError(f"--dtype {dtype!r}: expected auto, bf16 or fp32")
+    if fmt is WeightFormat.FP16:
+        return _fp32(fmt, "auto: --weights fp16 runs with fp32 activations")
     if not cpu_supports_bf16():
-        if fmt not in (None, WeightFormat.DENSE):
-            raise ValueError(f"--weights {weights} needs a CPU with AVX512-BF16 or AMX")
-        return Precision(torch.float32, WeightFormat.DENSE, "auto: no AVX512-BF16/AMX on this CPU")
+        return _fp32(fmt, "auto: no AVX512-BF16/AMX on this CPU")
     candidate = fmt or WeightFormat.INT4
     faster, detail = bf16_measures_faster(candidate)
     if faster:
         return Precision(torch.bfloat16, candidate, f"auto: CPU has bf16 and it measured faster ({detail})")
-    if fmt not in (None, WeightFormat.DENSE):
+    if fmt in (WeightFormat.INT4, WeightFormat.INT8):
         return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
-    return Precision(torch.float32, WeightFormat.DENSE, f"auto: bf16 measured slower ({detail})")
+    return _fp32(fmt, f"auto: bf16 measured slower ({detail})")

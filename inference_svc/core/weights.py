@@ -8,12 +8,21 @@ Prefill is compute-bound instead, and there oneDNN's dense bf16 GEMM beats the
 weight-only kernels 2-4x, so a layer can also keep a dense bf16 copy used
 when many rows are multiplied at once. That copy is made by dequantizing the
 quantized weights, so prefill and decode run the same model up to rounding.
+
+CPUs without native bf16 (AVX2-only ones such as AMD Zen 2/3, Intel before
+Cooper Lake) keep fp32 activations and use fbgemm's kernels instead, packed at
+load time (:class:`FbgemmKernels`): the ``fp16`` format multiplies fp16
+weights in fp32 arithmetic for every row count, and its LM head is int8. There
+torch's fp32 GEMM is slow (MKL takes a generic path on AMD) and the
+weight-only kernels above are slow with fp32 inputs.
 """
 
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +36,51 @@ class WeightFormat(str, enum.Enum):
     DENSE = "dense"
     INT8 = "int8"
     INT4 = "int4"
+    #: fp16 weights through fbgemm with fp32 activations (CPUs without native bf16).
+    FP16 = "fp16"
+
+
+def fbgemm_available() -> bool:
+    """True when this torch build has fbgemm's x86 kernels (x86-64 builds; not aarch64)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+class FbgemmKernels:
+    """One layer's weights packed for fbgemm (fp32 activations): fp16, or int8 for the LM head.
+
+    ``fp16``: weights rounded to fp16, multiplied in fp32 arithmetic for any
+    number of rows, so decode and prefill compute the same function (reused KV
+    equals recomputed KV up to fp32 rounding) and a row's result never depends
+    on the other rows of its batch. ``int8``: per-output-channel int8 weights,
+    the input quantized per call to 7 bits (AVX2's ``vpmaddubsw`` saturates
+    16-bit pair sums at 8). Only the LM head uses it: its logits are read one
+    row at a time and never feed the KV. In the layers that do feed it, that
+    quantization turns rounding-level differences between a reused and a
+    recomputed KV into different greedy replies (measured; see
+    docs/inference.md).
+    """
+
+    def __init__(self, *, fp16: torch.Tensor | None = None, q8: torch.Tensor | None = None, s8: torch.Tensor | None = None) -> None:
+        self.fp16: Any = None
+        self.int8: Any = None
+        if fp16 is not None:
+            self.fp16 = torch.ops.quantized.linear_prepack_fp16(fp16.float(), None)
+            self.decode_bytes = fp16.numel() * 2
+        elif q8 is not None and s8 is not None:
+            zeros = torch.zeros(q8.shape[0], dtype=torch.long)
+            with warnings.catch_warnings():  # "quantized tensor creation is deprecated": it is fbgemm's packing input
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch._make_per_channel_quantized_tensor(q8, s8.double(), zeros, 0)
+                self.int8 = torch.ops.quantized.linear_prepack(qw, None)
+            self.decode_bytes = q8.numel() + s8.numel() * 4
+        else:
+            raise ValueError("fbgemm packing needs fp16 weights or int8 weights with fp32 scales")
+        self.memory_bytes = self.decode_bytes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp16 is not None:
+            return torch.ops.quantized.linear_dynamic_fp16(x, self.fp16)
+        return torch.ops.quantized.linear_dynamic(x, self.int8, True)
 
 
 @dataclass
@@ -41,9 +95,14 @@ class Linear:
     q4: torch.Tensor | None = None
     sz4: torch.Tensor | None = None
     group: int = INT4_GROUP
+    #: fbgemm-packed weights (fp32 activations), built at load time and never saved.
+    fbgemm: FbgemmKernels | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
+        if self.fbgemm is not None:
+            y = self.fbgemm(x)
+            return y if self.bias is None else y.add_(self.bias)
         if self.dense is not None and (x.shape[0] >= DENSE_MIN_ROWS or (self.q8 is None and self.q4 is None)):
             return F.linear(x, self.dense, self.bias)
         if self.q4 is not None:
@@ -60,11 +119,34 @@ class Linear:
             raise ValueError("rows() needs a dense or int8 layer")
         return self.q8[index].to(self.s8.dtype) * self.s8[index].unsqueeze(-1)
 
+    def pack_fbgemm(self) -> None:
+        """Pack this layer for fbgemm (fp32 activations): fp16 weights, or int8 ones (the LM head).
+
+        An fp16 layer drops its unpacked copy (the packed one holds the same
+        values); an int8 layer keeps it for :meth:`rows` (the LM head doubles as
+        the embedding and gives the label rows).
+        """
+        if self.dense is not None and self.dense.dtype == torch.float16:
+            self.fbgemm = FbgemmKernels(fp16=self.dense)
+            self.dense = None
+        elif self.q8 is not None and self.s8 is not None and self.s8.dtype == torch.float32:
+            self.fbgemm = FbgemmKernels(q8=self.q8, s8=self.s8)
+        else:
+            raise ValueError("fbgemm packing needs fp16 weights or int8 weights with fp32 scales")
+
     @property
     def decode_bytes(self) -> int:
         """Bytes one decode step reads from this layer."""
+        if self.fbgemm is not None:
+            return self.fbgemm.decode_bytes
         parts = (self.q4, self.sz4) if self.q4 is not None else (self.q8, self.s8) if self.q8 is not None else (self.dense,)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes this layer holds: its tensors plus any packed copies."""
+        held = sum(t.numel() * t.element_size() for t in self.tensors("").values())
+        return held + (self.fbgemm.memory_bytes if self.fbgemm is not None else 0)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         out = {}
@@ -133,6 +215,8 @@ def make_linear(
         fmt = WeightFormat.INT8  # shape the int4 kernel cannot take: keep this layer int8
     if fmt is WeightFormat.DENSE:
         return Linear(w.shape[0], dense=w.to(dtype).contiguous(), bias=b)
+    if fmt is WeightFormat.FP16:
+        return Linear(w.shape[0], dense=w.to(torch.float16).contiguous(), bias=b)  # packed for fbgemm at load
     if fmt is WeightFormat.INT8:
         q, s = quantize_int8(w, dtype)
         dense = dequantize_int8(q, s).to(dtype).contiguous() if dense_copy else None

@@ -184,3 +184,26 @@ def test_bf16_label_logits_are_not_rounded_to_bf16(tiny_model_dir: Path, tmp_pat
     expected = hidden @ prefix.label_rows.t()
     assert torch.allclose(logits, expected, rtol=1e-6, atol=1e-6)
     assert not torch.equal(expected, expected.bfloat16().float())  # the check can tell the two apart
+
+
+def test_fp32_fp16_engine_reuses_kv_equal_to_recompute_and_scores_rows_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The format `--dtype auto` serves on CPUs without native bf16 (fp32 activations, fbgemm kernels)."""
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="fp16")
+    info = engine.describe()
+    assert (info.dtype, info.weights) == ("float32", "fp16")
+    layer = engine.model.layers[0].gate_up
+    assert layer.fbgemm is not None and layer.fbgemm.fp16 is not None and layer.dense is None
+    head = engine.model.head
+    assert head.fbgemm is not None and head.fbgemm.int8 is not None and head.q8 is not None  # rows(): embedding, labels
+    texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
+    single = [engine.classify_batch([t])[0].p_positive for t in texts]
+    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-5)
+    history: tuple[Turn, ...] = ()
+    for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
+        reused = _chat(engine, history, question, max_new_tokens=16)
+        engine.index.clear()
+        recomputed = _chat(engine, history, question, max_new_tokens=16)
+        assert _reply(reused) == _reply(recomputed)
+        if history:
+            assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
+        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from inference_svc.core import precision
 
@@ -29,8 +30,50 @@ def test_race_keeps_the_best_time_of_each() -> None:
 
 
 def test_explicit_choices_need_no_measurement() -> None:
-    assert precision.choose("fp32", "auto").weights is precision.WeightFormat.DENSE
-    with pytest.raises(ValueError, match="needs --dtype bf16"):
-        precision.choose("fp32", "int4")
+    assert precision.choose("fp32", "auto").weights is precision.WeightFormat.DENSE  # the exact reference
+    chosen = precision.choose("fp32", "fp16")
+    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16) and "fbgemm" in chosen.reason
+    for weights in ("int4", "int8"):
+        with pytest.raises(ValueError, match=f"--weights {weights} needs --dtype bf16"):
+            precision.choose("fp32", weights)
+    with pytest.raises(ValueError, match="fp16 runs with fp32 activations"):
+        precision.choose("bf16", "fp16")
     with pytest.raises(ValueError, match="expected auto, bf16 or fp32"):
         precision.choose("fp16", "auto")
+
+
+def test_auto_without_native_bf16_serves_fp16_through_fbgemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("no bf16: nothing to time"))
+    chosen = precision.choose("auto", "auto")
+    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16)
+    assert chosen.reason == "auto: no AVX512-BF16/AMX on this CPU; fp16 weights through fbgemm"
+    assert precision.choose("auto", "dense").weights is precision.WeightFormat.DENSE
+    for weights in ("int4", "int8"):
+        with pytest.raises(ValueError, match=f"{weights} needs --dtype bf16"):
+            precision.choose("auto", weights)
+
+
+def test_auto_with_fp16_weights_asked_for_needs_no_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("fp16 is fp32-only: nothing to time"))
+    assert precision.choose("auto", "fp16").weights is precision.WeightFormat.FP16
+
+
+def test_without_fbgemm_fp32_falls_back_to_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "fbgemm_available", lambda: False)
+    chosen = precision.choose("auto", "auto")
+    assert chosen.weights is precision.WeightFormat.DENSE and "no fbgemm" in chosen.reason
+    with pytest.raises(ValueError, match="needs fbgemm"):
+        precision.choose("fp32", "fp16")
+
+
+def test_bf16_that_measures_slower_falls_back_to_fbgemm_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: (False, "timings"))
+    chosen = precision.choose("auto", "auto")
+    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16)
+    assert chosen.reason.startswith("auto: bf16 measured slower (timings)")
+    for weights in ("int4", "int8"):  # exist only under bf16
+        assert precision.choose("auto", weights).dtype == torch.bfloat16
