@@ -342,7 +342,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["serving_format"] = f"{serving.loaded.spec.weights.value}-{'bf16' if serving.model.dtype == torch.bfloat16 else 'fp32'}"
     results["precision_reason"] = serving.precision_reason
     results["lm_head_last_position_only"] = lm_head_saving(serving)
-    results["dense_prefill_copy"] = dense_prefill_effect(serving)
+    # Only int4/int8 keep a dense prefill copy; for other formats both passes would run the same kernel.
+    has_copy = serving.loaded.spec.weights.value in ("int4", "int8") and serving.loaded.spec.dense_prefill
+    results["dense_prefill_copy"] = dense_prefill_effect(serving) if has_copy else None
     supported = {lang: label_supported(lang, "test", s.test) for lang, s in sets.items()}
     results["sentiment"] = {lang: sentiment_single(serving, s.test, supported[lang]) for lang, s in sets.items()}
     # The tuning half, batched: where it disagrees with test, the test figure is partly luck.

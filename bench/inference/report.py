@@ -98,7 +98,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"- LM head on the last position only: running it on all 512 prompt positions would add "
         f"{head['all_positions_ms']:.0f} ms to a {head['prefill_512_ms']:.0f} ms prefill.",
     ]
-    if r["serving_format"].split("-")[0] in ("int4", "int8"):  # only those formats keep a dense prefill copy
+    if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
             f"- Dense bf16 copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
             f"{dense['prefill_512_quantized_kernel_only']:.0f} tok/s through the weight-only kernel."

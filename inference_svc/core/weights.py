@@ -65,17 +65,16 @@ class FbgemmKernels:
         self.int8: Any = None
         if fp16 is not None:
             self.fp16 = torch.ops.quantized.linear_prepack_fp16(fp16.float(), None)
-            self.decode_bytes = fp16.numel() * 2
+            self.nbytes = fp16.numel() * 2
         elif q8 is not None and s8 is not None:
             zeros = torch.zeros(q8.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # "quantized tensor creation is deprecated": it is fbgemm's packing input
                 warnings.simplefilter("ignore", UserWarning)
                 qw = torch._make_per_channel_quantized_tensor(q8, s8.double(), zeros, 0)
                 self.int8 = torch.ops.quantized.linear_prepack(qw, None)
-            self.decode_bytes = q8.numel() + s8.numel() * 4
+            self.nbytes = q8.numel() + s8.numel() * 4
         else:
             raise ValueError("fbgemm packing needs fp16 weights or int8 weights with fp32 scales")
-        self.memory_bytes = self.decode_bytes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp16 is not None:
@@ -138,7 +137,7 @@ class Linear:
     def decode_bytes(self) -> int:
         """Bytes one decode step reads from this layer."""
         if self.fbgemm is not None:
-            return self.fbgemm.decode_bytes
+            return self.fbgemm.nbytes  # decode reads the whole packed copy
         parts = (self.q4, self.sz4) if self.q4 is not None else (self.q8, self.s8) if self.q8 is not None else (self.dense,)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
@@ -146,7 +145,7 @@ class Linear:
     def memory_bytes(self) -> int:
         """Bytes this layer holds: its tensors plus any packed copies."""
         held = sum(t.numel() * t.element_size() for t in self.tensors("").values())
-        return held + (self.fbgemm.memory_bytes if self.fbgemm is not None else 0)
+        return held + (self.fbgemm.nbytes if self.fbgemm is not None else 0)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         out = {}
