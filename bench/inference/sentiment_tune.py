@@ -38,6 +38,9 @@ SYS_ZH = (
     "只回答一个词：Positive 或 Negative。"
 )
 QUESTION = "{text}\n\nIs the sentiment of this text Positive or Negative?"
+#: The question before the text lands in the cached prefix: each request then runs 11 fewer tokens.
+QUESTION_FIRST = "Is the sentiment of this text Positive or Negative?\n\n{text}"
+SHORT_QUESTION = "{text}\n\nPositive or Negative?"
 #: Chinese turns for what the model gets wrong on the audited dev split: mild complaints, sarcasm,
 #: and idioms whose words point the other way (没得说 "nothing to fault", 不是一般的差 "extraordinarily bad").
 ZH_HARD: tuple[tuple[str, Label], ...] = (
@@ -63,6 +66,8 @@ VARIANTS = {
     "plain + 8-shot + zh-hard + question": SentimentPrompt(SYS_PLAIN, prompts.FEW_SHOT + ZH_HARD, user_template=QUESTION),
     "mild + 8-shot + question": SentimentPrompt(SYS_MILD, prompts.FEW_SHOT, user_template=QUESTION),
     "mild + 8-shot + zh-hard + question": SentimentPrompt(SYS_MILD, prompts.FEW_SHOT + ZH_HARD, user_template=QUESTION),
+    "plain + 8-shot + question first": SentimentPrompt(SYS_PLAIN, prompts.FEW_SHOT, user_template=QUESTION_FIRST),
+    "plain + 8-shot + short question": SentimentPrompt(SYS_PLAIN, prompts.FEW_SHOT, user_template=SHORT_QUESTION),
 }
 #: Tried during development and dropped (dev accuracy, bias fitted for both languages together):
 #: "feedback" system prompt zero-shot en 0.915 / zh 0.74; "plain + question" 0.915 / 0.74;

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from inference_svc.core import model_source
 from inference_svc.core.model import Layer, ModelShape, Transformer
-from inference_svc.core.weights import INT4_GROUP, Linear, WeightFormat, make_linear
+from inference_svc.core.weights import INT4_GROUP, Linear, WeightFormat, make_linear, onednn_packing
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,14 @@ def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, spec:
         for linear in (x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down)):
             linear.pack_fbgemm()
         head.pack_fbgemm()  # int8; its logits are read one row at a time and never feed the KV
+    elif spec.dtype == torch.bfloat16:
+        body = [x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down) if x.dense is not None]
+        packable, why_not = onednn_packing()
+        if body and packable:
+            for linear in body:  # the dense (prefill) copies, reordered once instead of on every call
+                linear.pack_onednn()
+        elif body:
+            log.warning("dense bf16 weights stay unpacked (each matmul reorders them): %s", why_not)
     return Transformer(shape, layers, embed, head, tensors["norm"], spec.dtype, max_context)
 
 
@@ -176,7 +184,7 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> Lo
     tensors = _read_aligned(target / RUNTIME_FILE)
     tokenizer = AutoTokenizer.from_pretrained(target)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions))
-    del tensors  # layers packed for fbgemm no longer need their unpacked copy
+    del tensors  # packed layers (fbgemm, oneDNN) no longer need their unpacked copy
     layers = [t for l in transformer.layers for t in (l.qkv, l.o, l.gate_up, l.down)]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
     norms = [transformer.norm, *(t for l in transformer.layers for t in (l.ln1, l.ln2))]

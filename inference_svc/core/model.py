@@ -132,6 +132,10 @@ class Transformer:
         s = self.shape
         return KVBuffer.allocate(s.layers, s.kv_heads, capacity, s.head_dim, self.dtype)
 
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A boolean attention mask as the additive one SDPA converts it to on every call: built once per pass."""
+        return torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, float("-inf"))
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.shape.hidden,), weight, self.shape.eps)
 
@@ -182,7 +186,7 @@ class Transformer:
         if t > 1:
             # Query rows are (group member, position); row r is position start + r % t.
             pos = torch.arange(t).repeat(g) + start
-            mask = torch.arange(end)[None, :] <= pos[:, None]
+            mask = self._additive(torch.arange(end)[None, :] <= pos[:, None])
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, (t,), cos, sin)
             kv.k[i, :, start:end] = k.transpose(0, 1)
@@ -218,7 +222,8 @@ class Transformer:
         x = self.embed.rows(ids.view(-1)).float()
         cos, sin = self._cos[p : p + t, None, :], self._sin[p : p + t, None, :]
         pos = torch.arange(t).repeat(g)  # query rows are (group member, position)
-        mask = torch.cat([torch.ones(g * t, p, dtype=torch.bool), torch.arange(t)[None, :] <= pos[:, None]], dim=1)
+        causal = torch.arange(t)[None, :] <= pos[:, None]
+        mask = self._additive(torch.cat([torch.ones(g * t, p, dtype=torch.bool), causal], dim=1))
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, (b, t), cos, sin)
             qg = q.reshape(b, t, s.kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, s.kv_heads, g * t, d)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.weights import WeightFormat, fbgemm_available, make_linear
+from inference_svc.core.weights import WeightFormat, fbgemm_available, make_linear, onednn_packing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
     w = torch.randn(4864, 896) * 0.02
     fp32 = w.contiguous()
     layer = make_linear(w, None, weights, torch.bfloat16, dense_copy=True)
+    if onednn_packing()[0]:
+        layer.pack_onednn()  # as the loader serves it
     one, many = torch.randn(1, 896), torch.randn(64, 896)
     one_b, many_b = one.bfloat16(), many.bfloat16()
     one32, one16 = _race(lambda: F.linear(one, fp32), lambda: layer(one_b))

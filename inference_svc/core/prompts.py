@@ -37,7 +37,8 @@ class SentimentPrompt:
     #: Calibration for texts written mostly in CJK characters (the model's prior differs by language);
     #: ``None`` uses ``bias``.
     bias_cjk: float | None = None
-    #: The user message around the text (``{text}``); a question after the text helps small models.
+    #: The user message around the text (``{text}``). A question helps small models; put before the text,
+    #: it is part of the cached prefix and costs no request time.
     user_template: str = "{text}"
 
     def bias_for(self, text: str) -> float:
@@ -79,11 +80,14 @@ SENTIMENT = SentimentPrompt(
         "exactly one word: Positive or Negative."
     ),
     examples=FEW_SHOT,
-    user_template="{text}\n\nIs the sentiment of this text Positive or Negative?",
-    # Fitted on the dev split with fp32 label logits (scoring version 2): English 0.885 -> 0.945,
-    # Chinese 0.775 -> 0.785 (its label-supported texts 0.841 -> 0.853).
-    bias=0.637,
-    bias_cjk=0.0445,
+    # The question comes before the text, so it is part of the cached prefix: a request runs only its
+    # text and the 5-token assistant header (16 with the question after the text: ~20% of a request's
+    # time, for the same dev accuracy within one text per language).
+    user_template="Is the sentiment of this text Positive or Negative?\n\n{text}",
+    # Fitted on the dev split with fp32 label logits (scoring version 2): English 0.86 -> 0.935,
+    # Chinese 0.75 -> 0.785 (its label-supported texts 0.859).
+    bias=0.757,
+    bias_cjk=0.6975,
 )
 
 #: Chosen on a handful of statements and questions (docs/inference.md, "Chat prompt"): the shorter

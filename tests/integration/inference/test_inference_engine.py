@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
+from inference_svc.core.weights import onednn_packing
 from reprise.domain import Decoding, Finish, Role, Turn
 from reprise.errors import InvalidArgument
 
@@ -118,12 +119,17 @@ def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_
             # Weights must be 64-byte aligned: the int8 kernel crashed on safetensors' offsets with 4-row inputs.
             assert all(t.data_ptr() % 64 == 0 for t in (layer.q8, layer.q4) if t is not None)
             assert layer(torch.randn(4, engine.model.shape.hidden).bfloat16()).shape[0] == 4
+        body = engine.model.layers[0].gate_up
+        # The dense prefill copies are reordered for oneDNN once at load, where the CPU allows it.
+        assert (body.onednn is not None, body.dense is None) == (onednn_packing()[0],) * 2
         result = engine.classify_batch(["I love it"])[0]
         assert 0.5 <= result.result.probability <= 1.0
         first = _chat(engine, (), "hello there", max_new_tokens=8)
         history = (Turn(Role.USER, "hello there"), Turn(Role.ASSISTANT, _reply(first) or "x"))
         again = _chat(engine, history, "and then?", max_new_tokens=4)
         assert again[-1].usage.cached_tokens >= first[-1].usage.prompt_tokens
+        engine.index.clear()  # recompute the whole conversation: prefill (dense copy) where decode ran int4/int8
+        assert _reply(_chat(engine, history, "and then?", max_new_tokens=4)) == _reply(again)
 
 
 def test_max_new_tokens_and_stop_strings(fp32: Engine) -> None:

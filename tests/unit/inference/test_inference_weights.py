@@ -1,4 +1,5 @@
-"""Serving weight formats: the fbgemm path used where the CPU has no native bf16 (fp32 activations)."""
+"""Serving weight formats: the fbgemm path used where the CPU has no native bf16 (fp32 activations), and
+the oneDNN-prepacked dense bf16 copies used for prefill where it has."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.weights import WeightFormat, dequantize_int8, fbgemm_available, make_linear
+from inference_svc.core import weights
+from inference_svc.core.weights import WeightFormat, dequantize_int8, fbgemm_available, make_linear, onednn_packing
 
 
 def _weights(out: int = 96, inp: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,3 +73,44 @@ def test_packing_refuses_weights_it_cannot_take() -> None:
     bf16 = make_linear(torch.randn(8, 32), None, WeightFormat.INT8, torch.bfloat16, dense_copy=False)
     with pytest.raises(ValueError, match="fp32 scales"):
         bf16.pack_fbgemm()
+
+
+def test_onednn_packed_prefill_copy_computes_the_same_bits_as_the_plain_one() -> None:
+    """Packing only removes F.linear's per-call weight reorder: every answer stays bit-identical."""
+    packable, why_not = onednn_packing()
+    w, b = _weights(out=160, inp=96, seed=3)
+    plain = make_linear(w, b, WeightFormat.INT4, torch.bfloat16, dense_copy=True)
+    packed = make_linear(w, b, WeightFormat.INT4, torch.bfloat16, dense_copy=True)
+    if not packable:  # a CPU where oneDNN has no bf16 GEMM: the loader keeps the plain copy and logs this
+        assert why_not
+        return
+    before = packed.memory_bytes
+    packed.pack_onednn()
+    assert packed.dense is None and packed.onednn is not None and packed.memory_bytes == before
+    x = torch.randn(70, 96, generator=torch.Generator().manual_seed(4)).bfloat16()
+    for rows in (weights.DENSE_MIN_ROWS, 33, 70):  # the prefill copy's row counts
+        assert torch.equal(packed(x[:rows]), plain(x[:rows]))
+    assert torch.equal(packed(x[:1]), plain(x[:1]))  # one row still takes the int4 kernel
+    dense = make_linear(w, None, WeightFormat.DENSE, torch.bfloat16, dense_copy=False)
+    expected = dense(x[:1])
+    dense.pack_onednn()
+    assert torch.equal(dense(x[:1]), expected) and dense.decode_bytes == 160 * 96 * 2  # dense format: every row count
+
+
+def test_onednn_packing_refuses_what_is_not_dense_bf16() -> None:
+    for fmt, dtype in ((WeightFormat.DENSE, torch.float32), (WeightFormat.INT4, torch.bfloat16)):
+        layer = make_linear(torch.randn(64, 64), None, fmt, dtype, dense_copy=False)
+        with pytest.raises(ValueError, match="dense bf16"):
+            layer.pack_onednn()
+
+
+def test_onednn_packing_check_says_why_when_the_op_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> torch.Tensor:
+        raise RuntimeError("no bf16 kernel here")
+
+    onednn_packing.cache_clear()
+    monkeypatch.setattr(weights, "_onednn_linear", broken)
+    try:
+        assert onednn_packing() == (False, "oneDNN packing failed: no bf16 kernel here")
+    finally:
+        onednn_packing.cache_clear()
