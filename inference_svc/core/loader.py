@@ -30,7 +30,15 @@ from safetensors.torch import load_file, save_file
 
 from inference_svc.core import model_source
 from inference_svc.core.model import Layer, ModelShape, Transformer
-from inference_svc.core.weights import INT4_GROUP, Linear, WeightFormat, make_linear, onednn_packing
+from inference_svc.core.weights import (
+    INT4_GROUP,
+    Linear,
+    WeightFormat,
+    int4_supported,
+    make_linear,
+    onednn_packing,
+    quantize_int4,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,11 @@ class RuntimeSpec:
     tie_embeddings: bool = True
 
     @property
+    def head_shortlist(self) -> bool:
+        """The int8 LM head also gets an int4 copy that shortlists the candidates (see ``Transformer.logits``)."""
+        return self.dtype == torch.bfloat16 and self.weights in (WeightFormat.INT8, WeightFormat.INT4)
+
+    @property
     def name(self) -> str:
         dtype = "bf16" if self.dtype == torch.bfloat16 else "fp32"
         parts = [self.weights.value, dtype]
@@ -57,6 +70,8 @@ class RuntimeSpec:
             parts.append("tied")
         if self.dense_prefill and self.weights in (WeightFormat.INT8, WeightFormat.INT4):
             parts.append("pf")
+        if self.head_shortlist:
+            parts.append("h4")
         return "-".join(parts)
 
 
@@ -122,7 +137,10 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     out: dict[str, torch.Tensor] = {}
     embed = get("model.embed_tokens.weight")
     head_w = get("lm_head.weight") if "lm_head.weight" in state else embed
-    out.update(make_linear(head_w, None, head_fmt, dtype, dense_copy=False).tensors("head"))
+    head = make_linear(head_w, None, head_fmt, dtype, dense_copy=False)
+    if spec.head_shortlist and int4_supported(tuple(head_w.shape)):
+        head.q4, head.sz4, _ = quantize_int4(head_w, INT4_GROUP, dtype)
+    out.update(head.tensors("head"))
     if not spec.tie_embeddings:
         out.update(make_linear(embed, None, head_fmt, dtype, dense_copy=False).tensors("embed"))
     out["norm"] = get("model.norm.weight")  # norms run on the fp32 residual

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
+from inference_svc.core.model import SHORTLIST
 from inference_svc.core.weights import onednn_packing
 from reprise.domain import Decoding, Finish, Role, Turn
 from reprise.errors import InvalidArgument
@@ -213,3 +214,19 @@ def test_fp32_fp16_engine_reuses_kv_equal_to_recompute_and_scores_rows_alone(tin
         if history:
             assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
         history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))
+
+
+def test_quantized_lm_head_shortlists_with_int4_and_rescores_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The int4 copy of the head only picks candidates: the top ones carry the exact int8 logits, in fp32."""
+    engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int8")
+    head = engine.model.head
+    assert engine.loaded.spec.name.endswith("-h4") and head.q4 is not None and head.q8 is not None
+    hidden = torch.randn(5, engine.model.shape.hidden, generator=torch.Generator().manual_seed(7))
+    exact = hidden @ (head.q8.float() * head.s8.float()[:, None]).t()
+    approx = head(hidden.bfloat16()).float()  # what the int4 copy alone gives
+    logits = engine.model.logits(hidden)
+    top = approx.topk(SHORTLIST, dim=-1).indices
+    torch.testing.assert_close(logits.gather(1, top), exact.gather(1, top), rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))  # greedy = the int8 head's choice
+    assert not torch.equal(approx.argsort(-1, descending=True)[:, :8], exact.argsort(-1, descending=True)[:, :8])
+    assert head.decode_bytes < head.q8.numel()  # decode streams the int4 copy, not the int8 rows
