@@ -81,8 +81,8 @@ SENTIMENT = SentimentPrompt(
     ),
     examples=FEW_SHOT,
     # The question comes before the text, so it is part of the cached prefix: a request runs only its
-    # text and the 5-token assistant header (16 with the question after the text: ~20% of a request's
-    # time, for the same dev accuracy within one text per language).
+    # text and the 5-token template tail instead of 16 tokens: single classify p50 119 -> 87 ms on a Zen 4,
+    # for the same dev accuracy within one text per language.
     user_template="Is the sentiment of this text Positive or Negative?\n\n{text}",
     # Fitted on the dev split with fp32 label logits (scoring version 2): English 0.86 -> 0.935,
     # Chinese 0.75 -> 0.785 (its label-supported texts 0.859).
