@@ -169,12 +169,12 @@ class Transformer:
         """Full-vocabulary fp32 logits for final hidden states ``[rows, hidden]`` (already normed).
 
         A head holding int8 rows and an int4 copy (the bf16 quantized formats)
-        is read through the int4 copy: 85 MB per token instead of 136 MB, and
-        torch's int4 kernel streams them ~1.5x faster than its int8 one. The
-        ``SHORTLIST`` best candidates are then rescored from the exact int8 rows
-        in fp32, so greedy decoding picks what the int8 head would pick (the
-        winner is never outside an int4 top-64) and sampling sees exact logits
-        wherever it has mass.
+        is read through the int4 copy: 85 MB per token instead of 136 MB, which
+        torch's int4 kernel also streams ~1.5x faster than its int8 one reads
+        the int8 rows (Zen 4). The ``SHORTLIST`` best candidates are then
+        rescored from the int8 rows in fp32, so greedy decoding picks the int8
+        head's exact argmax unless that falls outside the int4 top 64 (not seen
+        in any measurement), and sampling sees exact logits wherever it has mass.
         """
         approx = self.head(hidden.to(self.dtype)).float()
         head = self.head

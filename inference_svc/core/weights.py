@@ -10,7 +10,7 @@ when many rows are multiplied at once. That copy is made by dequantizing the
 quantized weights, so prefill and decode run the same model up to rounding.
 At load the dense bf16 weights are reordered once into oneDNN's blocked
 layout (:meth:`Linear.pack_onednn`): ``F.linear`` on a plain weight reorders
-it on every call, which cost 20-45% of a 16-64-row matmul on an AMD Zen 4,
+it on every call, which cost 13-45% of a 16-64-row matmul on an AMD Zen 4,
 for the same bits.
 
 CPUs without native bf16 (AVX2-only ones such as AMD Zen 2/3, Intel before
