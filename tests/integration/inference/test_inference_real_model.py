@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference_svc.core.engine import Engine, EngineConfig
 from reprise.domain import Decoding, Label, Role, Turn
@@ -46,3 +47,25 @@ def test_five_turn_conversation_reuse_equals_recompute(engine: Engine) -> None:
         if history:
             assert reused[-1].usage.cached_tokens > fresh[-1].usage.cached_tokens
         history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, reply))
+
+
+def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy decoding through the int4 shortlist equals the argmax of the full int8 head in fp32, every step."""
+    model = engine.model
+    head = model.head
+    if head.q4 is None:  # fp32 formats (CPUs without bf16) keep the int8 head alone
+        assert engine.describe().dtype == "float32"
+        return
+    rows = head.q8.float() * head.s8.float()[:, None]
+    served = model.logits
+    steps: list[bool] = []
+
+    def checked(hidden: torch.Tensor) -> torch.Tensor:
+        out = served(hidden)
+        steps.extend((out.argmax(-1) == (hidden.float() @ rows.t()).argmax(-1)).tolist())
+        return out
+
+    monkeypatch.setattr(model, "logits", checked)
+    for prompt in ("Explain what a hash map is.", "缓存是什么？", "List three uses of Redis."):
+        list(engine.chat((), prompt, None, Decoding(max_new_tokens=32), threading.Event(), remember=False))
+    assert len(steps) >= 60 and all(steps)
