@@ -169,11 +169,11 @@ def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, spec:
     embed = lin("embed") if any(k.startswith("embed.") for k in tensors) else head
     if spec.weights is WeightFormat.FP16:
         # fp32 activations on a CPU without bf16: fbgemm's kernels, packed now (they cannot be saved packed).
-        for linear in (x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down)):
+        for linear in (x for l in layers for x in l.linears):
             linear.pack_fbgemm()
         head.pack_fbgemm()  # int8; its logits are read one row at a time and never feed the KV
     elif spec.dtype == torch.bfloat16:
-        body = [x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down) if x.dense is not None]
+        body = [x for l in layers for x in l.linears if x.dense is not None]
         packable, why_not = onednn_packing()
         if body and packable:
             for linear in body:  # the dense (prefill) copies, reordered once instead of on every call
@@ -203,7 +203,7 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> Lo
     tokenizer = AutoTokenizer.from_pretrained(target)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions))
     del tensors  # packed layers (fbgemm, oneDNN) no longer need their unpacked copy
-    layers = [t for l in transformer.layers for t in (l.qkv, l.o, l.gate_up, l.down)]
+    layers = [t for l in transformer.layers for t in l.linears]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
     norms = [transformer.norm, *(t for l in transformer.layers for t in (l.ln1, l.ln2))]
     linears = {id(x): x for x in (*layers, transformer.head, transformer.embed)}.values()

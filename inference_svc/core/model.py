@@ -99,6 +99,10 @@ class Layer:
     gate_up: Linear
     down: Linear
 
+    @property
+    def linears(self) -> tuple[Linear, ...]:
+        return (self.qkv, self.o, self.gate_up, self.down)
+
 
 class Transformer:
     """Forward passes over a :class:`~inference_svc.core.kv.KVBuffer`."""
