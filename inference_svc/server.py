@@ -73,6 +73,10 @@ def build_parser() -> EnvArgumentParser:
         help="weight format; auto = int4 (group 32) under bf16, fp16 (fbgemm) when --dtype auto picks fp32, dense under an explicit --dtype fp32; int4/int8 need bf16, fp16 needs fp32",
     )
     parser.add_flag("--no-dense-prefill", help="drop the dense bf16 copy of int4/int8 weights used for prefill (saves memory, slower prefill)")
+    parser.add_option(
+        "--int4-kernel", default="auto", choices=("auto", "torch"),
+        help="int4 decode rows: auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds and the CPU has AVX512-BF16 (else torch's); torch = always torch's",
+    )
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")
@@ -102,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             weights=args.weights,
             dense_prefill=not args.no_dense_prefill,
             tie_embeddings=not args.no_tie_embeddings,
+            int4_kernel=args.int4_kernel,
             max_new_tokens=args.max_new_tokens,
             max_context_tokens=args.max_context_tokens,
             kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,

@@ -84,4 +84,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             kv_cache_entries=d.kv.entries,
             memory_nodes=d.memory_nodes,
             prompts_revision=d.prompts_revision,
+            int4_kernel=d.int4_kernel,
         )

@@ -26,6 +26,7 @@ import torch
 from bench.inference import datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
 from inference_svc.core import model_source, placement, precision
+from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.kv import PrefixIndex
 from reprise.domain import Decoding, Role, Turn
@@ -38,6 +39,7 @@ PROMPT_TEXT = (
 )
 # fp32 dense first: the greedy-agreement reference. bf16 formats run only where the CPU multiplies bf16
 # natively; elsewhere torch emulates it (a 64-row bf16 matmul ~3x slower than fp32) and no one would serve them.
+GREEDY = Decoding()
 FORMATS = [("fp32", "dense"), ("fp32", "fp16"), ("bf16", "dense"), ("bf16", "int8"), ("bf16", "int4")]
 AGREEMENT_PROMPTS = [
     "Write a Python function that checks whether a number is prime.",
@@ -137,7 +139,7 @@ def decode_tok_s(engine: Engine, steps: int = 64, repeats: int = 3) -> float:
         logits = engine.model.logits(engine.model.forward(torch.tensor(ids), kv))[0]
         start = time.perf_counter()
         for _ in range(steps):
-            token = int(torch.argmax(logits))
+            token = pick_token(logits, GREEDY, None)
             logits = engine.model.logits(engine.model.forward(torch.tensor([token]), kv))[0]
         runs.append(steps / (time.perf_counter() - start))
     return statistics.median(runs)
@@ -354,6 +356,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("sentiment ours %s", results["sentiment"])
     results["multi_turn"] = multi_turn(serving)
     log.info("multi-turn %s", results["multi_turn"])
+    results["int4_kernel"] = serving.loaded.int4_kernel
+    if serving.loaded.int4_kernel == "reprise-avx512bf16":
+        results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
+        log.info("int4 kernel %s", results["int4_kernel_effect"])
     del serving
     gc.collect()
 
@@ -387,6 +393,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["startup"] = startup(cache, source)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     return results
+
+
+def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
+    """Decode with Reprise's int4 kernel vs torch's, same format, alternating in one process."""
+    spec = serving.loaded.spec
+    other = make_engine("bf16", spec.weights.value, cache, int4_kernel="torch")
+    ours, theirs = [], []
+    for _ in range(3):
+        ours.append(decode_tok_s(serving, repeats=1))
+        theirs.append(decode_tok_s(other, repeats=1))
+    same = agreement(greedy_replies(other), greedy_replies(serving))
+    del other
+    gc.collect()
+    return {"decode_tok_s": statistics.median(ours), "torch_decode_tok_s": statistics.median(theirs), "greedy_vs_torch_kernel": same}
 
 
 @torch.inference_mode()

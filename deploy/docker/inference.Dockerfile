@@ -33,6 +33,10 @@ FROM build AS model
 ARG MODEL=default
 ARG MODEL_DTYPE=bf16
 ARG MODEL_WEIGHTS=auto
+# gcc builds Reprise's int4 decode kernel into /models/native (the runtime image has no compiler).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # prepare reads the service's own REPRISE_INFERENCE_* variables: the same ones the runtime sets.
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=/src \
     REPRISE_INFERENCE_MODEL=${MODEL} \

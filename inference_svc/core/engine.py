@@ -43,6 +43,8 @@ class EngineConfig:
     weights: str = "auto"
     dense_prefill: bool = True
     tie_embeddings: bool = True
+    #: "auto" (Reprise's AVX512-BF16 kernel where it builds and runs) or "torch" (see :mod:`.native`).
+    int4_kernel: str = "auto"
     max_new_tokens: int = 128
     max_context_tokens: int = 4096
     #: Byte budget of the chat prefix KV index (LRU beyond it).
@@ -92,6 +94,8 @@ class ModelDescription:
     memory_nodes: str = ""
     #: Digest of the built-in prompts (:func:`.prompts.revision`).
     prompts_revision: str = ""
+    #: Kernel of the int4 decode rows (:attr:`.loader.LoadedModel.int4_kernel`).
+    int4_kernel: str = ""
 
 
 @dataclass
@@ -132,7 +136,9 @@ class Engine:
         self.precision_reason = chosen.reason
         log.info("precision: %s, %s weights (%s)", chosen.dtype, chosen.weights.value, chosen.reason)
         spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, self.config.dense_prefill, self.config.tie_embeddings)
-        self.loaded = loader.load(self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens)
+        self.loaded = loader.load(
+            self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel
+        )
         tok = self.loaded.tokenizer
         self._eos = {
             i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"))
@@ -173,6 +179,7 @@ class Engine:
                 self._sentiment.spec if self._sentiment is not None else self.config.sentiment,
                 self.config.chat_system_prompt,
             ),
+            int4_kernel=self.loaded.int4_kernel,
         )
 
     # -- prompts -------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from inference_svc.core import model_source
+from inference_svc.core import model_source, native
 from inference_svc.core.model import Layer, ModelShape, Transformer
 from inference_svc.core.weights import (
     INT4_GROUP,
@@ -86,6 +86,8 @@ class LoadedModel:
     converted: bool
     weight_bytes: int
     decode_bytes: int
+    #: Which kernel multiplies the int4 decode rows: "reprise-avx512bf16", "torch", or "" (no int4 weights).
+    int4_kernel: str = ""
 
 
 def _hf_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
@@ -159,7 +161,13 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec, max_context: int) -> Transformer:
+def build_transformer(
+    tensors: dict[str, torch.Tensor],
+    shape: ModelShape,
+    spec: RuntimeSpec,
+    max_context: int,
+    int4_kernel: native.Int4Kernel | None = None,
+) -> Transformer:
     lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
     layers = [
         Layer(tensors[f"L{i}.ln1"], lin(f"L{i}.qkv"), lin(f"L{i}.o"), tensors[f"L{i}.ln2"], lin(f"L{i}.gu"), lin(f"L{i}.down"))
@@ -180,6 +188,14 @@ def build_transformer(tensors: dict[str, torch.Tensor], shape: ModelShape, spec:
                 linear.pack_onednn()
         elif body:
             log.warning("dense bf16 weights stay unpacked (each matmul reorders them): %s", why_not)
+        if int4_kernel is not None:
+            # Decode rows of int4 layers: the native kernel. Only layers that also hold a dense copy (or the
+            # LM head, read one row per sequence): the kernel is a matrix-vector one, slow for many rows.
+            fits = lambda x: x.q4 is not None and int4_kernel.supports(x.out_features, x.q4.shape[1] * 2, x.group)  # noqa: E731
+            for linear in (x for l in layers for x in l.linears if fits(x) and x.onednn is not None):
+                linear.pack_native(int4_kernel)
+            if fits(head):
+                head.pack_native(int4_kernel)
     return Transformer(shape, layers, embed, head, tensors["norm"], spec.dtype, max_context)
 
 
@@ -187,8 +203,27 @@ def runtime_dir(cache_dir: Path, source: model_source.ResolvedModel, spec: Runti
     return model_source.converted_dir(cache_dir, source, spec.name)
 
 
-def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> LoadedModel:
-    """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it."""
+def int4_kernel(cache_dir: Path, spec: RuntimeSpec, choice: str) -> tuple[native.Int4Kernel | None, str]:
+    """The native int4 kernel when ``choice`` is "auto" and it builds and runs here, and the kernel's name."""
+    if spec.dtype != torch.bfloat16 or spec.weights not in (WeightFormat.INT4, WeightFormat.INT8):
+        return None, ""
+    if choice == "torch":
+        return None, "torch"
+    if choice != "auto":
+        raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
+    kernel, why_not = native.load(cache_dir / "native")
+    if kernel is None:
+        log.info("int4 decode rows use torch's kernel: %s", why_not)
+        return None, "torch"
+    return kernel, "reprise-avx512bf16"
+
+
+def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto") -> LoadedModel:
+    """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it.
+
+    ``int4``: "auto" multiplies int4 decode rows with Reprise's kernel where it builds and the
+    CPU has AVX512-BF16 (:mod:`.native`), "torch" always with torch's.
+    """
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
@@ -201,7 +236,8 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> Lo
     shape = ModelShape.from_config(config)
     tensors = _read_aligned(target / RUNTIME_FILE)
     tokenizer = AutoTokenizer.from_pretrained(target)
-    transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions))
+    kernel, kernel_name = int4_kernel(cache_dir, spec, int4)
+    transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions), kernel)
     del tensors  # packed layers (fbgemm, oneDNN) no longer need their unpacked copy
     layers = [t for l in transformer.layers for t in l.linears]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
@@ -210,11 +246,12 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int) -> Lo
     weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
     log.info(
-        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token",
+        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token%s",
         source.model_id, shape.architecture, source.revision, spec.name, seconds,
         " (converted this start)" if converted else "", weight_bytes / 1e6, decode_bytes / 1e6,
+        f", int4 decode kernel {kernel_name}" if kernel_name else "",
     )
-    return LoadedModel(tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes)
+    return LoadedModel(tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name)
 
 
 def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec, target: Path) -> None:

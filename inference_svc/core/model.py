@@ -104,6 +104,23 @@ class Layer:
         return (self.qkv, self.o, self.gate_up, self.down)
 
 
+def top_indices(x: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+    """The column indices of the ``k`` largest values of each row of ``x`` ``[rows, n]`` (as a set, unordered).
+
+    ``topk`` over 151,936 logits takes ~0.4 ms on 2 threads; this takes ~0.08: the
+    maximum of each block of ``block`` columns, the ``k`` best blocks, then ``topk``
+    over their ``k * block`` values. The ``k`` best blocks hold every one of the ``k``
+    largest values: a value outside them is beaten by the maximum of each of ``k``
+    blocks. (Among equal values the choice may differ from ``topk``'s.)
+    """
+    rows, n = x.shape
+    if n % block or n <= k * block:
+        return x.topk(min(k, n), dim=-1).indices
+    blocks = x.view(rows, n // block, block).amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
+    candidates = (blocks[..., None] * block + torch.arange(block)).view(rows, k * block)
+    return candidates.gather(1, x.gather(1, candidates).topk(k, dim=-1).indices)
+
+
 class Transformer:
     """Forward passes over a :class:`~inference_svc.core.kv.KVBuffer`."""
 
@@ -144,7 +161,12 @@ class Transformer:
         return torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, float("-inf"))
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.shape.hidden,), weight, self.shape.eps)
+        """RMSNorm of fp32 rows: ``F.rms_norm``'s own operations, the same bits, without its dispatch.
+
+        Alone, 512 rows of 896 took 0.19 ms this way and 1.35 ms through ``F.rms_norm`` (Xeon, 2
+        threads); in the model that is 1-3% of a decode step or a 64-token prefill.
+        """
+        return (x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(self.shape.eps))).mul_(weight)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -182,9 +204,9 @@ class Transformer:
         """
         approx = self.head(hidden.to(self.dtype)).float()
         head = self.head
-        if head.q4 is None or head.q8 is None or head.s8 is None:
+        if not head.has_int4 or head.q8 is None or head.s8 is None:
             return approx
-        top = approx.topk(min(SHORTLIST, approx.shape[-1]), dim=-1).indices  # [rows, k]
+        top = top_indices(approx, SHORTLIST)  # [rows, k]
         exact = torch.einsum("rh,rkh->rk", hidden.float(), head.q8[top].float()) * head.s8[top].float()
         return approx.scatter_(1, top, exact)
 

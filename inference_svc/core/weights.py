@@ -27,10 +27,13 @@ import enum
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from inference_svc.core.native import Int4Kernel
 
 #: Rows (tokens) from which a layer with a dense copy uses it instead of the quantized kernel.
 DENSE_MIN_ROWS = 8
@@ -130,6 +133,9 @@ class Linear:
     fbgemm: FbgemmKernels | None = None
     #: The dense bf16 weights in oneDNN's blocked layout, built at load time and never saved; replaces ``dense``.
     onednn: torch.Tensor | None = None
+    #: The int4 weights laid out for Reprise's own kernel (:mod:`.native`), built at load time; replaces ``q4``/``sz4``.
+    native: torch.Tensor | None = None
+    kernel: Int4Kernel | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
@@ -137,15 +143,22 @@ class Linear:
             y = self.fbgemm(x)
             return y if self.bias is None else y.add_(self.bias)
         has_dense = self.dense is not None or self.onednn is not None
-        if has_dense and (x.shape[0] >= DENSE_MIN_ROWS or (self.q8 is None and self.q4 is None)):
+        if has_dense and (x.shape[0] >= DENSE_MIN_ROWS or not (self.q8 is not None or self.has_int4)):
             if self.onednn is not None:
                 return _onednn_linear(x, self.onednn, self.bias)
             return F.linear(x, self.dense, self.bias)
-        if self.q4 is not None:
+        if self.native is not None and self.kernel is not None:
+            y = self.kernel(x, self.native, self.out_features)
+        elif self.q4 is not None:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.q4, self.group, self.sz4)
         else:
             y = torch.ops.aten._weight_int8pack_mm(x, self.q8, self.s8)
         return y if self.bias is None else y.add_(self.bias)
+
+    @property
+    def has_int4(self) -> bool:
+        """Holds int4 weights, in torch's layout or the native kernel's."""
+        return self.q4 is not None or self.native is not None
 
     def rows(self, index: torch.Tensor | list[int]) -> torch.Tensor:
         """Rows of ``W`` (e.g. embedding lookup or a few LM-head rows) in the compute dtype."""
@@ -181,20 +194,32 @@ class Linear:
         self.onednn = torch.ops.mkldnn._reorder_linear_weight(self.dense)
         self.dense = None
 
+    def pack_native(self, kernel: Int4Kernel) -> None:
+        """Re-lay the int4 weights out for Reprise's own kernel (same values; torch's copy is dropped)."""
+        if self.q4 is None or self.sz4 is None or not kernel.supports(self.out_features, self.q4.shape[1] * 2, self.group):
+            raise ValueError("native packing needs int4 weights of group 32 and a multiple of 64 output rows")
+        self.native, self.kernel = kernel.pack(self.q4, self.sz4), kernel
+        self.q4 = self.sz4 = None
+
     @property
     def decode_bytes(self) -> int:
         """Bytes one decode step reads from this layer."""
         if self.fbgemm is not None:
             return self.fbgemm.nbytes  # decode reads the whole packed copy
         dense = self.dense if self.onednn is None else self.onednn
-        parts = (self.q4, self.sz4) if self.q4 is not None else (self.q8, self.s8) if self.q8 is not None else (dense,)
+        parts = (
+            (self.native,) if self.native is not None
+            else (self.q4, self.sz4) if self.q4 is not None
+            else (self.q8, self.s8) if self.q8 is not None
+            else (dense,)
+        )
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     @property
     def memory_bytes(self) -> int:
         """Bytes this layer holds: its tensors plus any packed copies."""
         held = sum(t.numel() * t.element_size() for t in self.tensors("").values())
-        packed = self.onednn.numel() * self.onednn.element_size() if self.onednn is not None else 0
+        packed = sum(t.numel() * t.element_size() for t in (self.onednn, self.native) if t is not None)
         return held + packed + (self.fbgemm.nbytes if self.fbgemm is not None else 0)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:

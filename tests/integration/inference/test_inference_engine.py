@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inference_svc.core import native
 from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
 from inference_svc.core.model import SHORTLIST
 from inference_svc.core.weights import onednn_packing
@@ -123,6 +124,12 @@ def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_
         body = engine.model.layers[0].gate_up
         # The dense prefill copies are reordered for oneDNN once at load, where the CPU allows it.
         assert (body.onednn is not None, body.dense is None) == (onednn_packing()[0],) * 2
+        # Decode rows of int4 layers go through Reprise's kernel where it builds and the CPU has AVX512-BF16.
+        native_here = native.load(tmp_path / "native")[0] is not None
+        packed = [x.native is not None for l in engine.model.layers for x in l.linears]
+        if weights == "int4":
+            assert packed == [native_here and body.onednn is not None] * len(packed)
+            assert engine.describe().int4_kernel == ("reprise-avx512bf16" if native_here else "torch")
         result = engine.classify_batch(["I love it"])[0]
         assert 0.5 <= result.result.probability <= 1.0
         first = _chat(engine, (), "hello there", max_new_tokens=8)
@@ -131,6 +138,17 @@ def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_
         assert again[-1].usage.cached_tokens >= first[-1].usage.prompt_tokens
         engine.index.clear()  # recompute the whole conversation: prefill (dense copy) where decode ran int4/int8
         assert _reply(_chat(engine, history, "and then?", max_new_tokens=4)) == _reply(again)
+
+
+def test_int4_kernel_torch_keeps_torchs_layout_and_gives_the_same_greedy_reply(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ours = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4")
+    theirs = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4", int4_kernel="torch")
+    assert theirs.describe().int4_kernel == "torch"
+    assert all(x.q4 is not None and x.native is None for l in theirs.model.layers for x in l.linears)
+    for text in ("hello there", "Tell me a long story"):
+        assert _reply(_chat(ours, (), text, max_new_tokens=12)) == _reply(_chat(theirs, (), text, max_new_tokens=12))
+    with pytest.raises(ValueError, match="int4 kernel must be"):
+        Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="bf16", weights="int4", int4_kernel="fast")).load()
 
 
 def test_max_new_tokens_and_stop_strings(fp32: Engine) -> None:
@@ -220,7 +238,7 @@ def test_quantized_lm_head_shortlists_with_int4_and_rescores_exactly(tiny_model_
     """The int4 copy of the head only picks candidates: the top ones carry the exact int8 logits, in fp32."""
     engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int8")
     head = engine.model.head
-    assert engine.loaded.spec.name.endswith("-h4") and head.q4 is not None and head.q8 is not None
+    assert engine.loaded.spec.name.endswith("-h4") and head.has_int4 and head.q8 is not None
     hidden = torch.randn(5, engine.model.shape.hidden, generator=torch.Generator().manual_seed(7))
     exact = hidden @ (head.q8.float() * head.s8.float()[:, None]).t()
     approx = head(hidden.bfloat16()).float()  # what the int4 copy alone gives

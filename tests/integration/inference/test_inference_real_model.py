@@ -53,7 +53,7 @@ def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypat
     """Greedy decoding through the int4 shortlist equals the argmax of the full int8 head in fp32, every step."""
     model = engine.model
     head = model.head
-    if head.q4 is None:  # fp32 formats (CPUs without bf16) keep the int8 head alone
+    if not head.has_int4:  # fp32 formats (CPUs without bf16) keep the int8 head alone
         assert engine.describe().dtype == "float32"
         return
     rows = head.q8.float() * head.s8.float()[:, None]
@@ -69,3 +69,15 @@ def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypat
     for prompt in ("Explain what a hash map is.", "缓存是什么？", "List three uses of Redis."):
         list(engine.chat((), prompt, None, Decoding(max_new_tokens=32), threading.Event(), remember=False))
     assert len(steps) >= 60 and all(steps)
+
+
+def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) -> None:
+    from inference_svc.core import native
+
+    if engine.describe().weights != "int4":
+        assert engine.describe().int4_kernel == ""
+        return
+    available = native.load(ROOT / ".models" / "native")[0] is not None
+    assert engine.describe().int4_kernel == ("reprise-avx512bf16" if available else "torch")
+    layers = [x for l in engine.model.layers for x in l.linears] + [engine.model.head]
+    assert all((x.native is not None) == available for x in layers)

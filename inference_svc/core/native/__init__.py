@@ -1,0 +1,134 @@
+"""Reprise's own int4 decode kernel (``int4_gemv.c``), compiled with the system C compiler on first use.
+
+torch's ``_weight_int4pack_mm_for_cpu`` converts every nibble to fp32 and
+multiplies it alone; on 2-core Xeon and Zen 4 VMs that, not memory, bounds
+decode (0.32-0.45 of the bandwidth roofline). ``int4_gemv.c`` multiplies 32
+weights per AVX512-BF16 instruction (see the file's header). It serves the
+rows a decode step multiplies (fewer than ``DENSE_MIN_ROWS``) for int4 layers
+and the LM head's int4 shortlist copy, on CPUs with AVX512-BF16 (the ones
+where the int4 formats serve at all).
+
+The shared library is built once per source version into a directory the
+caller names (the model cache: ``<model-cache>/native``) and loaded with
+ctypes, which releases the GIL during the call. It is linked with
+``-fopenmp`` and loaded after torch, so its ``libgomp.so.1`` is the one torch
+already loaded: its threads are torch's threads. Without a compiler, or on a
+CPU without AVX512-BF16, :func:`load` says why and the caller keeps torch's
+kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("int4_gemv.c")
+FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall")
+#: Output rows per kernel work unit; a layer's output size must be a multiple.
+SUPER_ROWS = 64
+GROUP = 32
+_BLOCK_BYTES = 320  # 16 rows x 32 inputs: 256 bytes of nibbles + 16 bf16 scales + 16 bf16 zeros
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernel cannot be built or run here; the message says why."""
+
+
+class Int4Kernel:
+    """The compiled kernel: :meth:`pack` re-lays torch's int4 weights out for it, ``__call__`` multiplies."""
+
+    def __init__(self, library: Path, *, fast: bool | None = None) -> None:
+        self._lib = ctypes.CDLL(str(library))
+        self._fn = self._lib.reprise_int4_gemv
+        self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
+        self._fn.restype = ctypes.c_int
+        self.cpu_supported = bool(self._lib.reprise_int4_avx512bf16_supported())
+        #: True: the AVX512-BF16 kernel; False: the plain C reference (same layout; tests only, it is slow).
+        self.fast = self.cpu_supported if fast is None else fast
+        if self.fast and not self.cpu_supported:
+            raise NativeUnavailable("this CPU has no AVX512-BF16")
+
+    @staticmethod
+    def supports(n: int, k: int, group: int) -> bool:
+        return group == GROUP and n % SUPER_ROWS == 0 and k % GROUP == 0
+
+    @staticmethod
+    def pack(q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
+        """torch's CPU int4 layout (``_convert_weight_to_int4pack_for_cpu``) + its ``[K/32, N, 2]`` bf16
+        scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see ``int4_gemv.c``).
+
+        torch's layout: ``[N/64, K, 32]`` bytes, byte ``j`` of ``(s, k)`` holding row ``64s + j`` in its
+        low nibble and row ``64s + 32 + j`` in its high nibble.
+        """
+        n, k = q4.shape[0], q4.shape[1] * 2
+        if not Int4Kernel.supports(n, k, k // sz4.shape[0]) or sz4.dtype != torch.bfloat16:
+            raise ValueError(f"cannot pack an int4 weight of {n}x{k} with scales {tuple(sz4.shape)} {sz4.dtype}")
+        s, g = n // SUPER_ROWS, k // GROUP
+        t = q4.view(torch.uint8).reshape(s, k, 32).to(torch.int32)
+        q = torch.cat([t & 15, t >> 4], dim=2).permute(0, 2, 1)  # [s, 64 rows, k]
+        # rows -> (block b, row r); inputs -> (group g, pair j*4+i, half h)
+        q = q.reshape(s, 4, 16, g, 4, 4, 2)  # s b r g j i h
+        shifts = torch.tensor([0, 4, 8, 12], dtype=torch.int32).view(1, 1, 1, 1, 1, 4, 1)
+        words = (q << shifts).sum(dim=5)  # s b r g j h: 4 nibbles per 16-bit word
+        words = words.permute(0, 3, 1, 4, 2, 5).reshape(s, g, 4, 128)  # s g b (j r h)
+        nibbles = torch.stack([words & 0xFF, words >> 8], dim=-1).to(torch.uint8)  # little-endian words
+        sz = sz4.reshape(g, s, 4, 16, 2).permute(1, 0, 2, 4, 3).contiguous()  # s g b (scale|zero) 16
+        scales = sz.view(torch.uint8).reshape(s, g, 4, 64)
+        return torch.cat([nibbles.reshape(s, g, 4, 256), scales], dim=3).contiguous()
+
+    def __call__(self, x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+        """``x`` ``[rows, K]`` bf16 -> ``[rows, n]`` bf16."""
+        x = x.contiguous()
+        m, k = x.shape
+        if x.dtype != torch.bfloat16 or packed.shape != (n // SUPER_ROWS, k // GROUP, 4, _BLOCK_BYTES):
+            raise ValueError(f"int4 kernel: input {tuple(x.shape)} {x.dtype} does not fit weights {tuple(packed.shape)}")
+        y = torch.empty(m, n, dtype=torch.bfloat16)
+        if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), int(self.fast)):
+            raise MemoryError("int4 kernel: no memory for the group sums")
+        return y
+
+
+def build(directory: Path) -> Path:
+    """Compile ``int4_gemv.c`` into ``directory`` once per source and flags; returns the library's path."""
+    compiler = os.environ.get("CC", "cc")
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:12]
+    target = directory / f"int4_gemv-{digest}.so"
+    if target.exists():
+        return target  # e.g. built into the image's model cache, where the runtime has no compiler
+    if shutil.which(compiler) is None:
+        raise NativeUnavailable(f"no C compiler ({compiler!r} not found; install gcc)")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".int4_gemv-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise NativeUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)  # atomic: concurrent starts each build, one wins
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def load(directory: Path) -> tuple[Int4Kernel | None, str]:
+    """The serving kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX512-BF16."""
+    try:
+        kernel = Int4Kernel(build(directory))
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, str(exc)
+    if not kernel.fast:
+        return None, "this CPU has no AVX512-BF16"
+    return kernel, ""

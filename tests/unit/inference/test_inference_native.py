@@ -1,0 +1,156 @@
+"""Reprise's int4 decode kernel (inference_svc/core/native): the build, the weight layout, the arithmetic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inference_svc.core import native
+from inference_svc.core.model import top_indices
+from inference_svc.core.native import Int4Kernel, NativeUnavailable
+from inference_svc.core.weights import DENSE_MIN_ROWS, WeightFormat, make_linear, quantize_int4
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return native.build(tmp_path_factory.mktemp("native"))
+
+
+def _int4(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05 + torch.randn(n, 1, generator=g) * 0.02  # rows with an offset: zeros matter
+    return quantize_int4(w, 32, torch.bfloat16)  # torch's packed nibbles, [K/32, N, 2] scale/zero, dequantized
+
+
+def _close_to_exact(y: torch.Tensor, exact: torch.Tensor) -> None:
+    # bf16 output: within a couple of bf16 steps of the fp32 product of the same quantized weights
+    torch.testing.assert_close(y.float(), exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize(("n", "k", "rows"), [(64, 32, 1), (128, 96, 3), (192, 64, 9), (64, 4096, 17)])
+def test_reference_path_multiplies_the_packed_weights(library: Path, n: int, k: int, rows: int) -> None:
+    """The plain C path reads the layout :meth:`Int4Kernel.pack` writes: a wrong nibble, scale or row shows.
+
+    17 rows of 4096 inputs need more group sums than the kernel's stack buffer (the heap path).
+    """
+    q4, sz, deq = _int4(n, k)
+    kernel = Int4Kernel(library, fast=False)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).bfloat16()
+    y = kernel(x, Int4Kernel.pack(q4, sz), n)
+    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+    exact = x.float() @ deq.t()
+    _close_to_exact(y, exact)
+    torch.testing.assert_close(y, torch.ops.aten._weight_int4pack_mm_for_cpu(x, q4, 32, sz), rtol=2e-2, atol=1e-2)
+
+
+def test_the_avx512_kernel_serves_exactly_where_the_cpu_has_avx512_bf16(library: Path, tmp_path: Path) -> None:
+    probe = Int4Kernel(library, fast=False)
+    kernel, why_not = native.load(tmp_path)
+    if probe.cpu_supported:
+        assert kernel is not None and kernel.fast and why_not == ""
+        q4, sz, deq = _int4(9728 // 8, 896)
+        packed = Int4Kernel.pack(q4, sz)
+        for rows in (1, 2, 7):
+            x = torch.randn(rows, 896, generator=torch.Generator().manual_seed(rows)).bfloat16()
+            fast, ref = kernel(x, packed, q4.shape[0]), probe(x, packed, q4.shape[0])
+            _close_to_exact(fast, x.float() @ deq.t())
+            # Same products, another summation order ((128 + q) x, then - 136 sum(x)): the bf16 results agree
+            # to within one rounding step almost everywhere.
+            assert (fast.float() - ref.float()).abs().le(ref.float().abs() * 2**-7 + 1e-6).float().mean() > 0.99
+    else:
+        assert kernel is None and "AVX512-BF16" in why_not
+        with pytest.raises(NativeUnavailable, match="AVX512-BF16"):
+            Int4Kernel(library, fast=True)
+
+
+def test_the_library_shares_torchs_openmp_runtime(library: Path) -> None:
+    """Its threads must be torch's: a second OpenMP runtime would spin its own threads on the same cores."""
+    script = (
+        "import os, torch\n"
+        "from inference_svc.core.native import Int4Kernel\n"
+        f"Int4Kernel({str(library)!r}, fast=False)\n"
+        "maps = open(f'/proc/{os.getpid()}/maps').read().splitlines()\n"
+        "print(sorted({l.split()[-1] for l in maps if 'libgomp' in l.split()[-1]}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    runtimes = eval(done.stdout)  # noqa: S307 (our own subprocess's printed list)
+    assert len(runtimes) == 1 and Path(runtimes[0]).parent == Path(torch.__file__).parent / "lib", runtimes
+
+
+def test_build_is_cached_per_source_and_says_why_it_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = native.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not compiled again
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(NativeUnavailable, match="no C compiler"):
+        native.build(tmp_path / "a")
+    assert native.load(tmp_path / "b") == (None, "no C compiler ('no-such-compiler-here' not found; install gcc)")
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    with pytest.raises(NativeUnavailable, match="false failed"):
+        native.build(tmp_path / "c")
+    assert not any((tmp_path / "c").iterdir())
+
+
+def test_shapes_and_inputs_the_kernel_refuses(library: Path) -> None:
+    assert Int4Kernel.supports(128, 64, 32) and not Int4Kernel.supports(96, 64, 32) and not Int4Kernel.supports(128, 64, 64)
+    q4, sz, _ = _int4(96, 64)
+    with pytest.raises(ValueError, match="cannot pack"):
+        Int4Kernel.pack(q4, sz)
+    q4, sz, _ = _int4(64, 64)
+    packed = Int4Kernel.pack(q4, sz)
+    kernel = Int4Kernel(library, fast=False)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernel(torch.randn(1, 64), packed, 64)  # fp32 input
+    with pytest.raises(ValueError, match="does not fit"):
+        kernel(torch.randn(1, 96).bfloat16(), packed, 64)
+
+
+def test_a_natively_packed_layer_keeps_its_values_and_byte_count(library: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(128, 64, generator=g) * 0.05, torch.randn(128, generator=g) * 0.1
+    layer = make_linear(w, b, WeightFormat.INT4, torch.bfloat16, dense_copy=True)
+    x = torch.randn(DENSE_MIN_ROWS, 64, generator=g).bfloat16()
+    before = (layer(x[:1]), layer(x), layer.decode_bytes)
+    layer.pack_native(Int4Kernel(library, fast=False))
+    assert layer.q4 is None and layer.sz4 is None and layer.native is not None and layer.has_int4
+    torch.testing.assert_close(layer(x[:1]), before[0], rtol=2e-2, atol=1e-2)  # one row: the native kernel
+    assert torch.equal(layer(x), before[1])  # DENSE_MIN_ROWS rows: still the dense copy
+    assert layer.decode_bytes == before[2]  # the same bytes, laid out differently
+    with pytest.raises(ValueError, match="native packing needs"):
+        layer.pack_native(Int4Kernel(library, fast=False))  # nothing left to pack
+
+
+def test_top_indices_finds_the_same_set_as_topk() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64 * 200, generator=g)
+    x[1, 640:704] += 10  # all of the best values in one block
+    x[2, ::64] += 10  # each best value in a different block
+    for row in range(3):
+        got = set(top_indices(x, 64)[row].tolist())
+        assert got == set(x.topk(64, dim=-1).indices[row].tolist())
+    small = torch.randn(2, 1000, generator=g)  # not a multiple of the block: plain topk
+    assert torch.equal(top_indices(small, 8).sort().values, small.topk(8).indices.sort().values)
+
+
+def test_norm_is_bit_identical_to_rms_norm() -> None:
+    from inference_svc.core.model import Transformer
+
+    class Shape:
+        hidden, eps = 96, 1e-6
+
+    norm = Transformer.__new__(Transformer)
+    norm.shape = Shape()  # type: ignore[assignment]
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(96, generator=g)
+    for rows in (1, 7, 64, 300):
+        x = torch.randn(rows, 96, generator=g) * 4
+        assert torch.equal(norm._norm(x, w), F.rms_norm(x, (96,), w, 1e-6))
