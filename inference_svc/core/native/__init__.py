@@ -53,6 +53,9 @@ class Int4Kernel:
         self._fn = self._lib.reprise_int4_gemv
         self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
         self._fn.restype = ctypes.c_int
+        self._pack = self._lib.reprise_int4_pack
+        self._pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
+        self._pack.restype = None
         self.cpu_supported = bool(self._lib.reprise_int4_avx512bf16_supported())
         #: True: the AVX512-BF16 kernel; False: the plain C reference (same layout; tests only, it is slow).
         self.fast = self.cpu_supported if fast is None else fast
@@ -63,17 +66,33 @@ class Int4Kernel:
     def supports(n: int, k: int, group: int) -> bool:
         return group == GROUP and n % SUPER_ROWS == 0 and k % GROUP == 0
 
-    @staticmethod
-    def pack(q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
+    def pack(self, q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
         """torch's CPU int4 layout (``_convert_weight_to_int4pack_for_cpu``) + its ``[K/32, N, 2]`` bf16
-        scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see ``int4_gemv.c``).
+        scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see ``int4_gemv.c``), in C.
+
+        :meth:`pack_reference` does the same in torch, ~50x slower (3.1 vs 0.06 s for the LM head).
+        """
+        n, k = self._check(q4, sz4)
+        q4, sz4 = q4.contiguous(), sz4.contiguous()
+        out = torch.empty(n // SUPER_ROWS, k // GROUP, 4, _BLOCK_BYTES, dtype=torch.uint8)
+        self._pack(q4.data_ptr(), sz4.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads())
+        return out
+
+    @staticmethod
+    def _check(q4: torch.Tensor, sz4: torch.Tensor) -> tuple[int, int]:
+        n, k = q4.shape[0], q4.shape[1] * 2
+        if q4.dtype != torch.uint8 or not Int4Kernel.supports(n, k, k // sz4.shape[0]) or sz4.dtype != torch.bfloat16:
+            raise ValueError(f"cannot pack an int4 weight of {n}x{k} with scales {tuple(sz4.shape)} {sz4.dtype}")
+        return n, k
+
+    @staticmethod
+    def pack_reference(q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
+        """:meth:`pack` in torch operations.
 
         torch's layout: ``[N/64, K, 32]`` bytes, byte ``j`` of ``(s, k)`` holding row ``64s + j`` in its
         low nibble and row ``64s + 32 + j`` in its high nibble.
         """
-        n, k = q4.shape[0], q4.shape[1] * 2
-        if not Int4Kernel.supports(n, k, k // sz4.shape[0]) or sz4.dtype != torch.bfloat16:
-            raise ValueError(f"cannot pack an int4 weight of {n}x{k} with scales {tuple(sz4.shape)} {sz4.dtype}")
+        n, k = Int4Kernel._check(q4, sz4)
         s, g = n // SUPER_ROWS, k // GROUP
         t = q4.view(torch.uint8).reshape(s, k, 32).to(torch.int32)
         q = torch.cat([t & 15, t >> 4], dim=2).permute(0, 2, 1)  # [s, 64 rows, k]

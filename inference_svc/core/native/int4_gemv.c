@@ -161,3 +161,39 @@ int reprise_int4_gemv(const uint8_t *w, const uint16_t *x, uint16_t *y, int m, i
     if (!small) free(sums);
     return 0;
 }
+
+/* Re-lay torch's CPU int4 weights out for the kernel (the layout at the top of this file): q4 is
+ * _convert_weight_to_int4pack_for_cpu's [n/64][k][32] bytes (byte j of (s, col): row 64s + j in the
+ * low nibble, row 64s + 32 + j in the high one), sz its [k/32][n][2] bf16 scales and zeros, out
+ * [n/64][k/32][4][320] bytes. Python's Int4Kernel.pack_reference does the same in torch (tests). */
+void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int n, int k, int threads) {
+    int groups = k / GROUP, supers = n / SUPER_ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int s = 0; s < supers; s++)
+        for (int g = 0; g < groups; g++)
+            for (int b = 0; b < 4; b++) {
+                uint8_t *blk = out + (((size_t)s * groups + g) * 4 + b) * BLOCK_BYTES;
+                uint16_t words[128];
+                for (int j = 0; j < 4; j++)
+                    for (int r = 0; r < 16; r++)
+                        for (int h = 0; h < 2; h++) {
+                            int row = 16 * b + r; /* within the superblock */
+                            uint16_t word = 0;
+                            for (int i = 0; i < 4; i++) {
+                                size_t col = (size_t)g * GROUP + 2 * (4 * j + i) + h;
+                                uint8_t byte = q4[((size_t)s * k + col) * 32 + row % 32];
+                                word |= (uint16_t)((row < 32 ? byte & 0xF : byte >> 4) << (4 * i));
+                            }
+                            words[j * 32 + 2 * r + h] = word;
+                        }
+                uint16_t scales[32];
+                for (int r = 0; r < 16; r++) {
+                    size_t at = ((size_t)g * n + (size_t)s * SUPER_ROWS + 16 * b + r) * 2;
+                    scales[r] = sz[at];
+                    scales[16 + r] = sz[at + 1];
+                }
+                memcpy(blk, words, sizeof words); /* little-endian words, as the kernel loads them */
+                memcpy(blk + 256, scales, sizeof scales);
+            }
+}
+

@@ -44,7 +44,9 @@ def test_reference_path_multiplies_the_packed_weights(library: Path, n: int, k: 
     q4, sz, deq = _int4(n, k)
     kernel = Int4Kernel(library, fast=False)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).bfloat16()
-    y = kernel(x, Int4Kernel.pack(q4, sz), n)
+    packed = kernel.pack(q4, sz)
+    assert torch.equal(packed, Int4Kernel.pack_reference(q4, sz))  # the C re-layout == the torch one
+    y = kernel(x, packed, n)
     assert y.shape == (rows, n) and y.dtype == torch.bfloat16
     exact = x.float() @ deq.t()
     _close_to_exact(y, exact)
@@ -57,7 +59,7 @@ def test_the_avx512_kernel_serves_exactly_where_the_cpu_has_avx512_bf16(library:
     if probe.cpu_supported:
         assert kernel is not None and kernel.fast and why_not == ""
         q4, sz, deq = _int4(9728 // 8, 896)
-        packed = Int4Kernel.pack(q4, sz)
+        packed = kernel.pack(q4, sz)
         for rows in (1, 2, 7):
             x = torch.randn(rows, 896, generator=torch.Generator().manual_seed(rows)).bfloat16()
             fast, ref = kernel(x, packed, q4.shape[0]), probe(x, packed, q4.shape[0])
@@ -102,12 +104,13 @@ def test_build_is_cached_per_source_and_says_why_it_cannot_build(tmp_path: Path,
 
 def test_shapes_and_inputs_the_kernel_refuses(library: Path) -> None:
     assert Int4Kernel.supports(128, 64, 32) and not Int4Kernel.supports(96, 64, 32) and not Int4Kernel.supports(128, 64, 64)
-    q4, sz, _ = _int4(96, 64)
-    with pytest.raises(ValueError, match="cannot pack"):
-        Int4Kernel.pack(q4, sz)
-    q4, sz, _ = _int4(64, 64)
-    packed = Int4Kernel.pack(q4, sz)
     kernel = Int4Kernel(library, fast=False)
+    q4, sz, _ = _int4(96, 64)
+    for pack in (kernel.pack, Int4Kernel.pack_reference):
+        with pytest.raises(ValueError, match="cannot pack"):
+            pack(q4, sz)
+    q4, sz, _ = _int4(64, 64)
+    packed = kernel.pack(q4, sz)
     with pytest.raises(ValueError, match="does not fit"):
         kernel(torch.randn(1, 64), packed, 64)  # fp32 input
     with pytest.raises(ValueError, match="does not fit"):
