@@ -136,14 +136,20 @@ class Linear:
     #: The int4 weights laid out for Reprise's own kernel (:mod:`.native`), built at load time; replaces ``q4``/``sz4``.
     native: torch.Tensor | None = None
     kernel: Int4Kernel | None = None
+    #: Fewer rows than this go through ``kernel`` even where a dense copy exists (more with AMX).
+    kernel_rows: int = DENSE_MIN_ROWS
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
         if self.fbgemm is not None:
             y = self.fbgemm(x)
             return y if self.bias is None else y.add_(self.bias)
+        rows = x.shape[0]
+        if self.native is not None and self.kernel is not None and rows < self.kernel_rows:
+            y = self.kernel(x, self.native, self.out_features)
+            return y if self.bias is None else y.add_(self.bias)
         has_dense = self.dense is not None or self.onednn is not None
-        if has_dense and (x.shape[0] >= DENSE_MIN_ROWS or not (self.q8 is not None or self.has_int4)):
+        if has_dense and (rows >= DENSE_MIN_ROWS or not (self.q8 is not None or self.has_int4)):
             if self.onednn is not None:
                 return _onednn_linear(x, self.onednn, self.bias)
             return F.linear(x, self.dense, self.bias)
@@ -198,7 +204,10 @@ class Linear:
         """Re-lay the int4 weights out for Reprise's own kernel (same values; torch's copy is dropped)."""
         if self.q4 is None or self.sz4 is None or not kernel.supports(self.out_features, self.q4.shape[1] * 2, self.group):
             raise ValueError("native packing needs int4 weights of group 32 and a multiple of 64 output rows")
+        from inference_svc.core.native import AMX_MAX_ROWS
+
         self.native, self.kernel = kernel.pack(self.q4, self.sz4), kernel
+        self.kernel_rows = AMX_MAX_ROWS if kernel.amx else DENSE_MIN_ROWS
         self.q4 = self.sz4 = None
 
     @property

@@ -39,6 +39,9 @@ FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall")
 SUPER_ROWS = 64
 GROUP = 32
 _BLOCK_BYTES = 320  # 16 rows x 32 inputs: 256 bytes of nibbles + 16 bf16 scales + 16 bf16 zeros
+#: Rows from which a layer's dense bf16 copy beats the AMX path (on the Xeon: the four layer shapes
+#: together 1.45x faster here at 16 rows, 1.2x at 22, 1.08x at 32, 0.83x at 48; see docs/inference.md).
+AMX_MAX_ROWS = 32
 
 
 class NativeUnavailable(RuntimeError):
@@ -53,6 +56,9 @@ class Int4Kernel:
         self._fn = self._lib.reprise_int4_gemv
         self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
         self._fn.restype = ctypes.c_int
+        self._amx_fn = self._lib.reprise_int4_gemm_amx
+        self._amx_fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
+        self._amx_fn.restype = ctypes.c_int
         self._pack = self._lib.reprise_int4_pack
         self._pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
         self._pack.restype = None
@@ -61,6 +67,8 @@ class Int4Kernel:
         self.fast = self.cpu_supported if fast is None else fast
         if self.fast and not self.cpu_supported:
             raise NativeUnavailable("this CPU has no AVX512-BF16")
+        #: Several rows at once on AMX tiles (the CPU has AMX-BF16 and Linux granted the tile state).
+        self.amx = self.fast and bool(self._lib.reprise_int4_amx_supported())
 
     @staticmethod
     def supports(n: int, k: int, group: int) -> bool:
@@ -113,8 +121,13 @@ class Int4Kernel:
         if x.dtype != torch.bfloat16 or packed.shape != (n // SUPER_ROWS, k // GROUP, 4, _BLOCK_BYTES):
             raise ValueError(f"int4 kernel: input {tuple(x.shape)} {x.dtype} does not fit weights {tuple(packed.shape)}")
         y = torch.empty(m, n, dtype=torch.bfloat16)
-        if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), int(self.fast)):
-            raise MemoryError("int4 kernel: no memory for the group sums")
+        threads = torch.get_num_threads()
+        if m > 1 and self.amx:
+            failed = self._amx_fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, threads)
+        else:
+            failed = self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, threads, int(self.fast))
+        if failed:
+            raise MemoryError("int4 kernel: no memory for its buffers")
         return y
 
 

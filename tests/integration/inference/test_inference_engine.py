@@ -140,13 +140,16 @@ def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_
         assert _reply(_chat(engine, history, "and then?", max_new_tokens=4)) == _reply(again)
 
 
-def test_int4_kernel_torch_keeps_torchs_layout_and_gives_the_same_greedy_reply(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_int4_kernel_torch_keeps_torchs_layout_and_the_same_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
     ours = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4")
     theirs = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4", int4_kernel="torch")
     assert theirs.describe().int4_kernel == "torch"
     assert all(x.q4 is not None and x.native is None for l in theirs.model.layers for x in l.linears)
-    for text in ("hello there", "Tell me a long story"):
-        assert _reply(_chat(ours, (), text, max_new_tokens=12)) == _reply(_chat(theirs, (), text, max_new_tokens=12))
+    for n in (1, 5, 20):  # one decode row; a few rows (AMX where present); a prefill chunk
+        ids = torch.arange(3, 3 + n)
+        a, b = (e.model.logits(e.model.forward(ids, e.model.new_kv(n))) for e in (ours, theirs))
+        # The same quantized weights, multiplied in another order: logits agree to bf16 rounding.
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
     with pytest.raises(ValueError, match="int4 kernel must be"):
         Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="bf16", weights="int4", int4_kernel="fast")).load()
 

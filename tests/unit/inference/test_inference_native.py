@@ -73,6 +73,27 @@ def test_the_avx512_kernel_serves_exactly_where_the_cpu_has_avx512_bf16(library:
             Int4Kernel(library, fast=True)
 
 
+@pytest.mark.parametrize("rows", [2, 16, 17, 40, 64, 65, 130])
+def test_the_amx_path_multiplies_several_rows_where_the_cpu_has_amx(library: Path, rows: int) -> None:
+    """2+ rows go through AMX tiles in chunks of 16 rows and passes of 64: every chunk edge is covered."""
+    kernel = Int4Kernel(library)
+    if not kernel.amx:
+        assert not (kernel.cpu_supported and _cpu_flags() >= {"amx_tile", "amx_bf16"})
+        return
+    q4, sz, deq = _int4(128, 4864 // 4)
+    x = torch.randn(rows, deq.shape[1], generator=torch.Generator().manual_seed(rows)).bfloat16()
+    packed = kernel.pack(q4, sz)
+    y = kernel(x, packed, 128)
+    _close_to_exact(y, x.float() @ deq.t())
+    ref = Int4Kernel(library, fast=False)(x, packed, 128)
+    assert (y.float() - ref.float()).abs().le(ref.float().abs() * 2**-7 + 1e-6).float().mean() > 0.99
+
+
+def _cpu_flags() -> set[str]:
+    line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+    return set(line.split(":", 1)[1].split())
+
+
 def test_the_library_shares_torchs_openmp_runtime(library: Path) -> None:
     """Its threads must be torch's: a second OpenMP runtime would spin its own threads on the same cores."""
     script = (
@@ -125,8 +146,12 @@ def test_a_natively_packed_layer_keeps_its_values_and_byte_count(library: Path) 
     before = (layer(x[:1]), layer(x), layer.decode_bytes)
     layer.pack_native(Int4Kernel(library, fast=False))
     assert layer.q4 is None and layer.sz4 is None and layer.native is not None and layer.has_int4
+    assert layer.kernel_rows == DENSE_MIN_ROWS  # the reference path has no AMX
     torch.testing.assert_close(layer(x[:1]), before[0], rtol=2e-2, atol=1e-2)  # one row: the native kernel
     assert torch.equal(layer(x), before[1])  # DENSE_MIN_ROWS rows: still the dense copy
+    layer.kernel_rows = DENSE_MIN_ROWS + 1  # as with AMX: these rows now go through the kernel too
+    assert not torch.equal(layer(x), before[1])
+    torch.testing.assert_close(layer(x), before[1], rtol=2e-2, atol=1e-2)
     assert layer.decode_bytes == before[2]  # the same bytes, laid out differently
     with pytest.raises(ValueError, match="native packing needs"):
         layer.pack_native(Int4Kernel(library, fast=False))  # nothing left to pack
