@@ -189,10 +189,12 @@ def build_transformer(
         elif body:
             log.warning("dense bf16 weights stay unpacked (each matmul reorders them): %s", why_not)
         if int4_kernel is not None:
-            # Decode rows of int4 layers: the native kernel. Only layers that also hold a dense copy (or the
-            # LM head, read one row per sequence): the kernel is a matrix-vector one, slow for many rows.
+            # Decode rows of int4 layers: the native kernel. Without AMX it multiplies one row at a time, so
+            # only layers whose many-row products go elsewhere take it: those with a dense copy, and the
+            # LM head (one row per sequence). With AMX it is also the faster many-row int4 kernel.
             fits = lambda x: x.q4 is not None and int4_kernel.supports(x.out_features, x.q4.shape[1] * 2, x.group)  # noqa: E731
-            for linear in (x for l in layers for x in l.linears if fits(x) and x.onednn is not None):
+            dense = lambda x: x.dense is not None or x.onednn is not None  # noqa: E731
+            for linear in (x for l in layers for x in l.linears if fits(x) and (dense(x) or int4_kernel.amx)):
                 linear.pack_native(int4_kernel)
             if fits(head):
                 head.pack_native(int4_kernel)

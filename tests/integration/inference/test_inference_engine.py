@@ -154,6 +154,20 @@ def test_int4_kernel_torch_keeps_torchs_layout_and_the_same_logits(tiny_model_di
         Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="bf16", weights="int4", int4_kernel="fast")).load()
 
 
+def test_without_dense_copies_int4_layers_take_the_native_kernel_only_with_amx(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Without AMX the native kernel multiplies one row at a time: prefill rows stay with torch's int4 kernel."""
+    engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4", dense_prefill=False)
+    kernel = native.load(tmp_path / "native")[0]
+    layer = engine.model.layers[0].gate_up
+    assert layer.dense is None and layer.onednn is None
+    assert (layer.native is not None) == (kernel is not None and kernel.amx)
+    first = _chat(engine, (), "hello there", max_new_tokens=6)
+    history = (Turn(Role.USER, "hello there"), Turn(Role.ASSISTANT, _reply(first) or "x"))
+    again = _chat(engine, history, "and then?", max_new_tokens=4)
+    engine.index.clear()
+    assert _reply(_chat(engine, history, "and then?", max_new_tokens=4)) == _reply(again)
+
+
 def test_max_new_tokens_and_stop_strings(fp32: Engine) -> None:
     chunks = _chat(fp32, (), "What is the capital of France?", max_new_tokens=5)
     last = chunks[-1]
