@@ -171,6 +171,10 @@ int reprise_int4_gemv(const uint8_t *w, const uint16_t *x, uint16_t *y, int m, i
  * scale/zero step runs on each 16 x 16 fp32 result. Used for a few to a few dozen rows (a short
  * prefill chunk, a small sentiment batch), where the dense bf16 copy is bound by reading 4x the bytes. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
+/* gcc 12's tile load/store intrinsics are inline asm without a memory clobber: around each one that
+ * touches a buffer written or read here, this barrier keeps gcc from dropping or moving the stores a
+ * TILELOADD reads, or reading a TILESTORED result before it is written (seen, in a variant: NaNs). */
+#define TILE_MEMORY() __asm__ __volatile__("" ::: "memory")
 #define XFEATURE_XTILEDATA 18
 
 struct tile_config {
@@ -221,13 +225,17 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16"))) static 
                     _mm512_store_si512((void *)(bt + (4 * j + i) * 32), _mm512_ternarylogic_epi32(t, low, one28, 0xEA));
                 }
             }
+            TILE_MEMORY();
             _tile_loadd(1, bt, 64); /* B: the 16 pairs of inputs x 16 output rows */
+            TILE_MEMORY();
             const uint8_t *sz = blk + b * BLOCK_BYTES + 256;
             __m512 scale = load_bf16x16(sz), zero = load_bf16x16(sz + 32);
             __m512 zadj = _mm512_fmadd_ps(minus136, scale, zero);
             for (int ch = 0; ch < chunks; ch++) {
                 switch (ch) { AMX_CHUNK(0, 2) AMX_CHUNK(1, 3) AMX_CHUNK(2, 4) AMX_CHUNK(3, 5) }
+                TILE_MEMORY();
                 _tile_stored(0, c, 64);
+                TILE_MEMORY();
                 int last = rows - 16 * ch < 16 ? rows - 16 * ch : 16;
                 for (int r = 0; r < last; r++) {
                     int m = 16 * ch + r;
