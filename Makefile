@@ -12,7 +12,7 @@ GENERATED := $(PROTOS:protos/%.proto=%_pb2.py)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install protos redis model test test-unit test-integration test-slow demo up clean
+.PHONY: help install protos redis cc model test test-unit test-integration test-slow demo up clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,16 +41,21 @@ redis: ## install redis-server with apt when it is missing
 	  echo "redis-server missing: installing it"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
-model: install ## assemble, verify and convert the default model into .models/ (once)
+cc: ## install gcc with apt when there is no C compiler (it builds the int4 kernel, inference_svc/core/native)
+	@command -v $${CC:-cc} >/dev/null || { \
+	  echo "no C compiler: installing gcc"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc libc6-dev; }
+
+model: install cc ## assemble, verify and convert the default model into .models/ (once)
 	$(PY) -m inference_svc.prepare
 
-test: install redis ## run the test suite (unit + integration; no 491 MB model needed)
+test: install redis cc ## run the test suite (unit + integration; no 491 MB model needed)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-unit: install ## unit tests only
+test-unit: install cc ## unit tests only
 	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
 
-test-slow: install redis model ## tests that load the real default model
+test-slow: install redis cc model ## tests that load the real default model
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: install redis model ## start everything, send a few requests (with repeats), stop
