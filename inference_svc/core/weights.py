@@ -27,13 +27,12 @@ import enum
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from inference_svc.core.native import Int4Kernel
+from inference_svc.core.native import AMX_MAX_ROWS, Int4Kernel
 
 #: Rows (tokens) from which a layer with a dense copy uses it instead of the quantized kernel.
 DENSE_MIN_ROWS = 8
@@ -149,7 +148,7 @@ class Linear:
             y = self.kernel(x, self.native, self.out_features)
             return y if self.bias is None else y.add_(self.bias)
         has_dense = self.dense is not None or self.onednn is not None
-        if has_dense and (rows >= DENSE_MIN_ROWS or not (self.q8 is not None or self.has_int4)):
+        if has_dense and (rows >= DENSE_MIN_ROWS or (self.q8 is None and not self.has_int4)):
             if self.onednn is not None:
                 return _onednn_linear(x, self.onednn, self.bias)
             return F.linear(x, self.dense, self.bias)
@@ -204,8 +203,6 @@ class Linear:
         """Re-lay the int4 weights out for Reprise's own kernel (same values; torch's copy is dropped)."""
         if self.q4 is None or self.sz4 is None or not kernel.supports(self.out_features, self.q4.shape[1] * 2, self.group):
             raise ValueError("native packing needs int4 weights of group 32 and a multiple of 64 output rows")
-        from inference_svc.core.native import AMX_MAX_ROWS
-
         self.native, self.kernel = kernel.pack(self.q4, self.sz4), kernel
         self.kernel_rows = AMX_MAX_ROWS if kernel.amx else DENSE_MIN_ROWS
         self.q4 = self.sz4 = None

@@ -6,7 +6,9 @@ decode (0.32-0.45 of the bandwidth roofline). ``int4_gemv.c`` multiplies 32
 weights per AVX512-BF16 instruction (see the file's header). It serves the
 rows a decode step multiplies (fewer than ``DENSE_MIN_ROWS``) for int4 layers
 and the LM head's int4 shortlist copy, on CPUs with AVX512-BF16 (the ones
-where the int4 formats serve at all).
+where the int4 formats serve at all). On AMX it also takes 2 to
+``AMX_MAX_ROWS - 1`` rows (and every row of int4 layers without a dense
+copy), converting each weight tile once for up to 64 rows.
 
 The shared library is built once per source version into a directory the
 caller names (the model cache: ``<model-cache>/native``) and loaded with
