@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from inference_svc.core import model_source, native
+from inference_svc.core import model_source, native, precision
 from inference_svc.core.model import Layer, ModelShape, Transformer
 from inference_svc.core.weights import (
     INT4_GROUP,
@@ -217,7 +217,35 @@ def int4_kernel(cache_dir: Path, spec: RuntimeSpec, choice: str) -> tuple[native
     if kernel is None:
         log.info("int4 decode rows use torch's kernel: %s", why_not)
         return None, "torch"
+    ours, torchs = race_int4_kernels(kernel)
+    timing = f"one row of a 2048x896 int4 layer: {ours * 1e6:.0f} us vs {torchs * 1e6:.0f} us with torch's"
+    if ours > torchs * RACE_MARGIN:
+        log.info("int4 decode rows use torch's kernel: it measured faster on this CPU (%s)", timing)
+        return None, "torch"
+    log.info("int4 decode rows use Reprise's kernel%s (%s)", " and AMX for 2-31 rows" if kernel.amx else "", timing)
     return kernel, "reprise-avx512bf16"
+
+
+#: torch's int4 kernel replaces Reprise's only when it measures this much faster: a start on a busy
+#: machine must not flip the choice on noise (the kernel is ~1.5x faster where it was tuned).
+RACE_MARGIN = 1.1
+
+
+def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
+    """Best time of one decode row through ``kernel`` and through torch's int4 kernel, on a probe layer.
+
+    The kernel was written and tuned on an Intel Xeon VM; on a CPU where it loses
+    (512-bit instructions cost differently across generations, e.g. AMD Zen 4
+    runs them on 256-bit units), torch's serves. Best of 31 each; 0.05-0.3 s at start.
+    """
+    g = torch.Generator().manual_seed(0)
+    q4, sz4, _ = quantize_int4(torch.randn(2048, 896, generator=g) * 0.05, INT4_GROUP, torch.bfloat16)
+    packed, x = kernel.pack(q4, sz4), torch.randn(1, 896, generator=g).bfloat16()
+    return precision.race(
+        lambda: kernel(x, packed, 2048),
+        lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q4, INT4_GROUP, sz4),
+        repeat=31,
+    )
 
 
 def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto") -> LoadedModel:

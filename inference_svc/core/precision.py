@@ -41,7 +41,7 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _race(a: Callable[[], object], b: Callable[[], object], repeat: int = 15) -> tuple[float, float]:
+def race(a: Callable[[], object], b: Callable[[], object], repeat: int = 15) -> tuple[float, float]:
     """Best-of-``repeat`` times of ``a`` and ``b``, measured alternately.
 
     Alternating matters on a busy machine: with two intra-op threads on two
@@ -68,8 +68,8 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
         layer.pack_onednn()  # as the loader serves it
     one, many = torch.randn(1, 896), torch.randn(64, 896)
     one_b, many_b = one.bfloat16(), many.bfloat16()
-    one32, one16 = _race(lambda: F.linear(one, fp32), lambda: layer(one_b))
-    many32, many16 = _race(lambda: F.linear(many, fp32), lambda: layer(many_b))
+    one32, one16 = race(lambda: F.linear(one, fp32), lambda: layer(one_b))
+    many32, many16 = race(lambda: F.linear(many, fp32), lambda: layer(many_b))
     t32, t16 = (one32, many32), (one16, many16)
     faster = t16[0] < t32[0] and t16[1] < t32[1]
     detail = (

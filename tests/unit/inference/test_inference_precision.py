@@ -12,7 +12,7 @@ from inference_svc.core import precision
 
 def test_race_alternates_the_candidates_so_a_burst_hits_both() -> None:
     calls: list[str] = []
-    precision._race(lambda: calls.append("a"), lambda: calls.append("b"), repeat=4)
+    precision.race(lambda: calls.append("a"), lambda: calls.append("b"), repeat=4)
     assert calls == ["a", "b"] * 5  # one warm-up pair, then strictly alternating
 
 
@@ -25,7 +25,7 @@ def test_race_keeps_the_best_time_of_each() -> None:
     def b() -> None:
         time.sleep(0.005)
 
-    best_a, best_b = precision._race(a, b, repeat=6)
+    best_a, best_b = precision.race(a, b, repeat=6)
     assert best_a < 0.004 < best_b
 
 
