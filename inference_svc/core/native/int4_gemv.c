@@ -1,4 +1,5 @@
-/* Weight-only int4 matrix-vector product for decode: y[M,N] = x[M,K] @ W[N,K]^T, bf16 in and out.
+/* Weight-only int4 products for decode rows (and, on AMX, short prefills): y[M,N] = x[M,K] @ W[N,K]^T,
+ * bf16 in and out.
  *
  * Built and loaded by inference_svc/core/native/__init__.py (gcc -O3 -fopenmp, ctypes). The weights
  * are torch's int4 values q (0..15) with one bf16 scale and zero per 32 inputs and output row,
@@ -171,11 +172,11 @@ int reprise_int4_gemv(const uint8_t *w, const uint16_t *x, uint16_t *y, int m, i
  * scale/zero step runs on each 16 x 16 fp32 result. Used for a few to a few dozen rows (a short
  * prefill chunk, a small sentiment batch), where the dense bf16 copy is bound by reading 4x the bytes. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
 /* gcc 12's tile load/store intrinsics are inline asm without a memory clobber: around each one that
  * touches a buffer written or read here, this barrier keeps gcc from dropping or moving the stores a
  * TILELOADD reads, or reading a TILESTORED result before it is written (seen, in a variant: NaNs). */
 #define TILE_MEMORY() __asm__ __volatile__("" ::: "memory")
-#define XFEATURE_XTILEDATA 18
 
 struct tile_config {
     uint8_t palette, start_row, reserved[14];
