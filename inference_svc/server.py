@@ -75,7 +75,7 @@ def build_parser() -> EnvArgumentParser:
     parser.add_flag("--no-dense-prefill", help="drop the dense bf16 copy of int4/int8 weights used for prefill (saves memory, slower prefill)")
     parser.add_option(
         "--int4-kernel", default="auto", choices=("auto", "torch"),
-        help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds and the CPU has AVX512-BF16 (else torch's); torch = always torch's",
+        help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds, the CPU has AVX512-BF16 and torch's is not over 1.1x faster in a start-up race (else torch's); torch = always torch's",
     )
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
