@@ -25,7 +25,7 @@ import torch
 
 from bench.inference import datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
-from inference_svc.core import model_source, placement, precision
+from inference_svc.core import model_source, native, placement, precision
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.kv import PrefixIndex
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["multi_turn"] = multi_turn(serving)
     log.info("multi-turn %s", results["multi_turn"])
     results["int4_kernel"] = serving.loaded.int4_kernel
-    if serving.loaded.int4_kernel == "reprise-avx512bf16":
+    if serving.loaded.int4_kernel == native.NAME:
         results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
         log.info("int4 kernel %s", results["int4_kernel_effect"])
     del serving

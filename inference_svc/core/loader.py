@@ -86,7 +86,7 @@ class LoadedModel:
     converted: bool
     weight_bytes: int
     decode_bytes: int
-    #: Which kernel multiplies the int4 decode rows: "reprise-avx512bf16", "torch", or "" (no int4 weights).
+    #: Which kernel multiplies the int4 decode rows: ``native.NAME``, "torch", or "" (no int4 weights).
     int4_kernel: str = ""
 
 
@@ -223,7 +223,7 @@ def int4_kernel(cache_dir: Path, spec: RuntimeSpec, choice: str) -> tuple[native
         log.info("int4 decode rows use torch's kernel: it measured faster on this CPU (%s)", timing)
         return None, "torch"
     log.info("int4 decode rows use Reprise's kernel%s (%s)", " and AMX for 2-31 rows" if kernel.amx else "", timing)
-    return kernel, "reprise-avx512bf16"
+    return kernel, native.NAME
 
 
 #: torch's int4 kernel replaces Reprise's only when it measures this much faster: a start on a busy

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-
+#: The kernel's name where it serves (ModelInfo's ``int4_kernel``; otherwise "torch").
+NAME = "reprise-avx512bf16"
 SOURCE = Path(__file__).with_name("int4_gemv.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall")
 #: Output rows per kernel work unit; a layer's output size must be a multiple.
