@@ -39,8 +39,11 @@ PROMPT_TEXT = (
 )
 # fp32 dense first: the greedy-agreement reference. bf16 formats run only where the CPU multiplies bf16
 # natively; elsewhere torch emulates it (a 64-row bf16 matmul ~3x slower than fp32) and no one would serve them.
+# int4 under fp32 needs Reprise's AVX2 kernel (any x86-64 CPU of the last decade).
 GREEDY = Decoding()
-FORMATS = [("fp32", "dense"), ("fp32", "fp16"), ("bf16", "dense"), ("bf16", "int8"), ("bf16", "int4")]
+FORMATS = [
+    ("fp32", "dense"), ("fp32", "fp16"), ("fp32", "int4"), ("bf16", "dense"), ("bf16", "int8"), ("bf16", "int4"),
+]
 AGREEMENT_PROMPTS = [
     "Write a Python function that checks whether a number is prime.",
     "Explain what a hash map is in two sentences.",
@@ -314,11 +317,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     formats: dict[str, Any] = {}
     reference: list[str] | None = None
-    skipped = []
+    skipped: dict[str, str] = {}
     for dtype, weights in FORMATS:
         name = f"{weights}-{dtype}"
         if dtype == "bf16" and not precision.cpu_supports_bf16():
-            skipped.append(name)
+            skipped[name] = "no AVX512-BF16/AMX on this CPU"
+            continue
+        if (dtype, weights) == ("fp32", "int4") and native.load_fp32(cache / "native")[0] is None:
+            skipped[name] = native.load_fp32(cache / "native")[1]
             continue
         engine = make_engine(dtype, weights, cache)
         entry = {
@@ -338,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del engine
         gc.collect()
     results["formats"] = formats
-    results["formats_skipped"] = {name: "no AVX512-BF16/AMX on this CPU" for name in skipped}
+    results["formats_skipped"] = skipped
 
     serving = make_engine("auto", "auto", cache)
     results["serving_format"] = f"{serving.loaded.spec.weights.value}-{'bf16' if serving.model.dtype == torch.bfloat16 else 'fp32'}"
@@ -357,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["multi_turn"] = multi_turn(serving)
     log.info("multi-turn %s", results["multi_turn"])
     results["int4_kernel"] = serving.loaded.int4_kernel
-    if serving.loaded.int4_kernel == native.NAME:
+    if serving.loaded.int4_kernel in (native.NAME, native.F32_NAME):
         results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
         log.info("int4 kernel %s", results["int4_kernel_effect"])
     del serving
@@ -396,9 +402,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
-    """Decode with Reprise's int4 kernel vs torch's, same format, alternating in one process."""
+    """Decode with Reprise's int4 kernel vs without it, alternating in one process: under bf16 the same format
+    with torch's int4 kernel, under fp32 the fp16 format (fbgemm), which serves where the kernel does not."""
     spec = serving.loaded.spec
-    other = make_engine("bf16", spec.weights.value, cache, int4_kernel="torch")
+    if spec.dtype == torch.float32:
+        other = make_engine("fp32", "fp16", cache)
+    else:
+        other = make_engine("bf16", spec.weights.value, cache, int4_kernel="torch")
     ours, theirs = [], []
     for _ in range(3):
         ours.append(decode_tok_s(serving, repeats=1))

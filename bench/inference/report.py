@@ -98,19 +98,22 @@ def markdown(r: dict[str, Any]) -> str:
         f"- LM head on the last position only: running it on all 512 prompt positions would add "
         f"{head['all_positions_ms']:.0f} ms to a {head['prefill_512_ms']:.0f} ms prefill.",
     ]
-    kernel = r.get("int4_kernel_effect")
+    kernel, fp32 = r.get("int4_kernel_effect"), r["serving_format"].endswith("-fp32")
     if kernel:
+        other = "the fp16 format through fbgemm" if fp32 else "torch's `_weight_int4pack_mm_for_cpu`"
+        same_as = "the fp16 format" if fp32 else "torch's kernel"
         lines.append(
             f"- int4 decode kernel ({r['int4_kernel']}): {kernel['decode_tok_s']:.1f} tok/s vs "
-            f"{kernel['torch_decode_tok_s']:.1f} with torch's `_weight_int4pack_mm_for_cpu` "
+            f"{kernel['torch_decode_tok_s']:.1f} with {other} "
             f"({kernel['decode_tok_s'] / kernel['torch_decode_tok_s']:.2f}x, alternating in one process); greedy replies "
-            f"identical to torch's kernel: {kernel['greedy_vs_torch_kernel']['identical']:.0%}."
+            f"identical to {same_as}: "
+            f"{kernel['greedy_vs_torch_kernel']['identical']:.0%}."
         )
     elif r.get("int4_kernel"):
         lines.append(f"- int4 decode kernel: {r['int4_kernel']}.")
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
-            f"- Dense bf16 copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
+            f"- Dense {'fp16' if fp32 else 'bf16'} copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
             f"{dense['prefill_512_quantized_kernel_only']:.0f} tok/s through the weight-only kernel."
         )
     lines += [

@@ -132,7 +132,8 @@ class Engine:
         return self.loaded.model
 
     def load(self) -> None:
-        chosen = precision.choose(self.config.dtype, self.config.weights)
+        cfg = self.config
+        chosen = precision.choose(cfg.dtype, cfg.weights, lambda race: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel, race))
         self.precision_reason = chosen.reason
         log.info("precision: %s, %s weights (%s)", chosen.dtype, chosen.weights.value, chosen.reason)
         spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, self.config.dense_prefill, self.config.tie_embeddings)

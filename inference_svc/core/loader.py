@@ -32,12 +32,15 @@ from inference_svc.core import model_source, native, precision
 from inference_svc.core.model import Layer, ModelShape, Transformer
 from inference_svc.core.weights import (
     INT4_GROUP,
+    FbgemmKernels,
     Linear,
     WeightFormat,
+    int4_fp32_supported,
     int4_supported,
     make_linear,
     onednn_packing,
     quantize_int4,
+    quantize_int4_fp32,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,9 @@ class RuntimeSpec:
     @property
     def head_shortlist(self) -> bool:
         """The int8 LM head also gets an int4 copy that shortlists the candidates (see ``Transformer.logits``)."""
-        return self.dtype == torch.bfloat16 and self.weights in (WeightFormat.INT8, WeightFormat.INT4)
+        if self.dtype == torch.float32:
+            return self.weights is WeightFormat.INT4
+        return self.weights in (WeightFormat.INT8, WeightFormat.INT4)
 
     @property
     def name(self) -> str:
@@ -140,7 +145,9 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     embed = get("model.embed_tokens.weight")
     head_w = get("lm_head.weight") if "lm_head.weight" in state else embed
     head = make_linear(head_w, None, head_fmt, dtype, dense_copy=False)
-    if spec.head_shortlist and int4_supported(tuple(head_w.shape)):
+    if spec.head_shortlist and dtype == torch.float32 and int4_fp32_supported(tuple(head_w.shape)):
+        head.native, _ = quantize_int4_fp32(head_w)  # the fp32 kernel's layout, saved as converted
+    elif spec.head_shortlist and int4_supported(tuple(head_w.shape)):
         head.q4, head.sz4, _ = quantize_int4(head_w, INT4_GROUP, dtype)
     out.update(head.tensors("head"))
     if not spec.tie_embeddings:
@@ -166,7 +173,7 @@ def build_transformer(
     shape: ModelShape,
     spec: RuntimeSpec,
     max_context: int,
-    int4_kernel: native.Int4Kernel | None = None,
+    int4_kernel: native.Int4Kernel | native.Int4KernelF32 | None = None,
 ) -> Transformer:
     lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
     layers = [
@@ -180,6 +187,20 @@ def build_transformer(
         for linear in (x for l in layers for x in l.linears):
             linear.pack_fbgemm()
         head.pack_fbgemm()  # int8; its logits are read one row at a time and never feed the KV
+    elif spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
+        # fp32 activations, int4 weights: Reprise's AVX2 kernel for decode rows (and every row of layers
+        # without a prefill copy); the fp16 prefill copies and any layer the kernel cannot take go to fbgemm.
+        if not isinstance(int4_kernel, native.Int4KernelF32):
+            raise ValueError("int4 weights under fp32 need Reprise's AVX2 int4 kernel")
+        for linear in (x for l in layers for x in l.linears):
+            if linear.dense is not None:
+                linear.pack_fbgemm()
+            if linear.native is not None:
+                linear.use_fp32_kernel(int4_kernel)
+        if head.native is not None:
+            head.use_fp32_kernel(int4_kernel)  # the int4 shortlist; its int8 rows rescore (Transformer.logits)
+        else:
+            head.pack_fbgemm()
     elif spec.dtype == torch.bfloat16:
         body = [x for l in layers for x in l.linears if x.dense is not None]
         packable, why_not = onednn_packing()
@@ -205,8 +226,23 @@ def runtime_dir(cache_dir: Path, source: model_source.ResolvedModel, spec: Runti
     return model_source.converted_dir(cache_dir, source, spec.name)
 
 
-def int4_kernel(cache_dir: Path, spec: RuntimeSpec, choice: str) -> tuple[native.Int4Kernel | None, str]:
-    """The native int4 kernel when ``choice`` is "auto" and it builds and runs here, and the kernel's name."""
+def int4_kernel(
+    cache_dir: Path, spec: RuntimeSpec, choice: str
+) -> tuple[native.Int4Kernel | native.Int4KernelF32 | None, str]:
+    """The native int4 kernel when ``choice`` is "auto" and it builds and runs here, and the kernel's name.
+
+    Under fp32 the int4 format exists only with Reprise's AVX2 kernel (:func:`fp32_int4` checked it
+    before the format was chosen); failing to load it here is an error.
+    """
+    if spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
+        if choice not in ("auto", "torch"):
+            raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
+        if choice == "torch":
+            raise ValueError("--int4-kernel torch: torch has no int4 kernel for fp32 activations; use --weights fp16")
+        kernel32, why_not = native.load_fp32(cache_dir / "native")
+        if kernel32 is None:
+            raise native.NativeUnavailable(f"int4 weights under fp32 need Reprise's AVX2 kernel: {why_not}")
+        return kernel32, native.F32_NAME
     if spec.dtype != torch.bfloat16 or spec.weights not in (WeightFormat.INT4, WeightFormat.INT8):
         return None, ""
     if choice == "torch":
@@ -248,11 +284,37 @@ def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
     )
 
 
+def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, str]:
+    """Whether int4 weights can serve fp32 activations here, and why (a :data:`.precision.Int4Probe`).
+
+    They can where Reprise's AVX2 kernel builds and runs, ``choice`` (``--int4-kernel``) is "auto", and
+    (with ``race``) one row through it is not slower than through fbgemm's fp16 kernel by more than
+    ``RACE_MARGIN``: best of 31 each, 0.1-0.3 s at start.
+    """
+    if choice == "torch":
+        return False, "--int4-kernel torch: torch has no int4 kernel for fp32 activations"
+    kernel, why_not = native.load_fp32(cache_dir / "native")
+    if kernel is None:
+        return False, why_not
+    if not race:
+        return True, "asked for"
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4864, 896, generator=g) * 0.05
+    packed, _ = quantize_int4_fp32(w)
+    fp16, x = FbgemmKernels(fp16=w.half()), torch.randn(1, 896, generator=g)
+    ours, theirs = precision.race(lambda: kernel(x, packed, 4864), lambda: fp16(x), repeat=31)
+    timing = f"one row of a 4864x896 layer: {ours * 1e6:.0f} us vs {theirs * 1e6:.0f} us through fbgemm's fp16"
+    if ours > theirs * RACE_MARGIN:
+        return False, f"Reprise's AVX2 kernel measured slower ({timing})"
+    return True, timing
+
+
 def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto") -> LoadedModel:
     """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it.
 
     ``int4``: "auto" multiplies int4 decode rows with Reprise's kernel where it builds and the
-    CPU has AVX512-BF16 (:mod:`.native`), "torch" always with torch's.
+    CPU has AVX512-BF16 (:mod:`.native`), "torch" always with torch's. Under fp32, int4 weights
+    always use Reprise's AVX2 kernel.
     """
     from transformers import AutoTokenizer
 

@@ -5,8 +5,10 @@ AMX) *and* the serving kernels run faster with it, which differs between CPU
 generations; so ``auto`` checks the flags, then times the two matmul shapes
 that dominate serving (one decode row through the quantized kernel, a 64-row
 prefill through the dense one) in both dtypes and keeps bf16 only if it wins
-both. Otherwise activations stay fp32 and the weights are fp16 run through
-fbgemm (see ``weights.py``), where this torch build has it.
+both. Otherwise activations stay fp32, and the weights are int4 through
+Reprise's AVX2 kernel for decode with an fp16 copy through fbgemm for prefill
+(where the kernel builds and measures faster than fbgemm's fp16 for one row),
+else fp16 through fbgemm (see ``weights.py``).
 """
 
 from __future__ import annotations
@@ -79,15 +81,33 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
     return faster, detail
 
 
-def _fp32(fmt: WeightFormat | None, why: str) -> Precision:
-    """fp32 activations: fp16 weights through fbgemm unless dense is asked for or fbgemm is missing."""
-    if fmt in (WeightFormat.INT4, WeightFormat.INT8):
+#: Says whether int4 weights can serve fp32 activations here, and why or why not: Reprise's AVX2 kernel
+#: builds and runs, and, when its argument is True, measures faster than fbgemm's fp16 for one row. An
+#: explicit ``--weights int4`` skips the race. See ``loader.fp32_int4``.
+Int4Probe = Callable[[bool], tuple[bool, str]]
+
+_INT4_FP32 = "int4 weights through Reprise's AVX2 kernel for decode, an fp16 copy through fbgemm for prefill"
+
+
+def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> Precision:
+    """fp32 activations: int4 (AVX2 kernel) or fp16 weights through fbgemm, unless dense is asked for or fbgemm
+    is missing. ``fmt`` None: the best that serves here."""
+    if fmt is WeightFormat.INT8:
         raise ValueError(
-            f"--weights {fmt.value} needs --dtype bf16 on a CPU with AVX512-BF16 or AMX (torch's int kernels "
-            "are slow with fp32 inputs); under fp32 use --weights fp16 or dense"
+            "--weights int8 needs --dtype bf16 on a CPU with AVX512-BF16 or AMX (torch's int8 kernel is slow with "
+            "fp32 inputs); under fp32 use --weights int4, fp16 or dense"
         )
     if fmt is WeightFormat.DENSE:
         return Precision(torch.float32, WeightFormat.DENSE, why)
+    if fmt in (None, WeightFormat.INT4) and fbgemm_available() and (int4 is not None or fmt is WeightFormat.INT4):
+        usable, detail = int4(fmt is None) if int4 is not None else (False, "not checked (no probe given)")
+        if usable:
+            return Precision(torch.float32, WeightFormat.INT4, f"{why}; {_INT4_FP32} ({detail})")
+        if fmt is WeightFormat.INT4:
+            raise ValueError(f"--weights int4 under fp32 needs Reprise's AVX2 int4 kernel: {detail}")
+        why = f"{why}; int4 not served ({detail})"
+    elif fmt is WeightFormat.INT4:
+        raise ValueError("--weights int4 under fp32 needs fbgemm for its prefill copy, which this torch build lacks")
     if fbgemm_available():
         return Precision(torch.float32, WeightFormat.FP16, f"{why}; fp16 weights through fbgemm")
     if fmt is WeightFormat.FP16:
@@ -95,17 +115,18 @@ def _fp32(fmt: WeightFormat | None, why: str) -> Precision:
     return Precision(torch.float32, WeightFormat.DENSE, f"{why}; no fbgemm in this torch build")
 
 
-def choose(dtype: str, weights: str) -> Precision:
+def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision:
     """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|fp16|dense``.
 
-    ``--weights auto`` means int4 under bf16 and fp16 (fbgemm) when ``--dtype
-    auto`` resolves to fp32; an explicit ``--dtype fp32`` keeps the dense fp32
-    reference unless ``--weights fp16`` is asked for. fp16 weights exist only
-    with fp32 activations, int4/int8 only with bf16.
+    ``--weights auto`` means int4 under bf16, and when ``--dtype auto``
+    resolves to fp32, int4 where ``int4`` (the AVX2 kernel's probe) says it
+    serves, else fp16 (fbgemm). An explicit ``--dtype fp32`` keeps the dense
+    fp32 reference unless ``--weights int4`` or ``fp16`` is asked for. fp16
+    weights exist only with fp32 activations, int8 only with bf16.
     """
     fmt = None if weights == "auto" else WeightFormat(weights)
     if dtype == "fp32":
-        return _fp32(fmt or WeightFormat.DENSE, "fp32 requested")
+        return _fp32(fmt or WeightFormat.DENSE, "fp32 requested", int4)
     if dtype == "bf16":
         if fmt is WeightFormat.FP16:
             raise ValueError("--weights fp16 runs with fp32 activations: use --dtype fp32 or auto")
@@ -115,11 +136,11 @@ def choose(dtype: str, weights: str) -> Precision:
     if fmt is WeightFormat.FP16:
         return _fp32(fmt, "auto: --weights fp16 runs with fp32 activations")
     if not cpu_supports_bf16():
-        return _fp32(fmt, "auto: no AVX512-BF16/AMX on this CPU")
+        return _fp32(fmt, "auto: no AVX512-BF16/AMX on this CPU", int4)
     candidate = fmt or WeightFormat.INT4
     faster, detail = bf16_measures_faster(candidate)
     if faster:
         return Precision(torch.bfloat16, candidate, f"auto: CPU has bf16 and it measured faster ({detail})")
     if fmt in (WeightFormat.INT4, WeightFormat.INT8):
         return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
-    return _fp32(fmt, f"auto: bf16 measured slower ({detail})")
+    return _fp32(fmt, f"auto: bf16 measured slower ({detail})", int4)

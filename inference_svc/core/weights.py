@@ -14,11 +14,17 @@ it on every call, which cost 13-45% of a 16-64-row matmul on an AMD Zen 4,
 for the same bits.
 
 CPUs without native bf16 (AVX2-only ones such as AMD Zen 2/3, Intel before
-Cooper Lake) keep fp32 activations and use fbgemm's kernels instead, packed at
-load time (:class:`FbgemmKernels`): the ``fp16`` format multiplies fp16
-weights in fp32 arithmetic for every row count, and its LM head is int8. There
-torch's fp32 GEMM is slow (MKL takes a generic path on AMD) and the
-weight-only kernels above are slow with fp32 inputs.
+Cooper Lake) keep fp32 activations. There torch's fp32 GEMM is slow (MKL takes
+a generic path on AMD) and the weight-only kernels above are slow with fp32
+inputs, so two formats use other kernels:
+
+- ``int4`` under fp32: Reprise's AVX2 kernel (:class:`.native.Int4KernelF32`)
+  multiplies decode rows by int4 weights (0.625 bytes per weight), and an fp16
+  copy of the *dequantized* int4 weights serves many-row products through
+  fbgemm, so both paths compute the same weights. The kernel's layout is
+  written at conversion and saved (``native``).
+- ``fp16``: fp16 weights through fbgemm for every row count
+  (:class:`FbgemmKernels`, packed at load time); its LM head is int8.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.native import AMX_MAX_ROWS, Int4Kernel
+from inference_svc.core.native import AMX_MAX_ROWS, F32_MAX_ROWS, Int4Kernel, Int4KernelF32
 
 #: Rows (tokens) from which a layer with a dense copy uses it instead of the quantized kernel.
 DENSE_MIN_ROWS = 8
@@ -65,7 +71,7 @@ def onednn_packing() -> tuple[bool, str]:
     g = torch.Generator().manual_seed(0)
     w, b = (torch.randn(72, 64, generator=g) * 0.05).bfloat16(), torch.randn(72, generator=g).bfloat16()
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w)
+        packed = _onednn_reorder(w)
         same = all(
             torch.equal(_onednn_linear(x, packed, b), F.linear(x, w, b))
             for x in (torch.randn(rows, 64, generator=g).bfloat16() for rows in (1, 9, 64))
@@ -73,6 +79,10 @@ def onednn_packing() -> tuple[bool, str]:
     except (RuntimeError, AttributeError) as exc:  # an op missing or refusing on this CPU
         return False, f"oneDNN packing failed: {exc}"
     return (True, "") if same else (False, "oneDNN's packed product differs from F.linear on this CPU")
+
+
+def _onednn_reorder(w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(w)
 
 
 def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -132,20 +142,21 @@ class Linear:
     fbgemm: FbgemmKernels | None = None
     #: The dense bf16 weights in oneDNN's blocked layout, built at load time and never saved; replaces ``dense``.
     onednn: torch.Tensor | None = None
-    #: The int4 weights laid out for Reprise's own kernel (:mod:`.native`), built at load time; replaces ``q4``/``sz4``.
+    #: The int4 weights laid out for Reprise's own kernel (:mod:`.native`): under bf16 built at load time from
+    #: ``q4``/``sz4`` (and replacing them), under fp32 written at conversion and saved.
     native: torch.Tensor | None = None
-    kernel: Int4Kernel | None = None
+    kernel: Int4Kernel | Int4KernelF32 | None = None
     #: Fewer rows than this go through ``kernel`` even where a dense copy exists (more with AMX).
     kernel_rows: int = DENSE_MIN_ROWS
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
-        if self.fbgemm is not None:
-            y = self.fbgemm(x)
-            return y if self.bias is None else y.add_(self.bias)
         rows = x.shape[0]
         if self.native is not None and self.kernel is not None and rows < self.kernel_rows:
             y = self.kernel(x, self.native, self.out_features)
+            return y if self.bias is None else y.add_(self.bias)
+        if self.fbgemm is not None and (self.native is None or rows >= DENSE_MIN_ROWS):
+            y = self.fbgemm(x)
             return y if self.bias is None else y.add_(self.bias)
         has_dense = self.dense is not None or self.onednn is not None
         if has_dense and (rows >= DENSE_MIN_ROWS or (self.q8 is None and not self.has_int4)):
@@ -176,9 +187,9 @@ class Linear:
     def pack_fbgemm(self) -> None:
         """Pack this layer for fbgemm (fp32 activations): fp16 weights, or int8 ones (the LM head).
 
-        An fp16 layer drops its unpacked copy (the packed one holds the same
-        values); an int8 layer keeps it for :meth:`rows` (the LM head doubles as
-        the embedding and gives the label rows).
+        An fp16 layer (or an int4 layer's fp16 prefill copy) drops its unpacked
+        copy (the packed one holds the same values); an int8 layer keeps it for
+        :meth:`rows` (the LM head doubles as the embedding and gives the label rows).
         """
         if self.dense is not None and self.dense.dtype == torch.float16:
             self.fbgemm = FbgemmKernels(fp16=self.dense)
@@ -196,7 +207,7 @@ class Linear:
         """
         if self.dense is None or self.dense.dtype != torch.bfloat16:
             raise ValueError("oneDNN packing needs dense bf16 weights")
-        self.onednn = torch.ops.mkldnn._reorder_linear_weight(self.dense)
+        self.onednn = _onednn_reorder(self.dense)
         self.dense = None
 
     def pack_native(self, kernel: Int4Kernel) -> None:
@@ -207,10 +218,17 @@ class Linear:
         self.kernel_rows = AMX_MAX_ROWS if kernel.amx else DENSE_MIN_ROWS
         self.q4 = self.sz4 = None
 
+    def use_fp32_kernel(self, kernel: Int4KernelF32) -> None:
+        """Serve the saved fp32-kernel layout (``native``) with ``kernel``: rows below ``F32_MAX_ROWS``, or all
+        rows where there is no fp16 prefill copy."""
+        if self.native is None or self.native.dtype != torch.uint8 or self.native.dim() != 3:
+            raise ValueError("the fp32 int4 kernel needs int4 weights converted for it")
+        self.kernel, self.kernel_rows = kernel, F32_MAX_ROWS
+
     @property
     def decode_bytes(self) -> int:
         """Bytes one decode step reads from this layer."""
-        if self.fbgemm is not None:
+        if self.fbgemm is not None and self.native is None:
             return self.fbgemm.nbytes  # decode reads the whole packed copy
         dense = self.dense if self.onednn is None else self.onednn
         parts = (
@@ -225,12 +243,12 @@ class Linear:
     def memory_bytes(self) -> int:
         """Bytes this layer holds: its tensors plus any packed copies."""
         held = sum(t.numel() * t.element_size() for t in self.tensors("").values())
-        packed = sum(t.numel() * t.element_size() for t in (self.onednn, self.native) if t is not None)
+        packed = self.onednn.numel() * self.onednn.element_size() if self.onednn is not None else 0
         return held + packed + (self.fbgemm.nbytes if self.fbgemm is not None else 0)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         out = {}
-        for key in ("dense", "bias", "q8", "s8", "q4", "sz4"):
+        for key in ("dense", "bias", "q8", "s8", "q4", "sz4", "native"):
             value = getattr(self, key)
             if value is not None:
                 out[f"{name}.{key}"] = value
@@ -239,9 +257,12 @@ class Linear:
     @classmethod
     def from_tensors(cls, name: str, tensors: dict[str, torch.Tensor], group: int) -> Linear:
         get = lambda key: tensors.get(f"{name}.{key}")  # noqa: E731
-        dense, q8, sz4 = get("dense"), get("q8"), get("sz4")
-        out = dense.shape[0] if dense is not None else q8.shape[0] if q8 is not None else sz4.shape[1]
-        return cls(out, dense, get("bias"), q8, get("s8"), get("q4"), sz4, group)
+        dense, q8, sz4, native = get("dense"), get("q8"), get("sz4"), get("native")
+        out = (
+            dense.shape[0] if dense is not None else q8.shape[0] if q8 is not None
+            else sz4.shape[1] if sz4 is not None else Int4KernelF32.out_features(native)
+        )
+        return cls(out, dense, get("bias"), q8, get("s8"), get("q4"), sz4, group, native=native)
 
 
 def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,12 +277,12 @@ def dequantize_int8(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return q.float() * s.float()[:, None]
 
 
-def quantize_int4(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def int4_values(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int4 per group of ``group`` input columns, tinygemm convention.
 
-    ``W ~= (q - 8) * scale + zero`` per group. Returns the kernel's packed
-    weight, the ``[K/group, N, 2]`` scale/zero tensor and the dequantized
-    weight (for the dense prefill copy, so both paths use the same values).
+    ``W ~= (q - 8) * scale + zero`` per group. Returns ``q`` ``[N, K]`` (0..15),
+    ``scale`` and ``zero`` ``[N, K/group]`` in ``dtype``, and the dequantized
+    fp32 weight (for the dense prefill copy, so both paths use the same values).
     """
     n, k = w.shape
     wg = w.float().reshape(n, k // group, group)
@@ -271,9 +292,27 @@ def quantize_int4(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torc
     zero = lo + 8.0 * scale
     scale_c, zero_c = scale.to(dtype), zero.to(dtype)
     deq = ((q - 8.0) * scale_c.float()[..., None] + zero_c.float()[..., None]).reshape(n, k)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).reshape(n, k).contiguous(), 1)
+    return q.to(torch.int32).reshape(n, k), scale_c, zero_c, deq
+
+
+def quantize_int4(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`int4_values` for torch's int4 kernel: its packed weight, the ``[K/group, N, 2]`` scale/zero
+    tensor and the dequantized weight."""
+    q, scale_c, zero_c, deq = int4_values(w, group, dtype)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
     sz = torch.stack([scale_c.t(), zero_c.t()], dim=-1).contiguous()
     return packed, sz, deq
+
+
+def quantize_int4_fp32(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`int4_values` with fp16 scales, laid out for the fp32 kernel (:meth:`.native.Int4KernelF32.pack`),
+    and the dequantized weight."""
+    q, scale, zero, deq = int4_values(w, INT4_GROUP, torch.float16)
+    return Int4KernelF32.pack(q, scale, zero), deq
+
+
+def int4_fp32_supported(w_shape: tuple[int, int]) -> bool:
+    return Int4KernelF32.supports(w_shape[0], w_shape[1], INT4_GROUP)
 
 
 def int4_supported(w_shape: tuple[int, int], group: int = INT4_GROUP) -> bool:
@@ -291,6 +330,13 @@ def make_linear(
 ) -> Linear:
     """Convert one fp32 weight ``[out, in]`` to a serving :class:`Linear`."""
     b = None if bias is None else bias.to(dtype).contiguous()
+    if fmt is WeightFormat.INT4 and dtype == torch.float32:
+        if not int4_fp32_supported(tuple(w.shape)) or group != INT4_GROUP:
+            fmt = WeightFormat.FP16  # shape the fp32 kernel cannot take: keep this layer fp16 (fbgemm)
+        else:
+            packed, deq = quantize_int4_fp32(w)
+            dense = deq.to(torch.float16).contiguous() if dense_copy else None  # packed for fbgemm at load
+            return Linear(w.shape[0], dense=dense, bias=b, native=packed)
     if fmt is WeightFormat.INT4 and not int4_supported(tuple(w.shape), group):
         fmt = WeightFormat.INT8  # shape the int4 kernel cannot take: keep this layer int8
     if fmt is WeightFormat.DENSE:

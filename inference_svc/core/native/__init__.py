@@ -36,6 +36,7 @@ import torch
 NAME = "reprise-avx512bf16"
 SOURCE = Path(__file__).with_name("int4_gemv.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall")
+LIBS = ("-lm",)  # after the source: linkers with --as-needed drop libraries named before it
 #: Output rows per kernel work unit; a layer's output size must be a multiple.
 SUPER_ROWS = 64
 GROUP = 32
@@ -47,6 +48,24 @@ AMX_MAX_ROWS = 32
 
 class NativeUnavailable(RuntimeError):
     """The kernel cannot be built or run here; the message says why."""
+
+
+@functools.cache
+def torch_int4_block() -> int:
+    """Rows per block of torch's CPU int4 layout here: it depends on the CPU torch's kernel was built for.
+
+    ``_convert_weight_to_int4pack_for_cpu`` writes ``[N/B, K, B/2]`` bytes, row ``j`` of a block in the
+    low nibbles and row ``B/2 + j`` in the high ones, with B = 64 on AVX512 CPUs and 32 on AVX2 ones
+    (seen on an AMD Zen 3). Found once per process by packing a probe.
+    """
+    n, k = 128, 64
+    q = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1).view(torch.uint8).reshape(-1)
+    for block in (64, 32):
+        t = q.reshape(n // block, block, k).permute(0, 2, 1)
+        if torch.equal((t[..., : block // 2] | (t[..., block // 2 :] << 4)).to(torch.uint8).reshape(-1), packed):
+            return block
+    raise NativeUnavailable("torch's int4 weight layout on this CPU is not one Reprise's kernel reads")
 
 
 class Int4Kernel:
@@ -61,7 +80,7 @@ class Int4Kernel:
         self._amx_fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
         self._amx_fn.restype = ctypes.c_int
         self._pack = self._lib.reprise_int4_pack
-        self._pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
+        self._pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
         self._pack.restype = None
         self.cpu_supported = bool(self._lib.reprise_int4_avx512bf16_supported())
         #: True: the AVX512-BF16 kernel; False: the plain C reference (same layout; tests only, it is slow).
@@ -76,15 +95,16 @@ class Int4Kernel:
         return group == GROUP and n % SUPER_ROWS == 0 and k % GROUP == 0
 
     def pack(self, q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
-        """torch's CPU int4 layout (``_convert_weight_to_int4pack_for_cpu``) + its ``[K/32, N, 2]`` bf16
-        scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see ``int4_gemv.c``), in C.
+        """torch's CPU int4 layout (``_convert_weight_to_int4pack_for_cpu``, see :func:`torch_int4_block`) +
+        its ``[K/32, N, 2]`` bf16 scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see
+        ``int4_gemv.c``), in C.
 
         :meth:`pack_reference` does the same in torch, ~50x slower (3.1 vs 0.06 s for the LM head).
         """
         n, k = self._check(q4, sz4)
         q4, sz4 = q4.contiguous(), sz4.contiguous()
         out = torch.empty(n // SUPER_ROWS, k // GROUP, 4, _BLOCK_BYTES, dtype=torch.uint8)
-        self._pack(q4.data_ptr(), sz4.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads())
+        self._pack(q4.data_ptr(), sz4.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads(), torch_int4_block())
         return out
 
     @staticmethod
@@ -98,13 +118,13 @@ class Int4Kernel:
     def pack_reference(q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
         """:meth:`pack` in torch operations.
 
-        torch's layout: ``[N/64, K, 32]`` bytes, byte ``j`` of ``(s, k)`` holding row ``64s + j`` in its
-        low nibble and row ``64s + 32 + j`` in its high nibble.
+        torch's layout: ``[N/B, K, B/2]`` bytes, byte ``j`` of ``(t, k)`` holding row ``Bt + j`` in its
+        low nibble and row ``Bt + B/2 + j`` in its high nibble (``B``: :func:`torch_int4_block`).
         """
         n, k = Int4Kernel._check(q4, sz4)
-        s, g = n // SUPER_ROWS, k // GROUP
-        t = q4.view(torch.uint8).reshape(s, k, 32).to(torch.int32)
-        q = torch.cat([t & 15, t >> 4], dim=2).permute(0, 2, 1)  # [s, 64 rows, k]
+        s, g, block = n // SUPER_ROWS, k // GROUP, torch_int4_block()
+        t = q4.view(torch.uint8).reshape(n // block, k, block // 2).to(torch.int32)
+        q = torch.cat([t & 15, t >> 4], dim=2).permute(0, 2, 1).reshape(s, SUPER_ROWS, k)  # [s, 64 rows, k]
         # rows -> (block b, row r); inputs -> (group g, pair j*4+i, half h)
         q = q.reshape(s, 4, 16, g, 4, 4, 2)  # s b r g j i h
         shifts = torch.tensor([0, 4, 8, 12], dtype=torch.int32).view(1, 1, 1, 1, 1, 4, 1)
@@ -135,7 +155,7 @@ class Int4Kernel:
 def build(directory: Path) -> Path:
     """Compile ``int4_gemv.c`` into ``directory`` once per source and flags; returns the library's path."""
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, *LIBS)).encode()).hexdigest()[:12]
     target = directory / f"int4_gemv-{digest}.so"
     if target.exists():
         return target  # e.g. built into the image's model cache, where the runtime has no compiler
@@ -145,7 +165,7 @@ def build(directory: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".int4_gemv-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), *LIBS, "-o", tmp], capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise NativeUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, target)  # atomic: concurrent starts each build, one wins
@@ -153,6 +173,76 @@ def build(directory: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+#: The fp32-activation kernel's name where it serves (CPUs without bf16; see :class:`Int4KernelF32`).
+F32_NAME = "reprise-avx2"
+#: Output rows per fp32 kernel superblock; a layer's output size must be a multiple.
+F32_ROWS = 32
+_F32_BLOCK = 640  # 32 rows x 32 inputs: 512 bytes of nibbles + 32 fp16 scales + 32 fp16 zeros
+#: Rows from which a layer's fp16 copy through fbgemm beats the AVX2 kernel (Zen 3, the four layer shapes of
+#: the default model x 24 layers: 1 row 12.3 vs 38.3 ms, 2 rows 25 vs 45, 4 rows 49 vs 53, 8 rows 97 vs 93).
+F32_MAX_ROWS = 8
+#: Rows from which the AVX2 kernel converts each group's weights once for all rows (mode 2) instead of
+#: running the one-row path per row (mode 1, whose weights the second row finds in L2): 8 rows 97 ms either way.
+_F32_SHARED_ROWS = 8
+
+
+class Int4KernelF32:
+    """int4 weights against fp32 activations on AVX2 (``int4_gemv.c``, second half), for CPUs without bf16.
+
+    The layout is written once at conversion (:meth:`pack`) and saved in the converted copy. Every
+    row runs the same fp32 operations in the same order whatever the number of rows in the call, so
+    a token's product never depends on its batch.
+    """
+
+    def __init__(self, library: Path, *, mode: int | None = None) -> None:
+        self._lib = ctypes.CDLL(str(library))
+        self._fn = self._lib.reprise_int4_gemm_f32
+        self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
+        self._fn.restype = ctypes.c_int
+        self.cpu_supported = bool(self._lib.reprise_int4_avx2_supported())
+        #: None: AVX2, by the number of rows (see ``_F32_SHARED_ROWS``); 0: the plain C reference (tests
+        #: only, slow); 1 / 2: force one AVX2 path (tests). All give the same bits.
+        self.mode = mode
+        if mode not in (None, 0) and not self.cpu_supported:
+            raise NativeUnavailable("this CPU has no AVX2/FMA/F16C")
+
+    @staticmethod
+    def supports(n: int, k: int, group: int) -> bool:
+        return group == GROUP and n % F32_ROWS == 0 and k % GROUP == 0
+
+    @staticmethod
+    def out_features(packed: torch.Tensor) -> int:
+        return packed.shape[0] * F32_ROWS
+
+    @staticmethod
+    def pack(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """int4 values ``q`` ``[N, K]`` (0..15) and fp16 ``scale``/``zero`` ``[N, K/32]`` -> ``[N/32, K/32, 640]`` bytes.
+
+        The layout is described at the top of the fp32 half of ``int4_gemv.c``. Runs at conversion time.
+        """
+        n, k = q.shape
+        if not Int4KernelF32.supports(n, k, GROUP) or scale.shape != (n, k // GROUP) or scale.dtype != torch.float16:
+            raise ValueError(f"cannot pack an int4 weight of {n}x{k} with scales {tuple(scale.shape)} {scale.dtype}")
+        s, g = n // F32_ROWS, k // GROUP
+        t = q.to(torch.uint8).reshape(s, 4, 8, g, 4, 8)  # s v l g c i
+        t = t.permute(0, 3, 4, 1, 2, 5)  # s g c v l i
+        nibbles = (t[..., 0::2] | (t[..., 1::2] << 4)).reshape(s, g, 512)  # little-endian dwords
+        sz = torch.stack([scale, zero]).reshape(2, s, F32_ROWS, g).permute(1, 3, 0, 2).contiguous()  # s g 2 32
+        return torch.cat([nibbles, sz.view(torch.uint8).reshape(s, g, 128)], dim=2).contiguous()
+
+    def __call__(self, x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+        """``x`` ``[rows, K]`` fp32 -> ``[rows, n]`` fp32."""
+        x = x.contiguous()
+        m, k = x.shape
+        if x.dtype != torch.float32 or packed.shape != (n // F32_ROWS, k // GROUP, _F32_BLOCK):
+            raise ValueError(f"int4 kernel: input {tuple(x.shape)} {x.dtype} does not fit weights {tuple(packed.shape)}")
+        y = torch.empty(m, n, dtype=torch.float32)
+        mode = self.mode if self.mode is not None else 1 if m < _F32_SHARED_ROWS else 2
+        if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), mode):
+            raise MemoryError("int4 kernel: no memory for its buffers")
+        return y
 
 
 @functools.cache
@@ -164,4 +254,16 @@ def load(directory: Path) -> tuple[Int4Kernel | None, str]:
         return None, str(exc)
     if not kernel.fast:
         return None, "this CPU has no AVX512-BF16"
+    return kernel, ""
+
+
+@functools.cache
+def load_fp32(directory: Path) -> tuple[Int4KernelF32 | None, str]:
+    """The fp32-activation kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX2/FMA/F16C."""
+    try:
+        kernel = Int4KernelF32(build(directory))
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, str(exc)
+    if not kernel.cpu_supported:
+        return None, "this CPU has no AVX2/FMA/F16C"
     return kernel, ""

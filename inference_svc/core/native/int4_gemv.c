@@ -21,6 +21,7 @@
  * The OpenMP runtime is the one torch already loaded (same soname), so these threads are torch's.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,10 +295,12 @@ int reprise_int4_gemm_amx(const uint8_t *w, const uint16_t *x, uint16_t *y, int 
 }
 
 /* Re-lay torch's CPU int4 weights out for the kernel (the layout at the top of this file): q4 is
- * _convert_weight_to_int4pack_for_cpu's [n/64][k][32] bytes (byte j of (s, col): row 64s + j in the
- * low nibble, row 64s + 32 + j in the high one), sz its [k/32][n][2] bf16 scales and zeros, out
- * [n/64][k/32][4][320] bytes. Python's Int4Kernel.pack_reference does the same in torch (tests). */
-void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int n, int k, int threads) {
+ * _convert_weight_to_int4pack_for_cpu's [n/B][k][B/2] bytes, B = block (64 where torch was built for
+ * AVX512, 32 for AVX2; byte j of (t, col): row Bt + j in the low nibble, row Bt + B/2 + j in the high
+ * one), sz its [k/32][n][2] bf16 scales and zeros, out [n/64][k/32][4][320] bytes. Python's
+ * Int4Kernel.pack_reference does the same in torch (tests). */
+void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int n, int k, int threads, int block) {
+    int half = block / 2;
     int groups = k / GROUP, supers = n / SUPER_ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int s = 0; s < supers; s++)
@@ -308,12 +311,12 @@ void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int 
                 for (int j = 0; j < 4; j++)
                     for (int r = 0; r < 16; r++)
                         for (int h = 0; h < 2; h++) {
-                            int row = 16 * b + r; /* within the superblock */
+                            int row = SUPER_ROWS * s + 16 * b + r, tb = row / block, tr = row % block;
                             uint16_t word = 0;
                             for (int i = 0; i < 4; i++) {
                                 size_t col = (size_t)g * GROUP + 2 * (4 * j + i) + h;
-                                uint8_t byte = q4[((size_t)s * k + col) * 32 + row % 32];
-                                word |= (uint16_t)((row < 32 ? byte & 0xF : byte >> 4) << (4 * i));
+                                uint8_t byte = q4[((size_t)tb * k + col) * half + tr % half];
+                                word |= (uint16_t)((tr < half ? byte & 0xF : byte >> 4) << (4 * i));
                             }
                             words[j * 32 + 2 * r + h] = word;
                         }
@@ -328,3 +331,240 @@ void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int 
             }
 }
 
+
+/* ---- fp32 activations on AVX2 (CPUs without bf16: AMD Zen 2/3, Intel before Cooper Lake) ----
+ * y[M,N] (fp32) = x[M,K] (fp32) @ W[N,K]^T with W = (q - 8) * scale + zero, one fp16 scale and zero per
+ * 32 inputs and output row. Layout, written at conversion time (Python's pack_fp32_reference):
+ *
+ *   superblock s (32 output rows), group g (32 inputs): 640 bytes =
+ *     512 bytes of nibbles: chunk c = 0..3 (8 inputs), vector v = 0..3 (8 rows), lane l = 0..7: the dword
+ *       at byte 4 * (8 * (4c + v) + l) holds, at bits 4i (i = 0..7), q[32s + 8v + l][32g + 8c + i];
+ *     then 32 fp16 scales and 32 fp16 zeros of rows 32s + 0..31.
+ *
+ * A nibble becomes an fp32 number with a shift, an AND and VCVTDQ2PS (8 rows at once), then one FMA
+ * against the broadcast input. Per group, sum((q - 8) x) = acc - 8 sum(x), so
+ *   y += scale * acc + (zero - 8 scale) * sum(x)   (fp32; sum(x) once per row and group).
+ * Every row of every call runs the same fp32 operations in the same order, whether the call has one row
+ * or many: a token's product does not depend on the other rows of its batch. */
+#define F32_ROWS 32       /* output rows per superblock */
+#define F32_BLOCK 640     /* bytes per superblock and group */
+#define F32_TILE_ROWS 16  /* input rows per pass of the many-row path (its totals live on the stack) */
+#ifndef F32_PREFETCH_GROUPS
+#define F32_PREFETCH_GROUPS 16
+#endif
+
+static inline float half_to_float(uint16_t h) { /* IEEE binary16 -> binary32, exact (for the scalar path) */
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalize */
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) {
+                mant <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((mant & 0x3FF) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+int reprise_int4_avx2_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+static void group_sums_f32(const float *x, int m, int k, float *sums) {
+    int groups = k / GROUP;
+    for (int r = 0; r < m; r++)
+        for (int g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int t = 0; t < GROUP; t++) s += x[(size_t)r * k + g * GROUP + t];
+            sums[r * groups + g] = s;
+        }
+}
+
+/* The masks that keep nibble i = 0..6 of each dword in place (nibble 7 is shifted down instead). */
+static const uint32_t NIBBLE_MASKS[7][8] __attribute__((aligned(32))) = {
+#define M8(v) {v, v, v, v, v, v, v, v}
+    M8(0xFu), M8(0xF0u), M8(0xF00u), M8(0xF000u), M8(0xF0000u), M8(0xF00000u), M8(0xF000000u)
+#undef M8
+};
+
+/* One input row against one superblock, the weights converted in registers. Nibble i (< 7) is masked in
+ * place, so VCVTDQ2PS gives q * 16^i exactly, and the input was scaled by 16^-i beforehand (xs, exact: a
+ * power of two): the product is q * x to the last bit, one shift per nibble cheaper. Two accumulators
+ * per 8 rows (even and odd inputs) keep the FMAs from waiting on each other. */
+__attribute__((target("avx2,fma,f16c"))) static void superblock_avx2(const uint8_t *w, const float *xs, const float *sums,
+                                                                     int k, float *y) {
+    const __m256 minus8 = _mm256_set1_ps(-8.0f);
+    __m256 total[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int groups = k / GROUP;
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *blk = w + (size_t)g * F32_BLOCK;
+        for (int line = 0; line < F32_BLOCK; line += 64) /* past the end: the next superblock, harmless */
+            _mm_prefetch((const char *)blk + F32_PREFETCH_GROUPS * F32_BLOCK + line, _MM_HINT_T1);
+        __m256 even[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 odd[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int c = 0; c < 4; c++) {
+            __m256i q[4];
+            for (int v = 0; v < 4; v++) q[v] = _mm256_loadu_si256((const __m256i *)(blk + 32 * (4 * c + v)));
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                __m256 xb = _mm256_broadcast_ss(xs + g * GROUP + 8 * c + i);
+                for (int v = 0; v < 4; v++) {
+                    __m256i t = i == 7 ? _mm256_srli_epi32(q[v], 28)
+                                       : _mm256_and_si256(q[v], _mm256_load_si256((const __m256i *)NIBBLE_MASKS[i]));
+                    if (i & 1)
+                        odd[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), xb, odd[v]);
+                    else
+                        even[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), xb, even[v]);
+                }
+            }
+        }
+        __m256 s = _mm256_set1_ps(sums[g]);
+        for (int v = 0; v < 4; v++) {
+            __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
+            __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
+            total[v] = _mm256_fmadd_ps(scale, _mm256_add_ps(even[v], odd[v]), total[v]);
+            total[v] = _mm256_fmadd_ps(_mm256_fmadd_ps(minus8, scale, zero), s, total[v]);
+        }
+    }
+    for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + 8 * v, total[v]);
+}
+
+/* x scaled for superblock_avx2: input 8c + i times 16^-i for i < 7 (exact: a power of two). */
+static void scale_nibble_inputs(const float *x, int k, float *xs) {
+    static const float SCALE[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 1.0f};
+    for (int t = 0; t < k; t++) xs[t] = x[t] * SCALE[t % 8];
+}
+
+/* Up to F32_TILE_ROWS input rows against one superblock: each group's 32 x 32 weights are converted once
+ * into an L1 buffer, then every row runs the same FMAs, in the same order, as superblock_avx2. */
+__attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const uint8_t *w, const float *x,
+                                                                          const float *sums, int rows, int k,
+                                                                          float *y, int n) {
+    const __m256i low = _mm256_set1_epi32(0xF);
+    const __m256 minus8 = _mm256_set1_ps(-8.0f);
+    __m256 wf[32 * 4]; /* [8c + i][v]: the converted weights of one group */
+    __m256 total[F32_TILE_ROWS][4];
+    int groups = k / GROUP;
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < 4; v++) total[r][v] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *blk = w + (size_t)g * F32_BLOCK;
+        for (int line = 0; line < F32_BLOCK; line += 64)
+            _mm_prefetch((const char *)blk + F32_PREFETCH_GROUPS * F32_BLOCK + line, _MM_HINT_T1);
+        for (int c = 0; c < 4; c++)
+            for (int v = 0; v < 4; v++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 32 * (4 * c + v)));
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    wf[(8 * c + i) * 4 + v] = _mm256_cvtepi32_ps(_mm256_and_si256(i == 0 ? q : _mm256_srli_epi32(q, 4 * i), low));
+            }
+        __m256 scale[4], zadj[4];
+        for (int v = 0; v < 4; v++) {
+            scale[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
+            __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
+            zadj[v] = _mm256_fmadd_ps(minus8, scale[v], zero);
+        }
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * k + g * GROUP;
+            __m256 even[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            __m256 odd[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+#pragma GCC unroll 32
+            for (int p = 0; p < 32; p++) {
+                __m256 xb = _mm256_broadcast_ss(xr + p);
+                for (int v = 0; v < 4; v++) {
+                    if (p & 1)
+                        odd[v] = _mm256_fmadd_ps(wf[4 * p + v], xb, odd[v]);
+                    else
+                        even[v] = _mm256_fmadd_ps(wf[4 * p + v], xb, even[v]);
+                }
+            }
+            __m256 s = _mm256_set1_ps(sums[r * groups + g]);
+            for (int v = 0; v < 4; v++) {
+                total[r][v] = _mm256_fmadd_ps(scale[v], _mm256_add_ps(even[v], odd[v]), total[r][v]);
+                total[r][v] = _mm256_fmadd_ps(zadj[v], s, total[r][v]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + (size_t)r * n + 8 * v, total[r][v]);
+}
+
+/* Same layout and arithmetic order, plain C: the reference the tests hold the AVX2 paths to. */
+static void superblock_f32_scalar(const uint8_t *w, const float *x, const float *sums, int k, float *y) {
+    float total[F32_ROWS] = {0};
+    int groups = k / GROUP;
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *blk = w + (size_t)g * F32_BLOCK;
+        const uint32_t *words = (const uint32_t *)blk;
+        const uint16_t *sz = (const uint16_t *)(blk + 512);
+        for (int row = 0; row < F32_ROWS; row++) {
+            int v = row / 8, l = row % 8;
+            float acc[2] = {0.0f, 0.0f}; /* even and odd inputs */
+            for (int c = 0; c < 4; c++)
+                for (int i = 0; i < 8; i++) {
+                    float q = (float)((words[8 * (4 * c + v) + l] >> (4 * i)) & 0xF);
+                    acc[i & 1] = fmaf(q, x[g * GROUP + 8 * c + i], acc[i & 1]);
+                }
+            float scale = half_to_float(sz[row]), zero = half_to_float(sz[32 + row]);
+            total[row] = fmaf(scale, acc[0] + acc[1], total[row]);
+            total[row] = fmaf(fmaf(-8.0f, scale, zero), sums[g], total[row]);
+        }
+    }
+    memcpy(y, total, sizeof total);
+}
+
+/* y[m, n] (fp32) = x[m, k] (fp32) @ W^T for W packed as above; n % 32 == 0, k % 32 == 0. mode: 0 the plain C
+ * reference, 1 AVX2 one row at a time, 2 AVX2 with each group converted once for up to 16 rows (the caller
+ * checks reprise_int4_avx2_supported). All three give the same bits. Returns 0, or -1 when out of memory. */
+int reprise_int4_gemm_f32(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode) {
+    int groups = k / GROUP, supers = n / F32_ROWS;
+    float sums_stack[2048];
+    int small = (size_t)m * groups <= sizeof sums_stack / sizeof *sums_stack;
+    float *sums = small ? sums_stack : malloc((size_t)m * groups * sizeof *sums);
+    if (sums == NULL) return -1;
+    group_sums_f32(x, m, k, sums);
+    float *xs = NULL;
+    if (mode == 1) {
+        xs = malloc((size_t)m * k * sizeof *xs);
+        if (xs == NULL) {
+            if (!small) free(sums);
+            return -1;
+        }
+        for (int r = 0; r < m; r++) scale_nibble_inputs(x + (size_t)r * k, k, xs + (size_t)r * k);
+    }
+    size_t super_bytes = (size_t)groups * F32_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int s = 0; s < supers; s++) {
+        const uint8_t *ws = w + (size_t)s * super_bytes;
+        if (mode == 2) {
+            for (int r0 = 0; r0 < m; r0 += F32_TILE_ROWS) {
+                int rows = m - r0 < F32_TILE_ROWS ? m - r0 : F32_TILE_ROWS;
+                superblock_avx2_rows(ws, x + (size_t)r0 * k, sums + r0 * groups, rows, k,
+                                     y + (size_t)r0 * n + (size_t)s * F32_ROWS, n);
+            }
+            continue;
+        }
+        for (int r = 0; r < m; r++) {
+            const float *xr = x + (size_t)r * k;
+            float *yr = y + (size_t)r * n + (size_t)s * F32_ROWS;
+            if (mode == 1)
+                superblock_avx2(ws, xs + (size_t)r * k, sums + r * groups, k, yr);
+            else
+                superblock_f32_scalar(ws, xr, sums + r * groups, k, yr);
+        }
+    }
+    if (!small) free(sums);
+    free(xs);
+    return 0;
+}

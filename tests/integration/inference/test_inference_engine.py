@@ -288,3 +288,59 @@ def test_quantized_lm_head_shortlists_with_int4_and_rescores_exactly(tiny_model_
     assert torch.equal(logits.argmax(-1), exact.argmax(-1))  # greedy = the int8 head's choice
     assert not torch.equal(approx.argsort(-1, descending=True)[:, :8], exact.argsort(-1, descending=True)[:, :8])
     assert head.decode_bytes < head.q8.numel()  # decode streams the int4 copy, not the int8 rows
+
+
+def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to_recompute(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The format `--dtype auto` serves on CPUs without native bf16 where the AVX2 kernel builds."""
+    if native.load_fp32(tmp_path / "native")[0] is None:
+        with pytest.raises(ValueError, match="needs Reprise's AVX2 int4 kernel"):
+            _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
+        return
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
+    info = engine.describe()
+    assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", "reprise-avx2")
+    assert engine.loaded.spec.name == "int4-fp32-tied-pf-h4"
+    for layer in engine.model.layers[0].linears:
+        assert layer.native is not None and layer.fbgemm is not None and layer.fbgemm.fp16 is not None
+        assert layer.kernel_rows == native.F32_MAX_ROWS and layer.dense is None
+    assert engine.loaded.decode_bytes < sum(x.memory_bytes for l in engine.model.layers for x in l.linears)
+    model, ids = engine.model, torch.arange(3, 23)
+    # 20 tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
+    # the copy's rounded to fp16 (2^-11; this random model's wide weights turn that into ~1% of a logit).
+    kv = model.new_kv(20)
+    for i in range(20):
+        stepped = model.logits(model.forward(ids[i : i + 1], kv))
+    at_once = model.logits(model.forward(ids, model.new_kv(20)))
+    torch.testing.assert_close(stepped, at_once, rtol=0.02, atol=0.02 * at_once.abs().max().item())
+    texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
+    single = [engine.classify_batch([t])[0].p_positive for t in texts]
+    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-5)
+    history: tuple[Turn, ...] = ()
+    for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
+        reused = _chat(engine, history, question, max_new_tokens=16)
+        engine.index.clear()
+        recomputed = _chat(engine, history, question, max_new_tokens=16)
+        assert _reply(reused) == _reply(recomputed)
+        if history:
+            assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
+        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))
+    with pytest.raises(ValueError, match="torch has no int4 kernel for fp32"):
+        Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="fp32", weights="int4", int4_kernel="torch")).load()
+
+
+def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny_model_dir: Path, tmp_path: Path) -> None:
+    if native.load_fp32(tmp_path / "native")[0] is None:
+        return  # the test above checks the refusal
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", dense_prefill=False)
+    layer = engine.model.layers[0].gate_up
+    assert layer.native is not None and layer.fbgemm is None and layer.dense is None
+    assert engine.loaded.spec.name == "int4-fp32-tied-h4"
+    model, ids = engine.model, torch.arange(3, 23)
+    kv = model.new_kv(20)
+    for i in range(20):
+        stepped = model.logits(model.forward(ids[i : i + 1], kv))
+    at_once = model.logits(model.forward(ids, model.new_kv(20)))
+    # Every projection is the same bits either way; only attention's summation order differs.
+    torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())

@@ -142,8 +142,12 @@ async def test_model_info_reports_model_placement_and_kv(stub: pb_grpc.Inference
     info = await stub.ModelInfo(pb.ModelInfoRequest())
     assert info.architecture == "Qwen2ForCausalLM" and info.revision
     assert info.prompts_revision == prompts.revision(prompts.SENTIMENT, prompts.CHAT_SYSTEM_PROMPT)
-    # bf16 CPUs serve int4/int8/dense under bf16; others fp16 (fbgemm) or dense under fp32.
-    assert (info.weights, info.dtype) in {("int4", "bfloat16"), ("int8", "bfloat16"), ("dense", "bfloat16"), ("fp16", "float32"), ("dense", "float32")}
+    # bf16 CPUs serve int4/int8/dense under bf16; others int4 (AVX2 kernel), fp16 (fbgemm) or dense under fp32.
+    assert (info.weights, info.dtype) in {
+        ("int4", "bfloat16"), ("int8", "bfloat16"), ("dense", "bfloat16"), ("int4", "float32"), ("fp16", "float32"), ("dense", "float32")
+    }
+    if (info.weights, info.dtype) == ("int4", "float32"):
+        assert info.int4_kernel == "reprise-avx2"
     assert list(info.cpus) and info.threads >= 1
     assert info.kv_cache_budget_bytes > 0 and info.kv_cache_entries >= 1  # the pinned system prompt
     assert info.decode_bytes_per_token > 0

@@ -33,9 +33,10 @@ def test_explicit_choices_need_no_measurement() -> None:
     assert precision.choose("fp32", "auto").weights is precision.WeightFormat.DENSE  # the exact reference
     chosen = precision.choose("fp32", "fp16")
     assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16) and "fbgemm" in chosen.reason
-    for weights in ("int4", "int8"):
-        with pytest.raises(ValueError, match=f"--weights {weights} needs --dtype bf16"):
-            precision.choose("fp32", weights)
+    with pytest.raises(ValueError, match="--weights int8 needs --dtype bf16"):
+        precision.choose("fp32", "int8")
+    with pytest.raises(ValueError, match="int4 under fp32 needs Reprise's AVX2 int4 kernel"):
+        precision.choose("fp32", "int4")  # nothing said the kernel is here
     with pytest.raises(ValueError, match="fp16 runs with fp32 activations"):
         precision.choose("bf16", "fp16")
     with pytest.raises(ValueError, match="expected auto, bf16 or fp32"):
@@ -49,9 +50,34 @@ def test_auto_without_native_bf16_serves_fp16_through_fbgemm(monkeypatch: pytest
     assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16)
     assert chosen.reason == "auto: no AVX512-BF16/AMX on this CPU; fp16 weights through fbgemm"
     assert precision.choose("auto", "dense").weights is precision.WeightFormat.DENSE
-    for weights in ("int4", "int8"):
-        with pytest.raises(ValueError, match=f"{weights} needs --dtype bf16"):
-            precision.choose("auto", weights)
+    with pytest.raises(ValueError, match="int8 needs --dtype bf16"):
+        precision.choose("auto", "int8")
+
+
+def test_fp32_serves_int4_where_the_avx2_kernel_builds_and_wins_its_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    races: list[bool] = []
+
+    def probe(usable: bool, detail: str):  # type: ignore[no-untyped-def]
+        return lambda race: races.append(race) or (usable, detail)
+
+    chosen = precision.choose("auto", "auto", probe(True, "12 us vs 38 us"))
+    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.INT4)
+    assert "Reprise's AVX2 kernel" in chosen.reason and "12 us vs 38 us" in chosen.reason and races == [True]
+    chosen = precision.choose("auto", "auto", probe(False, "it measured slower"))
+    assert chosen.weights is precision.WeightFormat.FP16 and "int4 not served (it measured slower)" in chosen.reason
+    # Asked for by name: no race, only whether the kernel is here.
+    assert precision.choose("fp32", "int4", probe(True, "asked for")).weights is precision.WeightFormat.INT4
+    assert precision.choose("auto", "int4", probe(True, "asked for")).dtype == torch.float32 and races[-2:] == [False] * 2
+    with pytest.raises(ValueError, match="needs Reprise's AVX2 int4 kernel: no C compiler"):
+        precision.choose("fp32", "int4", probe(False, "no C compiler"))
+    # The exact reference and fp16 never ask.
+    assert precision.choose("fp32", "auto", probe(True, "")).weights is precision.WeightFormat.DENSE
+    assert precision.choose("auto", "fp16", probe(True, "")).weights is precision.WeightFormat.FP16
+    assert len(races) == 5  # the two auto races and the three named asks
+    monkeypatch.setattr(precision, "fbgemm_available", lambda: False)  # the prefill copy runs on fbgemm
+    with pytest.raises(ValueError, match="needs fbgemm for its prefill copy"):
+        precision.choose("fp32", "int4", probe(True, ""))
 
 
 def test_auto_with_fp16_weights_asked_for_needs_no_measurement(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,6 +109,7 @@ def test_onednn_packing_check_says_why_when_the_op_fails(monkeypatch: pytest.Mon
         raise RuntimeError("no bf16 kernel here")
 
     onednn_packing.cache_clear()
+    monkeypatch.setattr(weights, "_onednn_reorder", lambda w: w)  # the real one refuses bf16 on AVX2-only CPUs
     monkeypatch.setattr(weights, "_onednn_linear", broken)
     try:
         assert onednn_packing() == (False, "oneDNN packing failed: no bf16 kernel here")
