@@ -53,8 +53,8 @@ def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypat
     """Greedy decoding through the int4 shortlist equals the argmax of the full int8 head in fp32, every step."""
     model = engine.model
     head = model.head
-    if not head.has_int4:  # fp32 formats (CPUs without bf16) keep the int8 head alone
-        assert engine.describe().dtype == "float32"
+    if not head.has_int4:  # the fp16 format (fbgemm) keeps the int8 head alone
+        assert (engine.describe().dtype, engine.describe().weights) == ("float32", "fp16")
         return
     rows = head.q8.float() * head.s8.float()[:, None]
     served = model.logits
@@ -78,6 +78,11 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
         assert engine.describe().int4_kernel == ""
         return
     kernel = engine.describe().int4_kernel
+    if engine.describe().dtype == "float32":  # only ever with Reprise's AVX2 kernel
+        assert kernel == native.F32_NAME
+        layers = [x for l in engine.model.layers for x in l.linears] + [engine.model.head]
+        assert all(x.native is not None and x.kernel is not None for x in layers)
+        return
     if native.load(ROOT / ".models" / "native")[0] is None:
         assert kernel == "torch"
     else:
