@@ -4,7 +4,8 @@
 # Build args: MODEL (default: the packaged Qwen2.5-Coder-0.5B-Instruct GGUF), MODEL_DTYPE and
 # MODEL_WEIGHTS (the service's --dtype/--weights: the converted copy is per format, so the image
 # pins both and sets the same values for the service; for nodes without AVX512-BF16/AMX use
-# MODEL_DTYPE=fp32 MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the
+# MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4, int4 weights through Reprise's AVX2 kernel with an fp16
+# prefill copy, or MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the
 # CPU-only torch wheel comes from).
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 
