@@ -181,19 +181,20 @@ F32_NAME = "reprise-avx2"
 F32_ROWS = 32
 _F32_BLOCK = 640  # 32 rows x 32 inputs: 512 bytes of nibbles + 32 fp16 scales + 32 fp16 zeros
 #: Rows from which a layer's fp16 copy through fbgemm beats the AVX2 kernel (Zen 3, the four layer shapes of
-#: the default model x 24 layers: 1 row 12.3 vs 38.3 ms, 2 rows 25 vs 45, 4 rows 49 vs 53, 8 rows 97 vs 93).
-F32_MAX_ROWS = 8
-#: Rows from which the AVX2 kernel converts each group's weights once for all rows (mode 2) instead of
-#: running the one-row path per row (mode 1, whose weights the second row finds in L2): 8 rows 97 ms either way.
-_F32_SHARED_ROWS = 8
+#: the default model x 24 layers, against fbgemm's fp16: 1 row 3.0x faster, 2 rows 1.7-2.1x, 8 rows 1.4-1.6x,
+#: 16 rows 1.2x, 24-32 rows 1.06x, 40-48 rows 0.98x).
+F32_MAX_ROWS = 32
+#: Rows from which the AVX2 kernel converts each group's weights once for all rows (mode 2) instead of the
+#: one-row path (mode 1): at 2 rows 23-25 ms vs ~30 for the one-row path twice.
+_F32_SHARED_ROWS = 2
 
 
 class Int4KernelF32:
     """int4 weights against fp32 activations on AVX2 (``int4_gemv.c``, second half), for CPUs without bf16.
 
-    The layout is written once at conversion (:meth:`pack`) and saved in the converted copy. Every
-    row runs the same fp32 operations in the same order whatever the number of rows in the call, so
-    a token's product never depends on its batch.
+    The layout is written once at conversion (:meth:`pack`) and saved in the converted copy. A row's
+    product depends only on whether its call has one row (mode 1) or more (mode 2, another summation
+    order), never on the other rows.
     """
 
     def __init__(self, library: Path, *, mode: int | None = None) -> None:
@@ -202,8 +203,8 @@ class Int4KernelF32:
         self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
         self._fn.restype = ctypes.c_int
         self.cpu_supported = bool(self._lib.reprise_int4_avx2_supported())
-        #: None: AVX2, by the number of rows (see ``_F32_SHARED_ROWS``); 0: the plain C reference (tests
-        #: only, slow); 1 / 2: force one AVX2 path (tests). All give the same bits.
+        #: None: AVX2, by the number of rows (see ``_F32_SHARED_ROWS``); 0: the plain C reference of mode 1
+        #: (same bits; tests only, slow); 1 / 2: force one AVX2 path (tests).
         self.mode = mode
         if mode not in (None, 0) and not self.cpu_supported:
             raise NativeUnavailable("this CPU has no AVX2/FMA/F16C")

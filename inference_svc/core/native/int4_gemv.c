@@ -344,11 +344,11 @@ void reprise_int4_pack(const uint8_t *q4, const uint16_t *sz, uint8_t *out, int 
  * A nibble becomes an fp32 number with a shift, an AND and VCVTDQ2PS (8 rows at once), then one FMA
  * against the broadcast input. Per group, sum((q - 8) x) = acc - 8 sum(x), so
  *   y += scale * acc + (zero - 8 scale) * sum(x)   (fp32; sum(x) once per row and group).
- * Every row of every call runs the same fp32 operations in the same order, whether the call has one row
- * or many: a token's product does not depend on the other rows of its batch. */
+ * One row (decode) and several rows (a short prefill chunk) take two paths that sum in different orders;
+ * within a path a row's operations never depend on the other rows of its call. */
 #define F32_ROWS 32       /* output rows per superblock */
 #define F32_BLOCK 640     /* bytes per superblock and group */
-#define F32_TILE_ROWS 16  /* input rows per pass of the many-row path (its totals live on the stack) */
+#define F32_TILE_ROWS 48  /* input rows per pass of the many-row path (its totals live on the stack) */
 #ifndef F32_PREFETCH_GROUPS
 #define F32_PREFETCH_GROUPS 16
 #endif
@@ -446,15 +446,49 @@ static void scale_nibble_inputs(const float *x, int k, float *xs) {
     for (int t = 0; t < k; t++) xs[t] = x[t] * SCALE[t % 8];
 }
 
+/* Three input rows (x0, x1, x2) against one group's converted weights wf[32 inputs][4 vectors]: twelve
+ * named accumulators (arrays were spilled to the stack by gcc 12), each weight vector loaded once for three
+ * FMAs. A short last block repeats its last row (the extra results are dropped). */
+__attribute__((target("avx2,fma,f16c"))) static inline void gemm_group_3rows(const __m256 *wf, const float *x0,
+                                                                            const float *x1, const float *x2,
+                                                                            __m256 *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int p = 0; p < 32; p++) {
+        __m256 u = _mm256_broadcast_ss(x0 + p), t = _mm256_broadcast_ss(x1 + p), z = _mm256_broadcast_ss(x2 + p);
+        __m256 w = wf[4 * p];
+        a0 = _mm256_fmadd_ps(w, u, a0);
+        b0 = _mm256_fmadd_ps(w, t, b0);
+        c0 = _mm256_fmadd_ps(w, z, c0);
+        w = wf[4 * p + 1];
+        a1 = _mm256_fmadd_ps(w, u, a1);
+        b1 = _mm256_fmadd_ps(w, t, b1);
+        c1 = _mm256_fmadd_ps(w, z, c1);
+        w = wf[4 * p + 2];
+        a2 = _mm256_fmadd_ps(w, u, a2);
+        b2 = _mm256_fmadd_ps(w, t, b2);
+        c2 = _mm256_fmadd_ps(w, z, c2);
+        w = wf[4 * p + 3];
+        a3 = _mm256_fmadd_ps(w, u, a3);
+        b3 = _mm256_fmadd_ps(w, t, b3);
+        c3 = _mm256_fmadd_ps(w, z, c3);
+    }
+    out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3, out[4] = b0, out[5] = b1, out[6] = b2, out[7] = b3;
+    out[8] = c0, out[9] = c1, out[10] = c2, out[11] = c3;
+}
+
 /* Up to F32_TILE_ROWS input rows against one superblock: each group's 32 x 32 weights are converted once
- * into an L1 buffer, then every row runs the same FMAs, in the same order, as superblock_avx2. */
+ * into an L1 buffer, then rows go three at a time through gemm_group_3rows (the FMAs, not the loads, set
+ * the pace). A row's operations do not depend on the other rows of the call. */
 __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const uint8_t *w, const float *x,
                                                                           const float *sums, int rows, int k,
                                                                           float *y, int n) {
     const __m256i low = _mm256_set1_epi32(0xF);
     const __m256 minus8 = _mm256_set1_ps(-8.0f);
-    __m256 wf[32 * 4]; /* [8c + i][v]: the converted weights of one group */
-    __m256 total[F32_TILE_ROWS][4];
+    __m256 wf[32 * 4] __attribute__((aligned(32))); /* [8c + i][v]: the converted weights of one group */
+    __m256 total[F32_TILE_ROWS][4] __attribute__((aligned(32)));
     int groups = k / GROUP;
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < 4; v++) total[r][v] = _mm256_setzero_ps();
@@ -475,24 +509,17 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const 
             __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
             zadj[v] = _mm256_fmadd_ps(minus8, scale[v], zero);
         }
-        for (int r = 0; r < rows; r++) {
-            const float *xr = x + (size_t)r * k + g * GROUP;
-            __m256 even[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            __m256 odd[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-#pragma GCC unroll 32
-            for (int p = 0; p < 32; p++) {
-                __m256 xb = _mm256_broadcast_ss(xr + p);
+        for (int r = 0; r < rows; r += 3) {
+            __m256 acc[12];
+            const float *x0 = x + (size_t)r * k + g * GROUP, *x1 = r + 1 < rows ? x0 + k : x0;
+            const float *x2 = r + 2 < rows ? x1 + k : x1;
+            gemm_group_3rows(wf, x0, x1, x2, acc);
+            for (int t = 0; t < 3 && r + t < rows; t++) {
+                __m256 s = _mm256_set1_ps(sums[(r + t) * groups + g]);
                 for (int v = 0; v < 4; v++) {
-                    if (p & 1)
-                        odd[v] = _mm256_fmadd_ps(wf[4 * p + v], xb, odd[v]);
-                    else
-                        even[v] = _mm256_fmadd_ps(wf[4 * p + v], xb, even[v]);
+                    total[r + t][v] = _mm256_fmadd_ps(scale[v], acc[4 * t + v], total[r + t][v]);
+                    total[r + t][v] = _mm256_fmadd_ps(zadj[v], s, total[r + t][v]);
                 }
-            }
-            __m256 s = _mm256_set1_ps(sums[r * groups + g]);
-            for (int v = 0; v < 4; v++) {
-                total[r][v] = _mm256_fmadd_ps(scale[v], _mm256_add_ps(even[v], odd[v]), total[r][v]);
-                total[r][v] = _mm256_fmadd_ps(zadj[v], s, total[r][v]);
             }
         }
     }
@@ -500,7 +527,7 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const 
         for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + (size_t)r * n + 8 * v, total[r][v]);
 }
 
-/* Same layout and arithmetic order, plain C: the reference the tests hold the AVX2 paths to. */
+/* The one-row path's layout and arithmetic order in plain C: the reference the tests hold the AVX2 paths to. */
 static void superblock_f32_scalar(const uint8_t *w, const float *x, const float *sums, int k, float *y) {
     float total[F32_ROWS] = {0};
     int groups = k / GROUP;
@@ -525,8 +552,9 @@ static void superblock_f32_scalar(const uint8_t *w, const float *x, const float 
 }
 
 /* y[m, n] (fp32) = x[m, k] (fp32) @ W^T for W packed as above; n % 32 == 0, k % 32 == 0. mode: 0 the plain C
- * reference, 1 AVX2 one row at a time, 2 AVX2 with each group converted once for up to 16 rows (the caller
- * checks reprise_int4_avx2_supported). All three give the same bits. Returns 0, or -1 when out of memory. */
+ * reference of mode 1 (the same bits), 1 AVX2 one row at a time, 2 AVX2 with each group converted once for
+ * up to F32_TILE_ROWS rows (the caller checks reprise_int4_avx2_supported). Returns 0, or -1 when out of
+ * memory. */
 int reprise_int4_gemm_f32(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode) {
     int groups = k / GROUP, supers = n / F32_ROWS;
     float sums_stack[2048];

@@ -306,17 +306,24 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
         assert layer.native is not None and layer.fbgemm is not None and layer.fbgemm.fp16 is not None
         assert layer.kernel_rows == native.F32_MAX_ROWS and layer.dense is None
     assert engine.loaded.decode_bytes < sum(x.memory_bytes for l in engine.model.layers for x in l.linears)
-    model, ids = engine.model, torch.arange(3, 23)
-    # 20 tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
+    model, n = engine.model, native.F32_MAX_ROWS + 8
+    ids = torch.arange(3, 3 + n)
+    # n tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
     # the copy's rounded to fp16 (2^-11; this random model's wide weights turn that into ~1% of a logit).
+    kv = model.new_kv(n)
+    for i in range(n):
+        stepped = model.logits(model.forward(ids[i : i + 1], kv))
+    at_once = model.logits(model.forward(ids, model.new_kv(n)))
+    torch.testing.assert_close(stepped, at_once, rtol=0.02, atol=0.02 * at_once.abs().max().item())
+    short = model.logits(model.forward(ids[:20], model.new_kv(20)))  # a short chunk: the kernel, 20 rows at once
     kv = model.new_kv(20)
     for i in range(20):
         stepped = model.logits(model.forward(ids[i : i + 1], kv))
-    at_once = model.logits(model.forward(ids, model.new_kv(20)))
-    torch.testing.assert_close(stepped, at_once, rtol=0.02, atol=0.02 * at_once.abs().max().item())
+    torch.testing.assert_close(stepped, short, rtol=1e-4, atol=1e-4 * short.abs().max().item())
     texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
     single = [engine.classify_batch([t])[0].p_positive for t in texts]
-    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-5)
+    # Alone a short text runs through the kernel; in a batch of 32+ rows, through the fp16 copy.
+    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-3)
     history: tuple[Turn, ...] = ()
     for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
         reused = _chat(engine, history, question, max_new_tokens=16)
@@ -342,5 +349,5 @@ def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny
     for i in range(20):
         stepped = model.logits(model.forward(ids[i : i + 1], kv))
     at_once = model.logits(model.forward(ids, model.new_kv(20)))
-    # Every projection is the same bits either way; only attention's summation order differs.
+    # The kernel's one-row and several-row paths differ only in summation order (fp32), as does attention.
     torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())

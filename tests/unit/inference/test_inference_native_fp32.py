@@ -9,7 +9,7 @@ import torch
 
 from inference_svc.core import native
 from inference_svc.core.native import F32_MAX_ROWS, Int4KernelF32, NativeUnavailable
-from inference_svc.core.weights import DENSE_MIN_ROWS, FbgemmKernels, WeightFormat, int4_values, make_linear
+from inference_svc.core.weights import FbgemmKernels, WeightFormat, int4_values, make_linear
 
 pytestmark = pytest.mark.unit
 
@@ -49,11 +49,11 @@ def test_pack_puts_every_nibble_scale_and_zero_where_the_layout_says() -> None:
 
 
 @pytest.mark.parametrize(("n", "k", "rows"), [(32, 32, 1), (64, 96, 3), (96, 64, 8), (32, 4864, 17), (64, 896, 40)])
-def test_every_path_gives_the_same_bits_and_the_dequantized_product(library: Path, n: int, k: int, rows: int) -> None:
-    """Plain C, AVX2 one row at a time, AVX2 with shared conversion: one result, to the last bit.
+def test_every_path_multiplies_the_dequantized_weights(library: Path, n: int, k: int, rows: int) -> None:
+    """Plain C and AVX2 one row at a time give the same bits; the several-row path sums in another order.
 
-    17 rows of 4864 inputs need more group sums than the stack buffer (the heap path); 40 rows span
-    three passes of the shared-conversion path.
+    17 rows of 4864 inputs need more group sums than the stack buffer (the heap path); 40 rows take
+    the several-row path's blocks of three rows with a remainder of one.
     """
     q, scale, zero, deq = _weights(n, k)
     packed = Int4KernelF32.pack(q, scale, zero)
@@ -64,19 +64,25 @@ def test_every_path_gives_the_same_bits_and_the_dequantized_product(library: Pat
     torch.testing.assert_close(reference, exact, rtol=1e-4, atol=1e-5 * exact.abs().max().item())
     if not _cpu_has_avx2():
         return
-    for mode in (1, 2, None):
-        assert torch.equal(Int4KernelF32(library, mode=mode)(x, packed, n), reference), mode
+    assert torch.equal(Int4KernelF32(library, mode=1)(x, packed, n), reference)
+    shared = Int4KernelF32(library, mode=2)(x, packed, n)
+    torch.testing.assert_close(shared, reference, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+    assert torch.equal(Int4KernelF32(library)(x, packed, n), shared if rows > 1 else reference)
 
 
 def test_a_rows_product_does_not_depend_on_the_rest_of_its_batch(library: Path) -> None:
-    """A token's projection is the same bits in a decode step (1 row) and in any prefill chunk."""
-    kernel = Int4KernelF32(library, mode=None if _cpu_has_avx2() else 0)
+    """A text's projections are the same bits alone or in any batch of two or more rows (blocks of three,
+    any remainder), and within fp32 rounding of a decode step's (one row)."""
+    if not _cpu_has_avx2():
+        return
+    shared, kernel = Int4KernelF32(library, mode=2), Int4KernelF32(library)
     q, scale, zero, _ = _weights(128, 256)
     packed = Int4KernelF32.pack(q, scale, zero)
-    x = torch.randn(20, 256, generator=torch.Generator().manual_seed(5))
-    alone = torch.cat([kernel(x[i : i + 1], packed, 128) for i in range(20)])
-    for rows in (2, 7, 8, 20):
+    x = torch.randn(50, 256, generator=torch.Generator().manual_seed(5))
+    alone = torch.cat([shared(x[i : i + 1], packed, 128) for i in range(50)])
+    for rows in (2, 3, 4, 7, 20, 49, 50):  # 50 rows: a pass of 48 and one of 2
         assert torch.equal(kernel(x[:rows], packed, 128), alone[:rows]), rows
+    torch.testing.assert_close(kernel(x[:1], packed, 128), alone[:1], rtol=1e-5, atol=1e-5)
 
 
 def test_the_avx2_kernel_serves_exactly_where_the_cpu_has_avx2(library: Path, tmp_path: Path) -> None:
@@ -117,13 +123,13 @@ def test_an_int4_fp32_layer_routes_decode_rows_to_the_kernel_and_prefill_to_its_
     kernel = Int4KernelF32(library, mode=None if _cpu_has_avx2() else 0)
     layer.pack_fbgemm()
     layer.use_fp32_kernel(kernel)
-    assert layer.dense is None and layer.kernel_rows == F32_MAX_ROWS <= DENSE_MIN_ROWS
-    x = torch.randn(DENSE_MIN_ROWS, 64, generator=g)
-    one = layer(x[:1])
-    assert torch.equal(one, kernel(x[:1], layer.native, 128) + b)  # one row: the kernel
+    assert layer.dense is None and layer.kernel_rows == F32_MAX_ROWS
+    x = torch.randn(F32_MAX_ROWS, 64, generator=g)
+    few = layer(x[:-1])
+    assert torch.equal(few, kernel(x[:-1], layer.native, 128) + b)  # decode rows, short chunks: the kernel
     many = layer(x)
     assert torch.equal(many, FbgemmKernels(fp16=deq.half())(x) + b)  # a prefill chunk: fbgemm's fp16 copy
-    torch.testing.assert_close(many[:1], one, rtol=1e-3, atol=1e-3)  # the same weights, up to fp16 rounding
+    torch.testing.assert_close(many[:-1], few, rtol=1e-3, atol=1e-3)  # the same weights, up to fp16 rounding
     assert layer.decode_bytes == layer.native.numel() == 128 * 64 * 5 // 8  # 0.625 bytes per weight
     assert layer.memory_bytes == layer.decode_bytes + b.numel() * 4 + 128 * 64 * 2
 
