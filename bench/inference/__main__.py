@@ -121,7 +121,7 @@ def prompt_ids(engine: Engine, n: int) -> list[int]:
 
 
 @torch.inference_mode()
-def prefill_tok_s(engine: Engine, n: int, repeats: int = 4) -> float:
+def prefill_tok_s(engine: Engine, n: int, repeats: int = peer.PREFILL_REPEATS) -> float:
     ids = torch.tensor(prompt_ids(engine, n))
     times = []
     for _ in range(repeats):

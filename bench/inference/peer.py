@@ -16,6 +16,12 @@ def available() -> bool:
     return True
 
 
+#: Prefill passes per length (the first is dropped) and decode runs: llama.cpp's 64-token prefill varied
+#: 32-82 tok/s between runs of 4 passes on a Zen 3 VM, so the median takes more of them.
+PREFILL_REPEATS = 7
+DECODE_REPEATS = 5
+
+
 def measure(gguf: Path, threads: int, prompt_tokens: list[int], lengths: tuple[int, ...], decode_tokens: int) -> dict[str, Any]:
     """Prefill tokens/s at each length and decode tokens/s (one token per eval, like our decode loop)."""
     import llama_cpp
@@ -27,14 +33,14 @@ def measure(gguf: Path, threads: int, prompt_tokens: list[int], lengths: tuple[i
     out: dict[str, Any] = {"version": llama_cpp.__version__, "threads": threads, "prefill_tok_s": {}}
     for n in lengths:
         times = []
-        for _ in range(4):
+        for _ in range(PREFILL_REPEATS):
             model.reset()
             start = time.perf_counter()
             model.eval(prompt_tokens[:n])
             times.append(time.perf_counter() - start)
         out["prefill_tok_s"][str(n)] = n / statistics.median(times[1:])
     runs = []
-    for _ in range(3):
+    for _ in range(DECODE_REPEATS):
         model.reset()
         model.eval(prompt_tokens[:32])
         token = prompt_tokens[32]
