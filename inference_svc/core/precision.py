@@ -86,7 +86,7 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
 #: explicit ``--weights int4`` skips the race. See ``loader.fp32_int4``.
 Int4Probe = Callable[[bool], tuple[bool, str]]
 
-_INT4_FP32 = "int4 weights through Reprise's AVX2 kernel for decode, an fp16 copy through fbgemm for prefill"
+_INT4_FP32 = "int4 weights through Reprise's AVX2 kernel for 1-31 rows, an fp16 copy through fbgemm for more"
 
 
 def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> Precision:
