@@ -6,7 +6,7 @@ generations; so ``auto`` checks the flags, then times the two matmul shapes
 that dominate serving (one decode row through the quantized kernel, a 64-row
 prefill through the dense one) in both dtypes and keeps bf16 only if it wins
 both. Otherwise activations stay fp32, and the weights are int4 through
-Reprise's AVX2 kernel for decode with an fp16 copy through fbgemm for prefill
+Reprise's AVX2 kernel for decode and short chunks with an fp16 copy through fbgemm for longer prefills
 (where the kernel builds and measures faster than fbgemm's fp16 for one row),
 else fp16 through fbgemm (see ``weights.py``).
 """

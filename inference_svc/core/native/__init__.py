@@ -1,12 +1,16 @@
-"""Reprise's own int4 decode kernel (``int4_gemv.c``), compiled with the system C compiler on first use.
+"""Reprise's own int4 kernels (``int4_gemv.c``), compiled with the system C compiler on first use.
+
+Two kernels share the library: :class:`Int4Kernel` (bf16 activations, AVX512-BF16 and AMX; below) and
+:class:`Int4KernelF32` (fp32 activations on AVX2, for CPUs without bf16: decode rows and short
+prefill chunks of the ``int4`` format under fp32, see ``weights.py``).
 
 torch's ``_weight_int4pack_mm_for_cpu`` converts every nibble to fp32 and
 multiplies it alone; on 2-core Xeon and Zen 4 VMs that, not memory, bounds
 decode (0.32-0.45 of the bandwidth roofline). ``int4_gemv.c`` multiplies 32
 weights per AVX512-BF16 instruction (see the file's header). It serves the
 rows a decode step multiplies (fewer than ``DENSE_MIN_ROWS``) for int4 layers
-and the LM head's int4 shortlist copy, on CPUs with AVX512-BF16 (the ones
-where the int4 formats serve at all). On AMX it also takes 2 to
+and the LM head's int4 shortlist copy, on CPUs with AVX512-BF16 (where int4
+serves with bf16 activations). On AMX it also takes 2 to
 ``AMX_MAX_ROWS - 1`` rows (and every row of int4 layers without a dense
 copy), converting each weight tile once for up to 64 rows.
 
@@ -241,6 +245,8 @@ class Int4KernelF32:
             raise ValueError(f"int4 kernel: input {tuple(x.shape)} {x.dtype} does not fit weights {tuple(packed.shape)}")
         y = torch.empty(m, n, dtype=torch.float32)
         mode = self.mode if self.mode is not None else 1 if m < _F32_SHARED_ROWS else 2
+        if mode and not self.cpu_supported:
+            raise NativeUnavailable("this CPU has no AVX2/FMA/F16C")
         if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), mode):
             raise MemoryError("int4 kernel: no memory for its buffers")
         return y

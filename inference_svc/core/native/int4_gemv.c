@@ -1,5 +1,6 @@
 /* Weight-only int4 products for decode rows (and, on AMX, short prefills): y[M,N] = x[M,K] @ W[N,K]^T,
- * bf16 in and out.
+ * bf16 in and out. (The second half of this file, "fp32 activations on AVX2", does the same for CPUs
+ * without bf16, fp32 in and out, in its own layout.)
  *
  * Built and loaded by inference_svc/core/native/__init__.py (gcc -O3 -fopenmp, ctypes). The weights
  * are torch's int4 values q (0..15) with one bf16 scale and zero per 32 inputs and output row,
