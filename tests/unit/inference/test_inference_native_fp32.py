@@ -83,6 +83,11 @@ def test_a_rows_product_does_not_depend_on_the_rest_of_its_batch(library: Path) 
     for rows in (2, 3, 4, 7, 20, 49, 50):  # 50 rows: a pass of 48 and one of 2
         assert torch.equal(kernel(x[:rows], packed, 128), alone[:rows]), rows
     torch.testing.assert_close(kernel(x[:1], packed, 128), alone[:1], rtol=1e-5, atol=1e-5)
+    q, scale, zero, _ = _weights(32, 4864)  # wide inputs: passes of 12 rows, to stay in L2
+    packed = Int4KernelF32.pack(q, scale, zero)
+    x = torch.randn(26, 4864, generator=torch.Generator().manual_seed(6))
+    alone = torch.cat([shared(x[i : i + 1], packed, 32) for i in range(26)])
+    assert torch.equal(kernel(x, packed, 32), alone)
 
 
 def test_the_avx2_kernel_serves_exactly_where_the_cpu_has_avx2(library: Path, tmp_path: Path) -> None:
