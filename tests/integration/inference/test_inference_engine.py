@@ -51,6 +51,33 @@ def _chat(engine: Engine, history: tuple[Turn, ...], text: str, **decoding: obje
     return list(engine.chat(history, text, None, Decoding(**decoding), threading.Event()))  # type: ignore[arg-type]
 
 
+def _assert_three_turns_reuse_equals_recompute(engine: Engine) -> None:
+    """Each turn's greedy reply is the same from the reused KV as recomputed from scratch."""
+    history: tuple[Turn, ...] = ()
+    for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
+        reused = _chat(engine, history, question, max_new_tokens=16)
+        engine.index.clear()
+        recomputed = _chat(engine, history, question, max_new_tokens=16)
+        assert _reply(reused) == _reply(recomputed)
+        if history:
+            assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
+        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))
+
+
+def _assert_batched_scores_equal_single(engine: Engine, tolerance: float) -> None:
+    texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
+    single = [engine.classify_batch([t])[0].p_positive for t in texts]
+    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=tolerance)
+
+
+def _stepped_and_at_once(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Last-position logits of ``ids`` fed one token at a time (decode steps), and all at once (one prefill)."""
+    kv = model.new_kv(len(ids))
+    for i in range(len(ids)):
+        stepped = model.logits(model.forward(ids[i : i + 1], kv))
+    return stepped, model.logits(model.forward(ids, model.new_kv(len(ids))))
+
+
 @torch.inference_mode()
 def test_runtime_logits_match_transformers(fp32: Engine, reference) -> None:  # type: ignore[no-untyped-def]
     ids = torch.randint(0, fp32.model.shape.vocab, (41,), generator=torch.Generator().manual_seed(1))
@@ -260,18 +287,8 @@ def test_fp32_fp16_engine_reuses_kv_equal_to_recompute_and_scores_rows_alone(tin
     assert layer.fbgemm is not None and layer.fbgemm.fp16 is not None and layer.dense is None
     head = engine.model.head
     assert head.fbgemm is not None and head.fbgemm.int8 is not None and head.q8 is not None  # rows(): embedding, labels
-    texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
-    single = [engine.classify_batch([t])[0].p_positive for t in texts]
-    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-5)
-    history: tuple[Turn, ...] = ()
-    for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
-        reused = _chat(engine, history, question, max_new_tokens=16)
-        engine.index.clear()
-        recomputed = _chat(engine, history, question, max_new_tokens=16)
-        assert _reply(reused) == _reply(recomputed)
-        if history:
-            assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
-        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))
+    _assert_batched_scores_equal_single(engine, tolerance=1e-5)
+    _assert_three_turns_reuse_equals_recompute(engine)
 
 
 def test_quantized_lm_head_shortlists_with_int4_and_rescores_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -306,33 +323,16 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
         assert layer.native is not None and layer.fbgemm is not None and layer.fbgemm.fp16 is not None
         assert layer.kernel_rows == native.F32_MAX_ROWS and layer.dense is None
     assert engine.loaded.decode_bytes < sum(x.memory_bytes for l in engine.model.layers for x in l.linears)
-    model, n = engine.model, native.F32_MAX_ROWS + 8
-    ids = torch.arange(3, 3 + n)
-    # n tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
+    model, ids = engine.model, torch.arange(3, 3 + native.F32_MAX_ROWS + 8)
+    # 40 tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
     # the copy's rounded to fp16 (2^-11; this random model's wide weights turn that into ~1% of a logit).
-    kv = model.new_kv(n)
-    for i in range(n):
-        stepped = model.logits(model.forward(ids[i : i + 1], kv))
-    at_once = model.logits(model.forward(ids, model.new_kv(n)))
+    stepped, at_once = _stepped_and_at_once(model, ids)
     torch.testing.assert_close(stepped, at_once, rtol=0.02, atol=0.02 * at_once.abs().max().item())
-    short = model.logits(model.forward(ids[:20], model.new_kv(20)))  # a short chunk: the kernel, 20 rows at once
-    kv = model.new_kv(20)
-    for i in range(20):
-        stepped = model.logits(model.forward(ids[i : i + 1], kv))
+    stepped, short = _stepped_and_at_once(model, ids[:20])  # a short chunk: the kernel, 20 rows at once
     torch.testing.assert_close(stepped, short, rtol=1e-4, atol=1e-4 * short.abs().max().item())
-    texts = ["short", "a much longer sentence that needs padding in a batch", "中文句子"]
-    single = [engine.classify_batch([t])[0].p_positive for t in texts]
     # Alone a short text runs through the kernel; in a batch of 32+ rows, through the fp16 copy.
-    assert [r.p_positive for r in engine.classify_batch(texts)] == pytest.approx(single, abs=1e-3)
-    history: tuple[Turn, ...] = ()
-    for question in ("Tell me a joke about cats", "another one", "and one about dogs"):
-        reused = _chat(engine, history, question, max_new_tokens=16)
-        engine.index.clear()
-        recomputed = _chat(engine, history, question, max_new_tokens=16)
-        assert _reply(reused) == _reply(recomputed)
-        if history:
-            assert reused[-1].usage.cached_tokens > recomputed[-1].usage.cached_tokens
-        history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, _reply(reused) or "x"))
+    _assert_batched_scores_equal_single(engine, tolerance=1e-3)
+    _assert_three_turns_reuse_equals_recompute(engine)
     with pytest.raises(ValueError, match="torch has no int4 kernel for fp32"):
         Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="fp32", weights="int4", int4_kernel="torch")).load()
 
@@ -344,10 +344,6 @@ def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny
     layer = engine.model.layers[0].gate_up
     assert layer.native is not None and layer.fbgemm is None and layer.dense is None
     assert engine.loaded.spec.name == "int4-fp32-tied-h4"
-    model, ids = engine.model, torch.arange(3, 23)
-    kv = model.new_kv(20)
-    for i in range(20):
-        stepped = model.logits(model.forward(ids[i : i + 1], kv))
-    at_once = model.logits(model.forward(ids, model.new_kv(20)))
+    stepped, at_once = _stepped_and_at_once(engine.model, torch.arange(3, 23))
     # The kernel's one-row and several-row paths differ only in summation order (fp32), as does attention.
     torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())
