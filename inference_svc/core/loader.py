@@ -235,13 +235,10 @@ def int4_kernel(
     before the format was chosen); failing to load it here is an error.
     """
     if spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
-        if choice not in ("auto", "torch"):
-            raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
-        if choice == "torch":
-            raise ValueError("--int4-kernel torch: torch has no int4 kernel for fp32 activations; use --weights fp16")
-        kernel32, why_not = native.load_fp32(cache_dir / "native")
+        kernel32, why_not = _fp32_kernel(cache_dir, choice)
         if kernel32 is None:
-            raise native.NativeUnavailable(f"int4 weights under fp32 need Reprise's AVX2 kernel: {why_not}")
+            error = ValueError if choice == "torch" else native.NativeUnavailable
+            raise error(f"int4 weights under fp32 need Reprise's AVX2 kernel: {why_not}")
         return kernel32, native.F32_NAME
     if spec.dtype != torch.bfloat16 or spec.weights not in (WeightFormat.INT4, WeightFormat.INT8):
         return None, ""
@@ -284,6 +281,15 @@ def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
     )
 
 
+def _fp32_kernel(cache_dir: Path, choice: str) -> tuple[native.Int4KernelF32 | None, str]:
+    """Reprise's AVX2 kernel, or ``(None, why not)``: ``--int4-kernel torch``, or it cannot build or run here."""
+    if choice not in ("auto", "torch"):
+        raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
+    if choice == "torch":
+        return None, "--int4-kernel torch: torch has no int4 kernel for fp32 activations (use --weights fp16)"
+    return native.load_fp32(cache_dir / "native")
+
+
 def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, str]:
     """Whether int4 weights can serve fp32 activations here, and why (a :data:`.precision.Int4Probe`).
 
@@ -291,9 +297,7 @@ def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, st
     (with ``race``) one row through it is not slower than through fbgemm's fp16 kernel by more than
     ``RACE_MARGIN``: best of 31 each, 0.1-0.3 s at start.
     """
-    if choice == "torch":
-        return False, "--int4-kernel torch: torch has no int4 kernel for fp32 activations"
-    kernel, why_not = native.load_fp32(cache_dir / "native")
+    kernel, why_not = _fp32_kernel(cache_dir, choice)
     if kernel is None:
         return False, why_not
     if not race:

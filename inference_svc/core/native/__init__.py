@@ -32,7 +32,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -48,6 +50,9 @@ _BLOCK_BYTES = 320  # 16 rows x 32 inputs: 256 bytes of nibbles + 16 bf16 scales
 #: Rows from which a layer's dense bf16 copy beats the AMX path (on the Xeon: the four layer shapes
 #: together 1.45x faster here at 16 rows, 1.2x at 22, 1.08x at 32, 0.83x at 48; see docs/inference.md).
 AMX_MAX_ROWS = 32
+
+
+K = TypeVar("K")
 
 
 class NativeUnavailable(RuntimeError):
@@ -191,6 +196,7 @@ F32_MAX_ROWS = 32
 #: Rows from which the AVX2 kernel converts each group's weights once for all rows (mode 2) instead of the
 #: one-row path (mode 1): at 2 rows 23-25 ms vs ~30 for the one-row path twice.
 _F32_SHARED_ROWS = 2
+_NO_AVX2 = "this CPU has no AVX2/FMA/F16C"
 
 
 class Int4KernelF32:
@@ -211,7 +217,7 @@ class Int4KernelF32:
         #: (same bits; tests only, slow); 1 / 2: force one AVX2 path (tests).
         self.mode = mode
         if mode not in (None, 0) and not self.cpu_supported:
-            raise NativeUnavailable("this CPU has no AVX2/FMA/F16C")
+            raise NativeUnavailable(_NO_AVX2)
 
     @staticmethod
     def supports(n: int, k: int, group: int) -> bool:
@@ -246,31 +252,29 @@ class Int4KernelF32:
         y = torch.empty(m, n, dtype=torch.float32)
         mode = self.mode if self.mode is not None else 1 if m < _F32_SHARED_ROWS else 2
         if mode and not self.cpu_supported:
-            raise NativeUnavailable("this CPU has no AVX2/FMA/F16C")
+            raise NativeUnavailable(_NO_AVX2)
         if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), mode):
             raise MemoryError("int4 kernel: no memory for its buffers")
         return y
 
 
+def _load(kind: type[K], directory: Path, runs_here: Callable[[K], bool], why_not: str) -> tuple[K | None, str]:
+    """``kind`` over the library built in ``directory``, or ``(None, why not)``: no compiler, a failed build,
+    or (``runs_here`` false) not this CPU."""
+    try:
+        kernel = kind(build(directory))
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, str(exc)
+    return (kernel, "") if runs_here(kernel) else (None, why_not)
+
+
 @functools.cache
 def load(directory: Path) -> tuple[Int4Kernel | None, str]:
     """The serving kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX512-BF16."""
-    try:
-        kernel = Int4Kernel(build(directory))
-    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
-        return None, str(exc)
-    if not kernel.fast:
-        return None, "this CPU has no AVX512-BF16"
-    return kernel, ""
+    return _load(Int4Kernel, directory, lambda k: k.fast, "this CPU has no AVX512-BF16")
 
 
 @functools.cache
 def load_fp32(directory: Path) -> tuple[Int4KernelF32 | None, str]:
     """The fp32-activation kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX2/FMA/F16C."""
-    try:
-        kernel = Int4KernelF32(build(directory))
-    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
-        return None, str(exc)
-    if not kernel.cpu_supported:
-        return None, "this CPU has no AVX2/FMA/F16C"
-    return kernel, ""
+    return _load(Int4KernelF32, directory, lambda k: k.cpu_supported, _NO_AVX2)
