@@ -77,6 +77,10 @@ def build_parser() -> EnvArgumentParser:
         "--int4-kernel", default="auto", choices=("auto", "torch"),
         help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds, the CPU has AVX512-BF16 and torch's is not over 1.1x faster in a start-up race (else torch's); torch = always torch's. Under fp32, int4 weights always use Reprise's AVX2 kernel (torch here means no int4)",
     )
+    parser.add_option(
+        "--decode-ops", default="auto", choices=("auto", "torch"),
+        help="the small operations of a one-token decode step (norms, RoPE + KV write + attention, SiLU): auto = fused in C (built with the int4 kernel into <model-cache>/native; any x86-64 CPU), torch's where that does not build; torch = always torch's",
+    )
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")
@@ -107,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             dense_prefill=not args.no_dense_prefill,
             tie_embeddings=not args.no_tie_embeddings,
             int4_kernel=args.int4_kernel,
+            decode_ops=args.decode_ops,
             max_new_tokens=args.max_new_tokens,
             max_context_tokens=args.max_context_tokens,
             kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,

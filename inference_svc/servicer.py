@@ -85,4 +85,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             memory_nodes=d.memory_nodes,
             prompts_revision=d.prompts_revision,
             int4_kernel=d.int4_kernel,
+            decode_ops=d.decode_ops,
         )

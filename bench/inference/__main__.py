@@ -133,13 +133,17 @@ def prefill_tok_s(engine: Engine, n: int, repeats: int = peer.PREFILL_REPEATS) -
 
 
 @torch.inference_mode()
-def decode_tok_s(engine: Engine, steps: int = 64, repeats: int = 3) -> float:
-    """Greedy steps after a 32-token prompt: forward one token, LM head, argmax (what llama.cpp's eval does)."""
-    ids = prompt_ids(engine, 32)
+def decode_tok_s(engine: Engine, steps: int = 64, repeats: int = 3, context: int = 32) -> float:
+    """Greedy steps after a ``context``-token prompt (32 by default): forward one token, LM head, argmax (what
+    llama.cpp's eval does)."""
+    text = prompt_ids(engine, min(context, 512))
+    ids = (text * (context // len(text) + 1))[:context]  # longer contexts repeat the prompt text
     runs = []
     for _ in range(repeats):
-        kv = engine.model.new_kv(32 + steps)
-        logits = engine.model.logits(engine.model.forward(torch.tensor(ids), kv))[0]
+        kv = engine.model.new_kv(context + steps)
+        for chunk in range(0, context, 512):
+            hidden = engine.model.forward(torch.tensor(ids[chunk : chunk + 512]), kv)
+        logits = engine.model.logits(hidden)[0]
         start = time.perf_counter()
         for _ in range(steps):
             token = pick_token(logits, GREEDY, None)
@@ -363,6 +367,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["multi_turn"] = multi_turn(serving)
     log.info("multi-turn %s", results["multi_turn"])
     results["int4_kernel"] = serving.loaded.int4_kernel
+    results["decode_ops"] = serving.loaded.decode_ops
+    results["decode_ops_effect"] = decode_ops_effect(serving)
+    log.info("decode ops %s", results["decode_ops_effect"])
     if serving.loaded.int4_kernel in (native.NAME, native.F32_NAME):
         results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
         log.info("int4 kernel %s", results["int4_kernel_effect"])
@@ -417,6 +424,33 @@ def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
     del other
     gc.collect()
     return {"decode_tok_s": statistics.median(ours), "torch_decode_tok_s": statistics.median(theirs), "greedy_vs_torch_kernel": same}
+
+
+def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
+    """Decode with a step's small operations fused in C vs torch's, alternating in one process (same weights),
+    after a 32-token prompt and after 1,400 tokens (a fifth turn's context)."""
+    model = serving.model
+    ops = model.ops
+    if ops is None:
+        return None
+    out: dict[str, Any] = {}
+    for context in (32, 1400):
+        fused, plain = [], []
+        for _ in range(5):
+            fused.append(decode_tok_s(serving, repeats=1, context=context))
+            model.ops = None
+            try:
+                plain.append(decode_tok_s(serving, repeats=1, context=context))
+            finally:
+                model.ops = ops
+        out[str(context)] = {"fused_tok_s": statistics.median(fused), "torch_tok_s": statistics.median(plain)}
+    mine = greedy_replies(serving)
+    model.ops = None
+    try:
+        out["greedy_vs_torch_ops"] = agreement(greedy_replies(serving), mine)
+    finally:
+        model.ops = ops
+    return out
 
 
 @torch.inference_mode()

@@ -111,6 +111,16 @@ def markdown(r: dict[str, Any]) -> str:
         )
     elif r.get("int4_kernel"):
         lines.append(f"- int4 decode kernel: {r['int4_kernel']}.")
+    fused = r.get("decode_ops_effect")
+    if fused:
+        short, long = fused["32"], fused["1400"]
+        lines.append(
+            f"- Decode step's small operations fused in C ({r['decode_ops']}) vs torch's, alternating in one process: "
+            f"{short['fused_tok_s']:.1f} vs {short['torch_tok_s']:.1f} tok/s after 32 tokens "
+            f"({short['fused_tok_s'] / short['torch_tok_s']:.2f}x), {long['fused_tok_s']:.1f} vs {long['torch_tok_s']:.1f} "
+            f"after 1,400 ({long['fused_tok_s'] / long['torch_tok_s']:.2f}x); greedy replies identical: "
+            f"{fused['greedy_vs_torch_ops']['identical']:.0%}."
+        )
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
             f"- Dense {'fp16' if fp32 else 'bf16'} copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "

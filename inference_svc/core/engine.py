@@ -45,6 +45,8 @@ class EngineConfig:
     tie_embeddings: bool = True
     #: "auto" (Reprise's AVX512-BF16 kernel where it builds and runs) or "torch" (see :mod:`.native`).
     int4_kernel: str = "auto"
+    #: "auto" (one-token steps through the fused C operations where they build) or "torch".
+    decode_ops: str = "auto"
     max_new_tokens: int = 128
     max_context_tokens: int = 4096
     #: Byte budget of the chat prefix KV index (LRU beyond it).
@@ -96,6 +98,8 @@ class ModelDescription:
     prompts_revision: str = ""
     #: Kernel of the int4 decode rows (:attr:`.loader.LoadedModel.int4_kernel`).
     int4_kernel: str = ""
+    #: Who runs a decode step's small operations (:attr:`.loader.LoadedModel.decode_ops`).
+    decode_ops: str = ""
 
 
 @dataclass
@@ -138,7 +142,8 @@ class Engine:
         log.info("precision: %s, %s weights (%s)", chosen.dtype, chosen.weights.value, chosen.reason)
         spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, self.config.dense_prefill, self.config.tie_embeddings)
         self.loaded = loader.load(
-            self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel
+            self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
+            self.config.decode_ops,
         )
         tok = self.loaded.tokenizer
         self._eos = {
@@ -181,6 +186,7 @@ class Engine:
                 self.config.chat_system_prompt,
             ),
             int4_kernel=self.loaded.int4_kernel,
+            decode_ops=self.loaded.decode_ops,
         )
 
     # -- prompts -------------------------------------------------------------

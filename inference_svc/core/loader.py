@@ -93,6 +93,8 @@ class LoadedModel:
     decode_bytes: int
     #: Which kernel multiplies the int4 decode rows: ``native.NAME``, "torch", or "" (no int4 weights).
     int4_kernel: str = ""
+    #: Who runs a one-token step's small operations: ``native.DECODE_OPS_NAME`` or "torch".
+    decode_ops: str = "torch"
 
 
 def _hf_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
@@ -313,12 +315,15 @@ def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, st
     return True, timing
 
 
-def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto") -> LoadedModel:
+def load(
+    model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto", decode_ops: str = "auto"
+) -> LoadedModel:
     """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it.
 
     ``int4``: "auto" multiplies int4 decode rows with Reprise's kernel where it builds and the
     CPU has AVX512-BF16 (:mod:`.native`), "torch" always with torch's. Under fp32, int4 weights
-    always use Reprise's AVX2 kernel.
+    always use Reprise's AVX2 kernel. ``decode_ops``: "auto" runs one-token steps through the fused C
+    operations (:class:`.native.DecodeOps`) where they build, "torch" through torch's.
     """
     from transformers import AutoTokenizer
 
@@ -334,6 +339,13 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4:
     tokenizer = AutoTokenizer.from_pretrained(target)
     kernel, kernel_name = int4_kernel(cache_dir, spec, int4)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions), kernel)
+    if decode_ops == "auto":
+        ops, why_not = native.load_decode_ops(cache_dir / "native")
+        transformer.use_decode_ops(ops)
+        if transformer.ops is None:
+            log.warning("one-token steps run torch's operations: %s", why_not or "the fused ones do not fit this model")
+    elif decode_ops != "torch":
+        raise ValueError(f"decode ops {decode_ops!r}: expected 'auto' or 'torch'")
     del tensors  # packed layers (fbgemm, oneDNN) no longer need their unpacked copy
     layers = [t for l in transformer.layers for t in l.linears]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
@@ -342,12 +354,17 @@ def load(model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4:
     weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
     log.info(
-        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token%s",
+        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token%s, "
+        "decode step ops %s",
         source.model_id, shape.architecture, source.revision, spec.name, seconds,
         " (converted this start)" if converted else "", weight_bytes / 1e6, decode_bytes / 1e6,
         f", int4 decode kernel {kernel_name}" if kernel_name else "",
+        native.DECODE_OPS_NAME if transformer.ops is not None else "torch",
     )
-    return LoadedModel(tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name)
+    return LoadedModel(
+        tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name,
+        native.DECODE_OPS_NAME if transformer.ops is not None else "torch",
+    )
 
 
 def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec, target: Path) -> None:

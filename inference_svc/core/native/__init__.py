@@ -40,8 +40,11 @@ import torch
 
 #: The kernel's name where it serves (ModelInfo's ``int4_kernel``; otherwise "torch").
 NAME = "reprise-avx512bf16"
-SOURCE = Path(__file__).with_name("int4_gemv.c")
-FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall")
+#: Compiled together into one library: the int4 kernels and the fused decode-step operations (:class:`DecodeOps`).
+SOURCES = (Path(__file__).with_name("int4_gemv.c"), Path(__file__).with_name("decode_ops.c"))
+# -fno-trapping-math and -fno-math-errno let decode_ops.c's loops vectorize (no reassociation: the same
+# sums); -ffp-contract=off keeps a*b + c two roundings, as in torch (the kernels' FMAs are intrinsics).
+FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off")
 LIBS = ("-lm",)  # after the source: linkers with --as-needed drop libraries named before it
 #: Output rows per kernel work unit; a layer's output size must be a multiple.
 SUPER_ROWS = 64
@@ -162,9 +165,10 @@ class Int4Kernel:
 
 
 def build(directory: Path) -> Path:
-    """Compile ``int4_gemv.c`` into ``directory`` once per source and flags; returns the library's path."""
+    """Compile ``SOURCES`` into ``directory`` once per source and flags; returns the library's path."""
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, *LIBS)).encode()).hexdigest()[:12]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(sources + " ".join((compiler, *FLAGS, *LIBS)).encode()).hexdigest()[:12]
     target = directory / f"int4_gemv-{digest}.so"
     if target.exists():
         return target  # e.g. built into the image's model cache, where the runtime has no compiler
@@ -174,7 +178,7 @@ def build(directory: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".int4_gemv-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), *LIBS, "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), *LIBS, "-o", tmp], capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise NativeUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, target)  # atomic: concurrent starts each build, one wins
@@ -278,3 +282,74 @@ def load(directory: Path) -> tuple[Int4Kernel | None, str]:
 def load_fp32(directory: Path) -> tuple[Int4KernelF32 | None, str]:
     """The fp32-activation kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX2/FMA/F16C."""
     return _load(Int4KernelF32, directory, lambda k: k.cpu_supported, _NO_AVX2)
+
+
+#: ModelInfo's ``decode_ops`` where :class:`DecodeOps` serves (otherwise "torch").
+DECODE_OPS_NAME = "reprise-c"
+#: Head sizes the fused attention's stack buffers hold (``decode_ops.c``).
+MAX_HEAD_DIM = 256
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+class DecodeOps:
+    """The small operations of a one-token decode step, fused in C (``decode_ops.c``): three calls per layer
+    around its matmuls instead of ~35 torch operations. Any x86-64 CPU; fp32 or bf16 compute dtype."""
+
+    def __init__(self, library: Path) -> None:
+        lib = ctypes.CDLL(str(library))
+        p, i = ctypes.c_void_p, ctypes.c_int
+        self._norm = lib.reprise_add_rmsnorm
+        self._norm.argtypes = [p, p, i, p, p, i, i, ctypes.c_float]
+        self._norm.restype = None
+        self._attend = lib.reprise_decode_attention
+        self._attend.argtypes = [p] * 5 + [i] * 5 + [i, p, p, i]
+        self._attend.restype = i
+        self._silu = lib.reprise_silu_mul
+        self._silu.argtypes = [p, i, i, p]
+        self._silu.restype = None
+
+    @staticmethod
+    def supports(dtype: torch.dtype, head_dim: int) -> bool:
+        return dtype in _DTYPES and head_dim <= MAX_HEAD_DIM and head_dim % 2 == 0
+
+    def add_rmsnorm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``x += delta`` (in place, when given), then RMSNorm(x) * weight in ``dtype``. ``x``, ``weight``: fp32, one row."""
+        n = x.numel()
+        out = torch.empty(1, n, dtype=dtype)
+        dt = 0 if delta is None else _DTYPES[delta.dtype]
+        self._norm(x.data_ptr(), None if delta is None else delta.data_ptr(), dt, weight.data_ptr(), out.data_ptr(),
+                   _DTYPES[dtype], n, eps)
+        return out
+
+    def attention(
+        self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int,
+        heads: int, scores: torch.Tensor,
+    ) -> torch.Tensor:
+        """One new token's attention: ``qkv`` ``[1, (heads + 2 kv_heads) d]``; ``cos``/``sin`` the tables' row ``pos``;
+        ``k``/``v`` one layer's caches ``[kv_heads, capacity, d]`` (row ``pos`` written here); ``scores`` fp32
+        scratch of :meth:`scratch_size` floats. Returns ``[1, heads d]`` in the compute dtype."""
+        kv_heads, cap, d = k.shape
+        out = torch.empty(1, heads * d, dtype=qkv.dtype)
+        self._attend(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(), cap, pos, heads,
+                     kv_heads, d, _DTYPES[qkv.dtype], out.data_ptr(), scores.data_ptr(), torch.get_num_threads())
+        return out
+
+    @staticmethod
+    def scratch_size(heads: int, head_dim: int, pos: int) -> int:
+        """fp32 scratch :meth:`attention` needs at position ``pos``: scores, rotated queries, outputs."""
+        return heads * (pos + 1 + 2 * head_dim)
+
+    def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` for one row ``gu = [gate | up]``."""
+        n = gu.numel() // 2
+        out = torch.empty(1, n, dtype=gu.dtype)
+        self._silu(gu.data_ptr(), n, _DTYPES[gu.dtype], out.data_ptr())
+        return out
+
+
+@functools.cache
+def load_decode_ops(directory: Path) -> tuple[DecodeOps | None, str]:
+    """The fused decode-step operations, or ``(None, why not)``: no compiler or a failed build."""
+    return _load(DecodeOps, directory, lambda ops: True, "")

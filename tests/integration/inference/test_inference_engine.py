@@ -347,3 +347,48 @@ def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny
     stepped, at_once = _stepped_and_at_once(engine.model, torch.arange(3, 23))
     # The kernel's one-row and several-row paths differ only in summation order (fp32), as does attention.
     torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())
+
+
+def _steps(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Logits after each of ``ids`` fed one token at a time, and the KV they wrote."""
+    kv = model.new_kv(len(ids))
+    logits = torch.cat([model.logits(model.forward(ids[i : i + 1], kv)) for i in range(len(ids))])
+    return logits, torch.stack([kv.k, kv.v])
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize(("dtype", "weights"), [("fp32", "dense"), ("bf16", "int4"), ("bf16", "dense")])
+def test_fused_decode_steps_match_torchs_operations(tiny_model_dir: Path, tmp_path: Path, dtype: str, weights: str) -> None:
+    """One-token steps through decode_ops.c against the torch operations they replace, on the same weights.
+
+    fp32 agrees to float rounding. In bf16 a norm output or attention value lands one bf16 step away
+    here and there (sums in another order), which this random model's wide weights amplify: ~1% of a
+    step's logits (median), 2% at most over 70 steps when measured.
+    """
+    engine = _engine(tiny_model_dir, tmp_path, dtype=dtype, weights=weights)
+    model = engine.model
+    assert model.ops is not None and engine.describe().decode_ops == native.DECODE_OPS_NAME
+    ids = torch.randint(0, model.shape.vocab, (70,), generator=torch.Generator().manual_seed(3))
+    fused, fused_kv = _steps(model, ids)
+    ops, model.ops = model.ops, None
+    try:
+        plain, plain_kv = _steps(model, ids)
+    finally:
+        model.ops = ops
+    if dtype == "fp32":
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
+        torch.testing.assert_close(fused_kv, plain_kv, rtol=1e-5, atol=1e-5 * plain_kv.abs().max().item())
+        assert torch.equal(fused.argmax(-1), plain.argmax(-1))
+        return
+    error = (fused - plain).norm(dim=-1) / plain.norm(dim=-1)
+    assert error.median().item() < 0.02 and error.max().item() < 0.05, error
+    kv_error = (fused_kv.float() - plain_kv.float()).norm() / plain_kv.float().norm()
+    assert kv_error.item() < 0.02
+
+
+def test_decode_ops_torch_keeps_torchs_operations(tiny_model_dir: Path, tmp_path: Path) -> None:
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", decode_ops="torch")
+    assert engine.model.ops is None and engine.describe().decode_ops == "torch"
+    _assert_three_turns_reuse_equals_recompute(engine)
+    with pytest.raises(ValueError, match="decode ops 'fast'"):
+        Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="fp32", decode_ops="fast")).load()

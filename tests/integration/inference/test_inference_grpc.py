@@ -148,6 +148,7 @@ async def test_model_info_reports_model_placement_and_kv(stub: pb_grpc.Inference
     }
     if (info.weights, info.dtype) == ("int4", "float32"):
         assert info.int4_kernel == "reprise-avx2"
+    assert info.decode_ops == "reprise-c"  # the suite has a C compiler (make test installs one)
     assert list(info.cpus) and info.threads >= 1
     assert info.kv_cache_budget_bytes > 0 and info.kv_cache_entries >= 1  # the pinned system prompt
     assert info.decode_bytes_per_token > 0
