@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from inference_svc.core.kv import KVBuffer
-from inference_svc.core.native import DecodeOps
+from inference_svc.core.native import DecodeOps, StepPlan, plan_step
 from inference_svc.core.weights import Linear
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral")
@@ -152,10 +152,13 @@ class Transformer:
         self._sin = angles.sin().to(torch.float32).to(dtype)
         #: Fused C operations for one-token steps (:meth:`_step`); None: torch's operations for every pass.
         self.ops: DecodeOps | None = None
+        #: Where every layer is int4 through one of Reprise's kernels: the whole step in one C call.
+        self.step_plan: StepPlan | None = None
 
     def use_decode_ops(self, ops: DecodeOps | None) -> None:
         """Run one-token steps through ``ops`` (where they support this model's dtype and head size)."""
         self.ops = ops if ops is not None and ops.supports(self.dtype, self.shape.head_dim) else None
+        self.step_plan = plan_step(self.layers, self.dtype) if self.ops is not None else None
 
     # -- building blocks ---------------------------------------------------
 
@@ -258,13 +261,19 @@ class Transformer:
         """:meth:`forward` for one token: the same operations, the small ones fused in C (``decode_ops.c``).
 
         A layer is its four matmuls and three C calls (residual add + norm twice, RoPE + cache write +
-        attention, SiLU x up) instead of ~35 torch operations. The results agree with the torch path to
-        the last bits of the norms' and the attention's sums (tested); KV written here is read by either path.
+        attention, SiLU x up) instead of ~35 torch operations; with a :attr:`step_plan` (int4 layers through
+        Reprise's kernels) the layers run in one C call, with the same bits. The results agree with the torch
+        path to the last bits of the norms' and the attention's sums (tested); KV written here is read by
+        either path.
         """
         s = self.shape
         pos = kv.length
         x = self.embed.rows(ids).float().contiguous()
         cos, sin = self._cos[pos], self._sin[pos]
+        if self.step_plan is not None:
+            ops.step(self.step_plan, x, kv.k, kv.v, pos, cos, sin, s.heads, s.eps)
+            kv.length = pos + 1
+            return ops.add_rmsnorm(x, None, self.norm, s.eps, torch.float32)
         scores = torch.empty(ops.scratch_size(s.heads, s.head_dim, pos), dtype=torch.float32)
         delta = None
         for i, layer in enumerate(self.layers):

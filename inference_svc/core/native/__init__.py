@@ -1,8 +1,10 @@
-"""Reprise's own int4 kernels (``int4_gemv.c``), compiled with the system C compiler on first use.
+"""Reprise's own int4 kernels (``int4_gemv.c``) and fused decode-step operations (``decode_ops.c``),
+compiled with the system C compiler on first use.
 
 Two kernels share the library: :class:`Int4Kernel` (bf16 activations, AVX512-BF16 and AMX; below) and
 :class:`Int4KernelF32` (fp32 activations on AVX2, for CPUs without bf16: decode rows and short
-prefill chunks of the ``int4`` format under fp32, see ``weights.py``).
+prefill chunks of the ``int4`` format under fp32, see ``weights.py``). :class:`DecodeOps` (end of
+this module) runs the small operations of a one-token step on any x86-64 CPU, in any weight format.
 
 torch's ``_weight_int4pack_mm_for_cpu`` converts every nibble to fp32 and
 multiplies it alone; on 2-core Xeon and Zen 4 VMs that, not memory, bounds
@@ -33,8 +35,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -295,18 +298,26 @@ class DecodeOps:
     """The small operations of a one-token decode step, fused in C (``decode_ops.c``): three calls per layer
     around its matmuls instead of ~35 torch operations. Any x86-64 CPU; fp32 or bf16 compute dtype."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, *, simd: bool = True) -> None:
+        #: False: the portable C paths even where the CPU has AVX2 (tests; the same results to rounding).
+        self.simd = simd
         lib = ctypes.CDLL(str(library))
         p, i = ctypes.c_void_p, ctypes.c_int
         self._norm = lib.reprise_add_rmsnorm
         self._norm.argtypes = [p, p, i, p, p, i, i, ctypes.c_float]
         self._norm.restype = None
         self._attend = lib.reprise_decode_attention
-        self._attend.argtypes = [p] * 5 + [i] * 5 + [i, p, p, i]
+        self._attend.argtypes = [p] * 5 + [i] * 5 + [i, p, p, i, i]
         self._attend.restype = i
         self._silu = lib.reprise_silu_mul
-        self._silu.argtypes = [p, i, i, p]
+        self._silu.argtypes = [p, i, i, p, i]
         self._silu.restype = None
+        self._step = lib.reprise_decode_step
+        self._step.argtypes = [ctypes.POINTER(_Layer), i, p] + [i] * 4 + [ctypes.c_float] + [p] * 4 + [i] * 4 + [p, i, i]
+        self._step.restype = i
+        self._step_scratch = lib.reprise_decode_step_scratch
+        self._step_scratch.argtypes = [i] * 6
+        self._step_scratch.restype = ctypes.c_size_t
 
     @staticmethod
     def supports(dtype: torch.dtype, head_dim: int) -> bool:
@@ -316,7 +327,10 @@ class DecodeOps:
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, dtype: torch.dtype
     ) -> torch.Tensor:
         """``x += delta`` (in place, when given), then RMSNorm(x) * weight in ``dtype``. ``x``, ``weight``: fp32, one row."""
+        if not (x.is_contiguous() and weight.is_contiguous() and x.dtype == weight.dtype == torch.float32):
+            raise ValueError("add_rmsnorm: the residual (updated in place) and the weight must be contiguous fp32")
         n = x.numel()
+        delta = None if delta is None else delta.contiguous()
         out = torch.empty(1, n, dtype=dtype)
         dt = 0 if delta is None else _DTYPES[delta.dtype]
         self._norm(x.data_ptr(), None if delta is None else delta.data_ptr(), dt, weight.data_ptr(), out.data_ptr(),
@@ -331,9 +345,15 @@ class DecodeOps:
         ``k``/``v`` one layer's caches ``[kv_heads, capacity, d]`` (row ``pos`` written here); ``scores`` fp32
         scratch of :meth:`scratch_size` floats. Returns ``[1, heads d]`` in the compute dtype."""
         kv_heads, cap, d = k.shape
+        if not (k.is_contiguous() and v.is_contiguous() and k.dtype == v.dtype == qkv.dtype == cos.dtype):
+            raise ValueError("decode attention: the caches must be contiguous and in the compute dtype")
+        if scores.numel() < self.scratch_size(heads, d, pos) or pos >= cap:
+            raise ValueError(f"decode attention: position {pos} does not fit the caches or the scratch")
+        qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
         out = torch.empty(1, heads * d, dtype=qkv.dtype)
         self._attend(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(), cap, pos, heads,
-                     kv_heads, d, _DTYPES[qkv.dtype], out.data_ptr(), scores.data_ptr(), torch.get_num_threads())
+                     kv_heads, d, _DTYPES[qkv.dtype], out.data_ptr(), scores.data_ptr(), torch.get_num_threads(),
+                     int(self.simd))
         return out
 
     @staticmethod
@@ -341,12 +361,100 @@ class DecodeOps:
         """fp32 scratch :meth:`attention` needs at position ``pos``: scores, rotated queries, outputs."""
         return heads * (pos + 1 + 2 * head_dim)
 
+    def step(
+        self, plan: StepPlan, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, cos: torch.Tensor,
+        sin: torch.Tensor, heads: int, eps: float,
+    ) -> None:
+        """Every layer of ``plan`` for one token: the residual ``x`` (fp32 ``[1, hidden]``) in place, K/V written at
+        ``pos`` of the caches ``[layers, kv_heads, capacity, d]``. The same operations and bits as calling
+        :meth:`add_rmsnorm`, the kernels, :meth:`attention` and :meth:`silu_mul` layer by layer."""
+        layers, kv_heads, cap, d = k.shape
+        hidden = x.numel()
+        if layers != len(plan.layers) or not (x.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+            raise ValueError("decode step: the residual and caches must be contiguous, one cache layer per model layer")
+        if k.dtype != plan.dtype or v.dtype != plan.dtype or pos >= cap:
+            raise ValueError(f"decode step: position {pos} or dtype {k.dtype} does not fit the caches")
+        scratch = torch.empty(self._step_scratch(hidden, heads, kv_heads, d, plan.gate_up, pos), dtype=torch.float32)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        failed = self._step(plan.layers, len(plan.layers), x.data_ptr(), hidden, heads, kv_heads, d, eps, cos.data_ptr(),
+                            sin.data_ptr(), k.data_ptr(), v.data_ptr(), cap, pos, _DTYPES[plan.dtype], plan.kernel_arg,
+                            scratch.data_ptr(), torch.get_num_threads(), int(self.simd))
+        if failed:
+            raise MemoryError("decode step: a kernel had no memory for its buffers")
+
     def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` for one row ``gu = [gate | up]``."""
+        gu = gu.contiguous()
         n = gu.numel() // 2
         out = torch.empty(1, n, dtype=gu.dtype)
-        self._silu(gu.data_ptr(), n, _DTYPES[gu.dtype], out.data_ptr())
+        self._silu(gu.data_ptr(), n, _DTYPES[gu.dtype], out.data_ptr(), int(self.simd))
         return out
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p)] + [(n, _Linear) for n in ("qkv", "o", "gate_up", "down")]
+
+
+class _StepLinear(Protocol):
+    out_features: int
+    native: torch.Tensor | None
+    bias: torch.Tensor | None
+    kernel: Int4Kernel | Int4KernelF32 | None
+    kernel_rows: int
+
+
+class _StepLayer(Protocol):
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: _StepLinear
+    o: _StepLinear
+    gate_up: _StepLinear
+    down: _StepLinear
+
+
+@dataclass
+class StepPlan:
+    """Pointers to every layer's weights for :meth:`DecodeOps.step` (the tensors stay owned by the model)."""
+
+    layers: ctypes.Array  # of _Layer
+    dtype: torch.dtype
+    kernel_arg: int
+    gate_up: int
+
+
+def plan_step(layers: list[_StepLayer], dtype: torch.dtype) -> StepPlan | None:
+    """A whole-step plan where every linear of every layer multiplies one row with one of Reprise's int4 kernels
+    (the int4 formats where the kernel serves); None otherwise (the per-operation path runs)."""
+    linears = [x for l in layers for x in (l.qkv, l.o, l.gate_up, l.down)]
+    kernels = {id(x.kernel) for x in linears}
+    kernel = linears[0].kernel if linears else None
+    if len(kernels) != 1 or kernel is None or any(x.native is None or x.kernel_rows < 2 for x in linears):
+        return None
+    if isinstance(kernel, Int4Kernel) and dtype == torch.bfloat16:
+        arg = int(kernel.fast)
+    elif isinstance(kernel, Int4KernelF32) and dtype == torch.float32:
+        arg = kernel.mode if kernel.mode is not None else 1  # what __call__ takes for one row
+    else:
+        return None
+    norms = [t for l in layers for t in (l.ln1, l.ln2)]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in norms):
+        return None
+    if any(x.bias is not None and (x.bias.dtype != dtype or not x.bias.is_contiguous()) for x in linears):
+        return None
+
+    def linear(x: _StepLinear) -> _Linear:
+        assert x.native is not None
+        k = x.native.shape[1] * GROUP  # both layouts: [rows / block, K / 32, block bytes]
+        return _Linear(x.native.data_ptr(), None if x.bias is None else x.bias.data_ptr(), x.out_features, k)
+
+    table = (_Layer * len(layers))(
+        *(_Layer(l.ln1.data_ptr(), l.ln2.data_ptr(), linear(l.qkv), linear(l.o), linear(l.gate_up), linear(l.down)) for l in layers)
+    )
+    return StepPlan(table, dtype, arg, layers[0].gate_up.out_features)
 
 
 @functools.cache

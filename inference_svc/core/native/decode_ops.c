@@ -116,8 +116,8 @@ __attribute__((target("avx2,fma"))) static float softmax_exp_avx2(float *scores,
     return total;
 }
 
-static float softmax_exp(float *scores, int n, float top) {
-    if (has_avx2()) return softmax_exp_avx2(scores, n, top);
+static float softmax_exp(float *scores, int n, float top, int avx2) {
+    if (avx2) return softmax_exp_avx2(scores, n, top);
     float total = 0.0f;
     for (int j = 0; j < n; j++) total += scores[j] = exp_approx(scores[j] - top);
     return total;
@@ -155,7 +155,7 @@ static void rope(const void *x, const void *cos, const void *sin, int d, int dt,
 
 /* One query head against keys/values [0, len) of its KV head: out = softmax(q.K^T / sqrt(d)) V. */
 VECTOR_CLONES static void attend_head(const float *q, const void *k, const void *v, int len, int d, int dt, float *scores,
-                        float *acc) {
+                                      float *acc, int avx2) {
     float scale = 1.0f / sqrtf((float)d), top = -INFINITY;
     for (int j = 0; j < len; j++) {
         float s = 0.0f;
@@ -171,7 +171,7 @@ VECTOR_CLONES static void attend_head(const float *q, const void *k, const void 
         scores[j] = s * scale;
         top = scores[j] > top ? scores[j] : top;
     }
-    float total = softmax_exp(scores, len, top);
+    float total = softmax_exp(scores, len, top, avx2);
     for (int i = 0; i < d; i++) acc[i] = 0.0f;
     for (int j = 0; j < len; j++) {
         float p = scores[j];
@@ -281,10 +281,10 @@ __attribute__((target("avx2,fma"))) static void attend_group_avx2(const float *q
  * output, bias included); cos/sin: this position's rows of the tables [d]; kc/vc: this layer's
  * caches [kv_heads, cap, d]. Rotates q and k, writes k and v at pos, attends over positions
  * 0..pos, writes out [heads*d] (query head h reads KV head h / (heads / kv_heads)). scores: fp32
- * scratch of heads * (pos + 1 + 2d). Returns 0, or 1 when d is larger than the stack buffers (the
- * caller checks d at load). */
+ * scratch of heads * (pos + 1 + 2d). simd 0: the portable path even where AVX2 is present (tests).
+ * Returns 0, or 1 when d is larger than the stack buffers (the caller checks d at load). */
 int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, void *kc, void *vc, int cap, int pos,
-                             int heads, int kv_heads, int d, int dt, void *out, float *scores, int threads) {
+                             int heads, int kv_heads, int d, int dt, void *out, float *scores, int threads, int simd) {
     if (d > 256) return 1;
     int group = heads / kv_heads, len = pos + 1;
     size_t esize = dt == DT_BF16 ? 2 : 4;
@@ -298,7 +298,8 @@ int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, 
         memcpy((char *)vc + ((size_t)h * cap + pos) * d * esize, vx, (size_t)d * esize);
     }
     int team = len * heads >= 2048 ? threads : 1; /* enough work to pay for waking the second thread */
-    if (has_avx2() && d % 64 == 0 && group <= 256) {
+    int avx2 = simd && has_avx2();
+    if (avx2 && d % 64 == 0 && group <= 256) {
         /* Parallel over KV heads: each converts its keys and values once for its query heads. */
         if (team > kv_heads) team = kv_heads;
 #pragma omp parallel for num_threads(team) schedule(static)
@@ -318,7 +319,7 @@ int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, 
         float q[256], acc[256];
         rope((const char *)qkv + (size_t)h * d * esize, cos, sin, d, dt, q);
         size_t base = (size_t)(h / group) * cap * d * esize;
-        attend_head(q, (const char *)kc + base, (const char *)vc + base, len, d, dt, scores + (size_t)h * len, acc);
+        attend_head(q, (const char *)kc + base, (const char *)vc + base, len, d, dt, scores + (size_t)h * len, acc, avx2);
         for (int i = 0; i < d; i++) store(out, (size_t)h * d + i, acc[i], dt);
     }
     return 0;
@@ -357,9 +358,10 @@ __attribute__((target("avx2,fma"))) static int silu_mul_avx2(const void *gu, int
     return i;
 }
 
-/* out[i] = silu(gate[i]) * up[i] for gu = [gate (n) | up (n)], rounding silu to dt first as torch does. */
-void reprise_silu_mul(const void *gu, int n, int dt, void *out) {
-    int i = has_avx2() ? silu_mul_avx2(gu, n, dt, out) : 0;
+/* out[i] = silu(gate[i]) * up[i] for gu = [gate (n) | up (n)], rounding silu to dt first as torch does.
+ * simd 0: the portable path even where AVX2 is present (tests). */
+void reprise_silu_mul(const void *gu, int n, int dt, void *out, int simd) {
+    int i = simd && has_avx2() ? silu_mul_avx2(gu, n, dt, out) : 0;
     if (dt == DT_BF16) {
         const uint16_t *g = (const uint16_t *)gu, *u = g + n;
         for (; i < n; i++) ((uint16_t *)out)[i] = to_bf16(from_bf16(to_bf16(silu(from_bf16(g[i])))) * from_bf16(u[i]));
@@ -367,4 +369,71 @@ void reprise_silu_mul(const void *gu, int n, int dt, void *out) {
         const float *g = (const float *)gu, *u = g + n;
         for (; i < n; i++) ((float *)out)[i] = silu(g[i]) * u[i];
     }
+}
+
+/* ---- a whole one-token step of int4 layers, in one call ----
+ * Between separate calls from Python, the int4 kernel streams megabytes of weights through the caches,
+ * so every small operation started cold (a residual add + norm: ~4 us alone, ~13 us after a 2-thread
+ * matmul, measured on the Xeon) and paid the interpreter's dispatch. Where every layer is int4 through
+ * one of Reprise's kernels, the step loops over the layers here: the same functions, in the same
+ * order, on the same buffers as DecodeOps' per-operation path in Python, so the same bits. */
+
+int reprise_int4_gemv(const uint8_t *w, const uint16_t *x, uint16_t *y, int m, int n, int k, int threads, int fast);
+int reprise_int4_gemm_f32(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode);
+
+struct reprise_linear {
+    const uint8_t *w;   /* the kernel's layout */
+    const void *bias;   /* [n] in the compute dtype, or NULL */
+    int32_t n, k;
+};
+
+struct reprise_layer {
+    const float *ln1, *ln2; /* fp32 norm weights [hidden] */
+    struct reprise_linear qkv, o, gate_up, down;
+};
+
+/* y = x @ W^T (+ bias), one row. kernel_arg: reprise_int4_gemv's fast flag (bf16) or
+ * reprise_int4_gemm_f32's mode (fp32). */
+static int linear(const struct reprise_linear *l, const void *x, void *y, int dt, int kernel_arg, int threads) {
+    int failed = dt == DT_BF16 ? reprise_int4_gemv(l->w, x, y, 1, l->n, l->k, threads, kernel_arg)
+                               : reprise_int4_gemm_f32(l->w, x, y, 1, l->n, l->k, threads, kernel_arg);
+    if (failed || !l->bias) return failed;
+    for (int i = 0; i < l->n; i++) store(y, i, load(y, i, dt) + load(l->bias, i, dt), dt); /* as y.add_(bias) */
+    return 0;
+}
+
+/* Sizes of the buffers one step needs, in floats (bf16 values take a float slot each). */
+static size_t step_buffer(int hidden, int qkv, int q, int gate_up) { return (size_t)2 * hidden + qkv + q + gate_up + gate_up / 2; }
+
+/* Layers [0, n_layers) for one token: x (fp32 residual [hidden]) in place, K/V written at pos of the
+ * caches [n_layers, kv_heads, cap, d]. scratch: fp32, heads * (pos + 1 + 2d) + step_buffer(...) floats.
+ * Returns 0, 1 (d too large) or -1 (a kernel had no memory). */
+int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float *x, int hidden, int heads, int kv_heads,
+                        int d, float eps, const void *cos, const void *sin, void *k_cache, void *v_cache, int cap,
+                        int pos, int dt, int kernel_arg, float *scratch, int threads, int simd) {
+    size_t esize = dt == DT_BF16 ? 2 : 4, cache_layer = (size_t)kv_heads * cap * d * esize;
+    float *h = scratch + (size_t)heads * (pos + 1 + 2 * d);
+    float *y = h + hidden, *qkv = y + hidden, *attn = qkv + (size_t)(heads + 2 * kv_heads) * d;
+    float *gu = attn + (size_t)heads * d;
+    for (int i = 0; i < n_layers; i++) {
+        const struct reprise_layer *l = layers + i;
+        float *act = gu + l->gate_up.n;
+        reprise_add_rmsnorm(x, NULL, dt, l->ln1, h, dt, hidden, eps);
+        int rc = linear(&l->qkv, h, qkv, dt, kernel_arg, threads);
+        if (!rc)
+            rc = reprise_decode_attention(qkv, cos, sin, (char *)k_cache + i * cache_layer, (char *)v_cache + i * cache_layer,
+                                          cap, pos, heads, kv_heads, d, dt, attn, scratch, threads, simd);
+        if (!rc) rc = linear(&l->o, attn, y, dt, kernel_arg, threads);
+        if (rc) return rc;
+        reprise_add_rmsnorm(x, y, dt, l->ln2, h, dt, hidden, eps);
+        if ((rc = linear(&l->gate_up, h, gu, dt, kernel_arg, threads))) return rc;
+        reprise_silu_mul(gu, l->gate_up.n / 2, dt, act, simd);
+        if ((rc = linear(&l->down, act, y, dt, kernel_arg, threads))) return rc;
+        for (int j = 0; j < hidden; j++) x[j] += load(y, j, dt);
+    }
+    return 0;
+}
+
+size_t reprise_decode_step_scratch(int hidden, int heads, int kv_heads, int d, int gate_up, int pos) {
+    return (size_t)heads * (pos + 1 + 2 * d) + step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
 }

@@ -392,3 +392,27 @@ def test_decode_ops_torch_keeps_torchs_operations(tiny_model_dir: Path, tmp_path
     _assert_three_turns_reuse_equals_recompute(engine)
     with pytest.raises(ValueError, match="decode ops 'fast'"):
         Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path, dtype="fp32", decode_ops="fast")).load()
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize(("dtype", "kernel"), [("bf16", native.NAME), ("fp32", native.F32_NAME)])
+def test_int4_layers_step_in_one_call_with_the_per_operation_bits(
+    tiny_model_dir: Path, tmp_path: Path, dtype: str, kernel: str
+) -> None:
+    """Where every layer is int4 through Reprise's kernel, a step runs in one C call: the same functions in
+    the same order as the per-operation path, so the same logits and KV, bit for bit."""
+    engine = _engine(tiny_model_dir, tmp_path, dtype=dtype, weights="int4")
+    model = engine.model
+    if engine.describe().int4_kernel != kernel:  # this CPU lacks the kernel (no AVX512-BF16 / AVX2): no plan
+        assert model.step_plan is None and model.ops is not None
+        return
+    assert model.step_plan is not None
+    ids = torch.randint(0, model.shape.vocab, (40,), generator=torch.Generator().manual_seed(5))
+    whole, whole_kv = _steps(model, ids)
+    plan, model.step_plan = model.step_plan, None
+    try:
+        per_op, per_op_kv = _steps(model, ids)
+    finally:
+        model.step_plan = plan
+    assert torch.equal(whole, per_op) and torch.equal(whole_kv, per_op_kv)
+    _assert_three_turns_reuse_equals_recompute(engine)

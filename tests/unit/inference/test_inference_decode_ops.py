@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from inference_svc.core import native
-from inference_svc.core.native import DecodeOps
+from inference_svc.core.native import DecodeOps, Int4KernelF32
 
 pytestmark = pytest.mark.unit
 
@@ -17,10 +18,14 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory: pytest.TempPathFactory) -> DecodeOps:
-    loaded, why_not = native.load_decode_ops(tmp_path_factory.mktemp("native"))
-    assert loaded is not None, why_not  # the suite needs a C compiler (make test installs one)
-    return loaded
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return native.build(tmp_path_factory.mktemp("native"))  # the suite needs a C compiler (make test installs one)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["simd", "portable"])
+def ops(library: Path, request: pytest.FixtureRequest) -> DecodeOps:
+    """Both paths: AVX2 where the CPU has it (else the portable one twice), and the portable one."""
+    return DecodeOps(library, simd=request.param)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -106,15 +111,17 @@ def test_attention_rotates_writes_the_cache_and_attends_like_sdpa(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_mul_rounds_like_torch(ops: DecodeOps, dtype: torch.dtype) -> None:
-    gu = (torch.randn(1, 2 * 4864, generator=_gen(7)) * 6).to(dtype)
+@pytest.mark.parametrize("n", [4864, 4861])
+def test_silu_mul_rounds_like_torch(ops: DecodeOps, dtype: torch.dtype, n: int) -> None:
+    """4861 leaves a remainder after the eight-wide AVX2 loop."""
+    gu = (torch.randn(1, 2 * n, generator=_gen(7)) * 6).to(dtype)
     gu[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.5]).to(dtype)  # far tails, zero
-    gate, up = gu[:, :4864], gu[:, 4864:]
+    gate, up = gu[:, :n], gu[:, n:]
     expected = F.silu(gate) * up
 
     out = ops.silu_mul(gu)
 
-    assert out.dtype == dtype and out.shape == (1, 4864)
+    assert out.dtype == dtype and out.shape == (1, n)
     if dtype == torch.float32:
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-30)
     else:  # exp differs from torch's in its last fp32 bits: a rare one-step bf16 difference
@@ -134,6 +141,22 @@ def test_exp_stays_finite_and_accurate_across_the_range(ops: DecodeOps) -> None:
     assert float(out[~normal].abs().max()) < 1e-30  # far left: ~0, from the clamped exponential
 
 
+def test_refuses_what_it_would_read_or_write_wrongly(ops: DecodeOps) -> None:
+    cos, sin = _tables(8, 16, torch.float32)
+    k = torch.zeros(2, 8, 16)
+    qkv, scratch = torch.zeros(1, 8 * 16), torch.empty(ops.scratch_size(4, 16, 7))
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.attention(qkv, cos[0], sin[0], k.transpose(1, 2).contiguous().transpose(1, 2), k.clone(), 0, 4, scratch)
+    with pytest.raises(ValueError, match="compute dtype"):
+        ops.attention(qkv, cos[0], sin[0], k.bfloat16(), k.bfloat16(), 0, 4, scratch)
+    with pytest.raises(ValueError, match="position 8"):
+        ops.attention(qkv, cos[0], sin[0], k, k.clone(), 8, 4, torch.empty(ops.scratch_size(4, 16, 8)))
+    with pytest.raises(ValueError, match="position 7"):
+        ops.attention(qkv, cos[0], sin[0], k, k.clone(), 7, 4, scratch[:-1])
+    with pytest.raises(ValueError, match="contiguous fp32"):
+        ops.add_rmsnorm(torch.zeros(2, 4).t()[:1], None, torch.ones(2), 1e-6, torch.float32)
+
+
 def test_supports_only_what_the_buffers_hold() -> None:
     assert DecodeOps.supports(torch.bfloat16, 64) and DecodeOps.supports(torch.float32, 256)
     assert not DecodeOps.supports(torch.float16, 64)
@@ -144,3 +167,22 @@ def test_without_a_compiler_the_loader_says_why(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("CC", "no-such-compiler")
     ops, why_not = native.load_decode_ops.__wrapped__(tmp_path)
     assert ops is None and "no C compiler" in why_not
+
+
+def _layer(kernel: object, native_rows: torch.Tensor | None = torch.zeros(2, 2, 640, dtype=torch.uint8)) -> SimpleNamespace:
+    linear = lambda: SimpleNamespace(out_features=64, native=native_rows, bias=None, kernel=kernel, kernel_rows=32)  # noqa: E731
+    return SimpleNamespace(ln1=torch.ones(64), ln2=torch.ones(64), qkv=linear(), o=linear(), gate_up=linear(), down=linear())
+
+
+def test_a_whole_step_plan_needs_every_layer_on_one_reprise_kernel(library: Path) -> None:
+    kernel = Int4KernelF32(library)
+    plan = native.plan_step([_layer(kernel), _layer(kernel)], torch.float32)
+    assert plan is not None and len(plan.layers) == 2 and plan.kernel_arg == 1
+    assert plan.layers[1].down.k == 64 and plan.layers[0].qkv.n == 64
+    assert native.plan_step([_layer(kernel)], torch.bfloat16) is None  # the fp32 kernel under bf16
+    assert native.plan_step([_layer(kernel), _layer(Int4KernelF32(library))], torch.float32) is None  # two kernels
+    assert native.plan_step([_layer(kernel), _layer(kernel, None)], torch.float32) is None  # a layer without int4
+    assert native.plan_step([_layer(None)], torch.float32) is None  # torch's kernels (dense, fbgemm)
+    odd = _layer(kernel)
+    odd.ln2 = torch.ones(64, dtype=torch.bfloat16)
+    assert native.plan_step([odd], torch.float32) is None
