@@ -34,7 +34,7 @@ FROM build AS model
 ARG MODEL=default
 ARG MODEL_DTYPE=bf16
 ARG MODEL_WEIGHTS=auto
-# gcc builds Reprise's int4 decode kernel into /models/native (the runtime image has no compiler).
+# gcc builds Reprise's int4 kernels and fused decode operations into /models/native (the runtime image has no compiler).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*

@@ -89,3 +89,13 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
         assert kernel in ("reprise-avx512bf16", "torch")  # torch's where it won the start-up race here
     layers = [x for l in engine.model.layers for x in l.linears] + [engine.model.head]
     assert all((x.native is not None) == (kernel == "reprise-avx512bf16") for x in layers)
+
+
+def test_decode_steps_run_in_c_and_in_one_call_where_every_layer_is_reprise_int4(engine: Engine) -> None:
+    """The packaged model takes the fused decode path (the suite has a compiler), whole-step where its layers allow."""
+    from inference_svc.core import native
+
+    info = engine.describe()
+    assert info.decode_ops == native.DECODE_OPS_NAME and engine.model.ops is not None
+    whole_step = info.weights == "int4" and info.int4_kernel in (native.NAME, native.F32_NAME)
+    assert (engine.model.step_plan is not None) == whole_step
