@@ -353,17 +353,16 @@ def load(
     linears = {id(x): x for x in (*layers, transformer.head, transformer.embed)}.values()
     weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
+    ops_name = native.DECODE_OPS_NAME if transformer.ops is not None else "torch"
     log.info(
         "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token%s, "
         "decode step ops %s",
         source.model_id, shape.architecture, source.revision, spec.name, seconds,
         " (converted this start)" if converted else "", weight_bytes / 1e6, decode_bytes / 1e6,
-        f", int4 decode kernel {kernel_name}" if kernel_name else "",
-        native.DECODE_OPS_NAME if transformer.ops is not None else "torch",
+        f", int4 decode kernel {kernel_name}" if kernel_name else "", ops_name,
     )
     return LoadedModel(
-        tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name,
-        native.DECODE_OPS_NAME if transformer.ops is not None else "torch",
+        tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name, ops_name
     )
 
 

@@ -14,6 +14,9 @@ weights' dtype. This module is the forward pass and nothing else:
   an int4 copy whose top candidates are rescored from the int8 rows;
 - batched scoring reads a shared, read-only prefix KV (the static system
   prompt): never recomputed, never copied into a per-request cache.
+- a one-token decode step runs its small operations (norms, RoPE + KV write
+  + attention, SiLU) fused in C, and int4 layers the whole step in one C call
+  (:class:`~inference_svc.core.native.DecodeOps`).
 
 Every method runs on the model worker thread only.
 """

@@ -418,12 +418,14 @@ class _StepLayer(Protocol):
 
 @dataclass
 class StepPlan:
-    """Pointers to every layer's weights for :meth:`DecodeOps.step` (the tensors stay owned by the model)."""
+    """Pointers to every layer's weights for :meth:`DecodeOps.step`."""
 
     layers: ctypes.Array  # of _Layer
     dtype: torch.dtype
     kernel_arg: int
     gate_up: int
+    #: The tensors the pointers point into, held so they outlive the plan even if a layer drops them.
+    tensors: list[torch.Tensor]
 
 
 def plan_step(layers: list[_StepLayer], dtype: torch.dtype) -> StepPlan | None:
@@ -454,7 +456,8 @@ def plan_step(layers: list[_StepLayer], dtype: torch.dtype) -> StepPlan | None:
     table = (_Layer * len(layers))(
         *(_Layer(l.ln1.data_ptr(), l.ln2.data_ptr(), linear(l.qkv), linear(l.o), linear(l.gate_up), linear(l.down)) for l in layers)
     )
-    return StepPlan(table, dtype, arg, layers[0].gate_up.out_features)
+    held = norms + [t for x in linears for t in (x.native, x.bias) if t is not None]
+    return StepPlan(table, dtype, arg, layers[0].gate_up.out_features, held)
 
 
 @functools.cache
