@@ -428,28 +428,35 @@ def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
 
 def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
     """Decode with a step's small operations fused in C vs torch's, alternating in one process (same weights),
-    after a 32-token prompt and after 1,400 tokens (a fifth turn's context)."""
+    after a 32-token prompt and after 1,400 tokens (a fifth turn's context). Where the layers run in one C call
+    per step, also with the fused operations called per layer (``per_op_tok_s``)."""
     model = serving.model
-    ops = model.ops
+    ops, plan = model.ops, model.step_plan
     if ops is None:
         return None
+
+    def decode(context: int, use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> float:
+        model.ops, model.step_plan = use_ops, use_plan
+        try:
+            return decode_tok_s(serving, repeats=1, context=context)
+        finally:
+            model.ops, model.step_plan = ops, plan
+
     out: dict[str, Any] = {}
     for context in (32, 1400):
-        fused, plain = [], []
+        runs: dict[str, list[float]] = {"fused_tok_s": [], "torch_tok_s": [], "per_op_tok_s": []}
         for _ in range(5):
-            fused.append(decode_tok_s(serving, repeats=1, context=context))
-            model.ops = None
-            try:
-                plain.append(decode_tok_s(serving, repeats=1, context=context))
-            finally:
-                model.ops = ops
-        out[str(context)] = {"fused_tok_s": statistics.median(fused), "torch_tok_s": statistics.median(plain)}
+            runs["fused_tok_s"].append(decode(context, ops, plan))
+            runs["torch_tok_s"].append(decode(context, None, None))
+            if plan is not None:
+                runs["per_op_tok_s"].append(decode(context, ops, None))
+        out[str(context)] = {k: statistics.median(v) for k, v in runs.items() if v}
     mine = greedy_replies(serving)
-    model.ops = None
+    model.ops, model.step_plan = None, None
     try:
         out["greedy_vs_torch_ops"] = agreement(greedy_replies(serving), mine)
     finally:
-        model.ops = ops
+        model.ops, model.step_plan = ops, plan
     return out
 
 

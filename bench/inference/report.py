@@ -120,6 +120,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"({short['fused_tok_s'] / short['torch_tok_s']:.2f}x), {long['fused_tok_s']:.1f} vs {long['torch_tok_s']:.1f} "
             f"after 1,400 ({long['fused_tok_s'] / long['torch_tok_s']:.2f}x); greedy replies identical: "
             f"{fused['greedy_vs_torch_ops']['identical']:.0%}."
+            + (
+                f" The fused operations called per layer instead of the one-call step: {short['per_op_tok_s']:.1f} / "
+                f"{long['per_op_tok_s']:.1f} tok/s."
+                if "per_op_tok_s" in short else ""
+            )
         )
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
