@@ -45,6 +45,8 @@ import torch
 NAME = "reprise-avx512bf16"
 #: Compiled together into one library: the int4 kernels and the fused decode-step operations (:class:`DecodeOps`).
 SOURCES = (Path(__file__).with_name("int4_gemv.c"), Path(__file__).with_name("decode_ops.c"))
+#: Included by the sources: part of what a built library is digested from.
+HEADERS = (Path(__file__).with_name("bf16.h"),)
 # -fno-trapping-math and -fno-math-errno let decode_ops.c's loops vectorize (no reassociation: the same
 # sums); -ffp-contract=off keeps a*b + c two roundings, as in torch (the kernels' FMAs are intrinsics).
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off")
@@ -170,7 +172,7 @@ class Int4Kernel:
 def build(directory: Path) -> Path:
     """Compile ``SOURCES`` into ``directory`` once per source and flags; returns the library's path."""
     compiler = os.environ.get("CC", "cc")
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in (*SOURCES, *HEADERS))
     digest = hashlib.sha256(sources + " ".join((compiler, *FLAGS, *LIBS)).encode()).hexdigest()[:12]
     target = directory / f"int4_gemv-{digest}.so"
     if target.exists():
@@ -318,6 +320,9 @@ class DecodeOps:
         self._step_scratch = lib.reprise_decode_step_scratch
         self._step_scratch.argtypes = [i] * 6
         self._step_scratch.restype = ctypes.c_size_t
+        self._attention_scratch = lib.reprise_decode_attention_scratch
+        self._attention_scratch.argtypes = [i] * 3
+        self._attention_scratch.restype = ctypes.c_size_t
 
     @staticmethod
     def supports(dtype: torch.dtype, head_dim: int) -> bool:
@@ -356,10 +361,9 @@ class DecodeOps:
                      int(self.simd))
         return out
 
-    @staticmethod
-    def scratch_size(heads: int, head_dim: int, pos: int) -> int:
+    def scratch_size(self, heads: int, head_dim: int, pos: int) -> int:
         """fp32 scratch :meth:`attention` needs at position ``pos``: scores, rotated queries, outputs."""
-        return heads * (pos + 1 + 2 * head_dim)
+        return int(self._attention_scratch(heads, head_dim, pos))
 
     def step(
         self, plan: StepPlan, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, cos: torch.Tensor,

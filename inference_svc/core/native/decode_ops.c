@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 /* The dot products, norms and conversions are plain loops, cloned for AVX-512 and AVX2 (picked when
  * the library loads) and vectorized by the compiler (-ffp-contract=off in FLAGS keeps fp32 a*b + c two
  * roundings, as torch computes them). The exponential (softmax, SiLU) is AVX2 intrinsics where the CPU
@@ -27,33 +29,19 @@
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 
-static inline float from_bf16(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does (no NaNs here) */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
-
 static inline float load(const void *p, size_t i, int dt) {
-    return dt == DT_BF16 ? from_bf16(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+    return dt == DT_BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 static inline void store(void *p, size_t i, float v, int dt) {
     if (dt == DT_BF16)
-        ((uint16_t *)p)[i] = to_bf16(v);
+        ((uint16_t *)p)[i] = float_to_bf16(v);
     else
         ((float *)p)[i] = v;
 }
 
 /* v rounded to the compute dtype and back (the torch path stores this intermediate in it). */
-static inline float round_dt(float v, int dt) { return dt == DT_BF16 ? from_bf16(to_bf16(v)) : v; }
+static inline float round_dt(float v, int dt) { return dt == DT_BF16 ? bf16_to_float(float_to_bf16(v)) : v; }
 
 /* exp(x): Cephes' expf polynomial (~1 ulp), here and in exp8 below. libm's expf is a call per value
  * (no vector version without -ffast-math), and softmax and SiLU need ~100,000 per step. */
@@ -130,7 +118,7 @@ VECTOR_CLONES void reprise_add_rmsnorm(float *x, const void *delta, int dt_delta
                          float eps) {
     if (delta) {
         if (dt_delta == DT_BF16)
-            for (int i = 0; i < n; i++) x[i] += from_bf16(((const uint16_t *)delta)[i]);
+            for (int i = 0; i < n; i++) x[i] += bf16_to_float(((const uint16_t *)delta)[i]);
         else
             for (int i = 0; i < n; i++) x[i] += ((const float *)delta)[i];
     }
@@ -139,7 +127,7 @@ VECTOR_CLONES void reprise_add_rmsnorm(float *x, const void *delta, int dt_delta
     for (int i = 0; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / (float)n + eps);
     if (dt_out == DT_BF16)
-        for (int i = 0; i < n; i++) ((uint16_t *)out)[i] = to_bf16((x[i] * r) * w[i]);
+        for (int i = 0; i < n; i++) ((uint16_t *)out)[i] = float_to_bf16((x[i] * r) * w[i]);
     else
         for (int i = 0; i < n; i++) ((float *)out)[i] = (x[i] * r) * w[i];
 }
@@ -164,7 +152,7 @@ VECTOR_CLONES static void attend_head(const float *q, const void *k, const void 
         if (dt == DT_BF16) {
             const uint16_t *kj = (const uint16_t *)k + (size_t)j * d;
 #pragma omp simd reduction(+ : s)
-            for (int i = 0; i < d; i++) s += q[i] * from_bf16(kj[i]);
+            for (int i = 0; i < d; i++) s += q[i] * bf16_to_float(kj[i]);
         } else {
             const float *kj = (const float *)k + (size_t)j * d;
 #pragma omp simd reduction(+ : s)
@@ -180,7 +168,7 @@ VECTOR_CLONES static void attend_head(const float *q, const void *k, const void 
         if (dt == DT_BF16) {
             const uint16_t *vj = (const uint16_t *)v + (size_t)j * d;
 #pragma omp simd
-            for (int i = 0; i < d; i++) acc[i] += p * from_bf16(vj[i]);
+            for (int i = 0; i < d; i++) acc[i] += p * bf16_to_float(vj[i]);
         } else {
             const float *vj = (const float *)v + (size_t)j * d;
 #pragma omp simd
@@ -279,11 +267,15 @@ __attribute__((target("avx2,fma"))) static void attend_group_avx2(const float *q
         for (int i = 0; i < d; i++) out[(size_t)h * d + i] *= inv[h];
 }
 
+/* fp32 scratch reprise_decode_attention needs at pos: scores [heads, pos + 1], then rotated queries and
+ * outputs [heads, d] each. */
+size_t reprise_decode_attention_scratch(int heads, int d, int pos) { return (size_t)heads * (pos + 1 + 2 * d); }
+
 /* Attention of one new token. qkv: [heads*d | kv_heads*d | kv_heads*d] (the fused projection's
  * output, bias included); cos/sin: this position's rows of the tables [d]; kc/vc: this layer's
  * caches [kv_heads, cap, d]. Rotates q and k, writes k and v at pos, attends over positions
  * 0..pos, writes out [heads*d] (query head h reads KV head h / (heads / kv_heads)). scores: fp32
- * scratch of heads * (pos + 1 + 2d). simd 0: the portable path even where AVX2 is present (tests).
+ * scratch of reprise_decode_attention_scratch() floats. simd 0: the portable path even where AVX2 is present (tests).
  * Returns 0, or 1 when d is larger than the stack buffers (the caller checks d at load). */
 int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, void *kc, void *vc, int cap, int pos,
                              int heads, int kv_heads, int d, int dt, void *out, float *scores, int threads, int simd) {
@@ -329,7 +321,7 @@ int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, 
 
 static inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 
-/* Rounded to bf16 (nearest even, as to_bf16), kept in the high half of each fp32 lane. */
+/* Rounded to bf16 (nearest even, as float_to_bf16), kept in the high half of each fp32 lane. */
 __attribute__((target("avx2,fma"))) static inline __m256i round8_bf16(__m256 v) {
     __m256i bits = _mm256_castps_si256(v);
     __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
@@ -366,7 +358,7 @@ void reprise_silu_mul(const void *gu, int n, int dt, void *out, int simd) {
     int i = simd && has_avx2() ? silu_mul_avx2(gu, n, dt, out) : 0;
     if (dt == DT_BF16) {
         const uint16_t *g = (const uint16_t *)gu, *u = g + n;
-        for (; i < n; i++) ((uint16_t *)out)[i] = to_bf16(from_bf16(to_bf16(silu(from_bf16(g[i])))) * from_bf16(u[i]));
+        for (; i < n; i++) ((uint16_t *)out)[i] = float_to_bf16(bf16_to_float(float_to_bf16(silu(bf16_to_float(g[i])))) * bf16_to_float(u[i]));
     } else {
         const float *g = (const float *)gu, *u = g + n;
         for (; i < n; i++) ((float *)out)[i] = silu(g[i]) * u[i];
@@ -408,13 +400,14 @@ static int linear(const struct reprise_linear *l, const void *x, void *y, int dt
 static size_t step_buffer(int hidden, int qkv, int q, int gate_up) { return (size_t)2 * hidden + qkv + q + gate_up + gate_up / 2; }
 
 /* Layers [0, n_layers) for one token: x (fp32 residual [hidden]) in place, K/V written at pos of the
- * caches [n_layers, kv_heads, cap, d]. scratch: fp32, heads * (pos + 1 + 2d) + step_buffer(...) floats.
+ * caches [n_layers, kv_heads, cap, d]. scratch: fp32, reprise_decode_step_scratch() floats: the
+ * attention's, then the step's buffers.
  * Returns 0, 1 (d too large) or -1 (a kernel had no memory). */
 int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float *x, int hidden, int heads, int kv_heads,
                         int d, float eps, const void *cos, const void *sin, void *k_cache, void *v_cache, int cap,
                         int pos, int dt, int kernel_arg, float *scratch, int threads, int simd) {
     size_t esize = dt == DT_BF16 ? 2 : 4, cache_layer = (size_t)kv_heads * cap * d * esize;
-    float *h = scratch + (size_t)heads * (pos + 1 + 2 * d);
+    float *h = scratch + reprise_decode_attention_scratch(heads, d, pos);
     float *y = h + hidden, *qkv = y + hidden, *attn = qkv + (size_t)(heads + 2 * kv_heads) * d;
     float *gu = attn + (size_t)heads * d;
     for (int i = 0; i < n_layers; i++) {
@@ -437,5 +430,5 @@ int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float 
 }
 
 size_t reprise_decode_step_scratch(int hidden, int heads, int kv_heads, int d, int gate_up, int pos) {
-    return (size_t)heads * (pos + 1 + 2 * d) + step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
+    return reprise_decode_attention_scratch(heads, d, pos) + step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
 }

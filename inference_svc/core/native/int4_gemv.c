@@ -29,6 +29,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "bf16.h"
+
 #define GROUP 32
 #define BLOCK_BYTES 320
 #define SUPER_ROWS 64
@@ -41,20 +43,6 @@
 #ifndef PREFETCH_HINT
 #define PREFETCH_HINT _MM_HINT_T1
 #endif
-
-static inline float bf16_to_float(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch does (no NaNs here) */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
 
 /* Per row and group: the fp32 sum of the group's 32 inputs, summed in order. */
 static void group_sums(const uint16_t *x, int m, int k, float *sums) {
