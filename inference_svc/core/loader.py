@@ -327,6 +327,8 @@ def load(
     """
     from transformers import AutoTokenizer
 
+    if decode_ops not in ("auto", "torch"):  # before the slow part, not after it
+        raise ValueError(f"decode ops {decode_ops!r}: expected 'auto' or 'torch'")
     start = time.perf_counter()
     source = model_source.resolve(model, cache_dir)
     target = runtime_dir(cache_dir, source, spec)
@@ -344,8 +346,6 @@ def load(
         transformer.use_decode_ops(ops)
         if transformer.ops is None:
             log.warning("one-token steps run torch's operations: %s", why_not or "the fused ones do not fit this model")
-    elif decode_ops != "torch":
-        raise ValueError(f"decode ops {decode_ops!r}: expected 'auto' or 'torch'")
     del tensors  # packed layers (fbgemm, oneDNN) no longer need their unpacked copy
     layers = [t for l in transformer.layers for t in l.linears]
     decode_bytes = sum(x.decode_bytes for x in (*layers, transformer.head))
