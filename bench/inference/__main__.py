@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -435,12 +437,17 @@ def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
     if ops is None:
         return None
 
-    def decode(context: int, use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> float:
+    @contextlib.contextmanager
+    def path(use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> Iterator[None]:
         model.ops, model.step_plan = use_ops, use_plan
         try:
-            return decode_tok_s(serving, repeats=1, context=context)
+            yield
         finally:
             model.ops, model.step_plan = ops, plan
+
+    def decode(context: int, use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> float:
+        with path(use_ops, use_plan):
+            return decode_tok_s(serving, repeats=1, context=context)
 
     out: dict[str, Any] = {}
     for context in (32, 1400):
@@ -452,11 +459,8 @@ def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
                 runs["per_op_tok_s"].append(decode(context, ops, None))
         out[str(context)] = {k: statistics.median(v) for k, v in runs.items() if v}
     mine = greedy_replies(serving)
-    model.ops, model.step_plan = None, None
-    try:
+    with path(None, None):
         out["greedy_vs_torch_ops"] = agreement(greedy_replies(serving), mine)
-    finally:
-        model.ops, model.step_plan = ops, plan
     return out
 
 

@@ -349,10 +349,18 @@ def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny
     torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())
 
 
-def _steps(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
-    """Logits after each of ``ids`` fed one token at a time, and the KV they wrote."""
-    kv = model.new_kv(len(ids))
-    logits = torch.cat([model.logits(model.forward(ids[i : i + 1], kv)) for i in range(len(ids))])
+def _steps(model, ids: torch.Tensor, without: str = "") -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Logits after each of ``ids`` fed one token at a time, and the KV they wrote; with ``without`` ("ops" or
+    "step_plan") that attribute of the model set to None for the run, so another decode path serves."""
+    saved = getattr(model, without) if without else None
+    if without:
+        setattr(model, without, None)
+    try:
+        kv = model.new_kv(len(ids))
+        logits = torch.cat([model.logits(model.forward(ids[i : i + 1], kv)) for i in range(len(ids))])
+    finally:
+        if without:
+            setattr(model, without, saved)
     return logits, torch.stack([kv.k, kv.v])
 
 
@@ -370,11 +378,7 @@ def test_fused_decode_steps_match_torchs_operations(tiny_model_dir: Path, tmp_pa
     assert model.ops is not None and engine.describe().decode_ops == native.DECODE_OPS_NAME
     ids = torch.randint(0, model.shape.vocab, (70,), generator=torch.Generator().manual_seed(3))
     fused, fused_kv = _steps(model, ids)
-    ops, model.ops = model.ops, None
-    try:
-        plain, plain_kv = _steps(model, ids)
-    finally:
-        model.ops = ops
+    plain, plain_kv = _steps(model, ids, without="ops")
     if dtype == "fp32":
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
         torch.testing.assert_close(fused_kv, plain_kv, rtol=1e-5, atol=1e-5 * plain_kv.abs().max().item())
@@ -409,10 +413,6 @@ def test_int4_layers_step_in_one_call_with_the_per_operation_bits(
     assert model.step_plan is not None
     ids = torch.randint(0, model.shape.vocab, (40,), generator=torch.Generator().manual_seed(5))
     whole, whole_kv = _steps(model, ids)
-    plan, model.step_plan = model.step_plan, None
-    try:
-        per_op, per_op_kv = _steps(model, ids)
-    finally:
-        model.step_plan = plan
+    per_op, per_op_kv = _steps(model, ids, without="step_plan")
     assert torch.equal(whole, per_op) and torch.equal(whole_kv, per_op_kv)
     _assert_three_turns_reuse_equals_recompute(engine)
