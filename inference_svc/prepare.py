@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_option("--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"), help="same as the service's --weights")
     parser.add_flag("--no-dense-prefill", help="same as the service's --no-dense-prefill")
     parser.add_flag("--no-tie-embeddings", help="same as the service's --no-tie-embeddings")
+    parser.add_option("--activations", default="auto", choices=("auto", "int8", "fp32"), help="same as the service's --activations")
     args = parser.parse_args()
     configure_logging("inference", "INFO", "text")
     try:
@@ -42,6 +43,7 @@ def main() -> None:
             weights=args.weights,
             dense_prefill=not args.no_dense_prefill,
             tie_embeddings=not args.no_tie_embeddings,
+            activations=args.activations,
         )
     )
     engine.load()

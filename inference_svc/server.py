@@ -81,6 +81,10 @@ def build_parser() -> EnvArgumentParser:
         "--decode-ops", default="auto", choices=("auto", "torch"),
         help="the small operations of a one-token decode step (norms, RoPE + KV write + attention, SiLU): auto = fused in C (built with the int4 kernel into <model-cache>/native; any x86-64 CPU), torch's where that does not build; torch = always torch's",
     )
+    parser.add_option(
+        "--activations", default="auto", choices=("auto", "int8", "fp32"),
+        help="activations of int4 layers under fp32 (CPUs without bf16): auto = int8, each row quantized per 32 inputs (like llama.cpp's Q8_0) and multiplied in integers by Reprise's AVX2 kernel for every row count, with no fp16 prefill copy; fp32 = fp32 activations (the AVX2 kernel for 1-31 rows, the fp16 copy through fbgemm for more); int8 elsewhere is an error",
+    )
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")
@@ -112,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tie_embeddings=not args.no_tie_embeddings,
             int4_kernel=args.int4_kernel,
             decode_ops=args.decode_ops,
+            activations=args.activations,
             max_new_tokens=args.max_new_tokens,
             max_context_tokens=args.max_context_tokens,
             kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,

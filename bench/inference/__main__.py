@@ -43,8 +43,11 @@ PROMPT_TEXT = (
 # natively; elsewhere torch emulates it (a 64-row bf16 matmul ~3x slower than fp32) and no one would serve them.
 # int4 under fp32 needs Reprise's AVX2 kernel (any x86-64 CPU of the last decade).
 GREEDY = Decoding()
+#: (dtype, weights, activations): under fp32 int4 serves with int8 activations ("auto") and, as a lever row,
+#: with fp32 ones (the fp16 prefill copy).
 FORMATS = [
-    ("fp32", "dense"), ("fp32", "fp16"), ("fp32", "int4"), ("bf16", "dense"), ("bf16", "int8"), ("bf16", "int4"),
+    ("fp32", "dense", "auto"), ("fp32", "fp16", "auto"), ("fp32", "int4", "auto"), ("fp32", "int4", "fp32"),
+    ("bf16", "dense", "auto"), ("bf16", "int8", "auto"), ("bf16", "int4", "auto"),
 ]
 AGREEMENT_PROMPTS = [
     "Write a Python function that checks whether a number is prime.",
@@ -324,15 +327,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     formats: dict[str, Any] = {}
     reference: list[str] | None = None
     skipped: dict[str, str] = {}
-    for dtype, weights in FORMATS:
-        name = f"{weights}-{dtype}"
+    for dtype, weights, activations in FORMATS:
+        name = f"{weights}-{dtype}" + ("" if activations == "auto" else f"-{activations}-activations")
         if dtype == "bf16" and not precision.cpu_supports_bf16():
             skipped[name] = "no AVX512-BF16/AMX on this CPU"
             continue
         if (dtype, weights) == ("fp32", "int4") and native.load_fp32(cache / "native")[0] is None:
             skipped[name] = native.load_fp32(cache / "native")[1]
             continue
-        engine = make_engine(dtype, weights, cache)
+        engine = make_engine(dtype, weights, cache, activations=activations)
         entry = {
             "weights_mb": engine.loaded.weight_bytes / 1e6,
             "decode_mb_per_token": engine.loaded.decode_bytes / 1e6,
@@ -356,9 +359,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["serving_format"] = f"{serving.loaded.spec.weights.value}-{'bf16' if serving.model.dtype == torch.bfloat16 else 'fp32'}"
     results["precision_reason"] = serving.precision_reason
     results["lm_head_last_position_only"] = lm_head_saving(serving)
-    # Only int4/int8 keep a dense prefill copy; for other formats both passes would run the same kernel.
-    has_copy = serving.loaded.spec.weights.value in ("int4", "int8") and serving.loaded.spec.dense_prefill
-    results["dense_prefill_copy"] = dense_prefill_effect(serving) if has_copy else None
+    # Only int4/int8 keep a dense prefill copy (not with int8 activations); elsewhere both passes run one kernel.
+    results["dense_prefill_copy"] = dense_prefill_effect(serving) if serving.loaded.spec.prefill_copy else None
     supported = {lang: label_supported(lang, "test", s.test) for lang, s in sets.items()}
     results["sentiment"] = {lang: sentiment_single(serving, s.test, supported[lang]) for lang, s in sets.items()}
     # The tuning half, batched: where it disagrees with test, the test figure is partly luck.
@@ -372,9 +374,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["decode_ops"] = serving.loaded.decode_ops
     results["decode_ops_effect"] = decode_ops_effect(serving)
     log.info("decode ops %s", results["decode_ops_effect"])
-    if serving.loaded.int4_kernel in (native.NAME, native.F32_NAME):
+    if serving.loaded.int4_kernel == native.NAME or serving.loaded.int4_kernel.startswith(native.F32_NAME):
         results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
         log.info("int4 kernel %s", results["int4_kernel_effect"])
+    if serving.loaded.spec.int8_activations:
+        results["activations_effect"] = activations_effect(serving, cache, sets)
+        log.info("int8 activations %s", results["activations_effect"])
     del serving
     gc.collect()
 
@@ -426,6 +431,35 @@ def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
     del other
     gc.collect()
     return {"decode_tok_s": statistics.median(ours), "torch_decode_tok_s": statistics.median(theirs), "greedy_vs_torch_kernel": same}
+
+
+def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Split]) -> dict[str, Any]:
+    """int8 activations (serving) vs fp32 ones (the fp16 prefill copy through fbgemm), alternating in one process:
+    prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language), decode."""
+    other = make_engine("fp32", "int4", cache, activations="fp32")
+    texts = [e.text for s in sets.values() for e in s.test[:40]]
+
+    def classify_p50(engine: Engine) -> float:
+        times = []
+        for text in texts:
+            start = time.perf_counter()
+            engine.classify_batch([text])
+            times.append(time.perf_counter() - start)
+        return median_ms(times)
+
+    runs: dict[str, dict[str, list[float]]] = {k: {"prefill_64": [], "prefill_512": [], "classify_p50_ms": [], "decode": []} for k in ("int8", "fp32")}
+    for _ in range(3):
+        for key, engine in (("int8", serving), ("fp32", other)):
+            runs[key]["prefill_64"].append(prefill_tok_s(engine, 64))
+            runs[key]["prefill_512"].append(prefill_tok_s(engine, 512, repeats=3))
+            runs[key]["classify_p50_ms"].append(classify_p50(engine))
+            runs[key]["decode"].append(decode_tok_s(engine, repeats=1))
+    out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in runs.items()}
+    out["greedy_vs_fp32_activations"] = agreement(greedy_replies(other), greedy_replies(serving))
+    out["fp32_weights_mb"] = other.loaded.weight_bytes / 1e6
+    del other
+    gc.collect()
+    return out
 
 
 def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
@@ -502,7 +536,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.quick:
         global FORMATS
-        FORMATS = [("fp32", "fp16"), ("bf16", "int4")]
+        FORMATS = [("fp32", "fp16", "auto"), ("fp32", "int4", "auto"), ("bf16", "int4", "auto")]
         args.per_label, args.baseline_n, args.skip_startup = 4, 2, True
         args.out = Path(tempfile.mkdtemp(prefix="bench-inference-quick-"))
     results = run(args)

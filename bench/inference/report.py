@@ -126,6 +126,19 @@ def markdown(r: dict[str, Any]) -> str:
                 if "per_op_tok_s" in short else ""
             )
         )
+    acts = r.get("activations_effect")
+    if acts:
+        a, b = acts["int8"], acts["fp32"]
+        lines.append(
+            f"- int8 activations ({r['int4_kernel']}, every row count) vs fp32 activations (the kernel for 1-31 rows, "
+            f"an fp16 copy through fbgemm for more), alternating in one process: prefill {a['prefill_64']:.0f} / "
+            f"{a['prefill_512']:.0f} vs {b['prefill_64']:.0f} / {b['prefill_512']:.0f} tok/s at 64 / 512 tokens "
+            f"({a['prefill_64'] / b['prefill_64']:.2f}x / {a['prefill_512'] / b['prefill_512']:.2f}x); one classify "
+            f"request p50 {a['classify_p50_ms']:.0f} vs {b['classify_p50_ms']:.0f} ms "
+            f"({a['classify_p50_ms'] / b['classify_p50_ms']:.2f}x); decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s; "
+            f"{serving.get('weights_mb', 0):.0f} vs {acts['fp32_weights_mb']:.0f} MB of weights in memory; greedy replies "
+            f"identical: {acts['greedy_vs_fp32_activations']['identical']:.0%}."
+        )
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
             f"- Dense {'fp16' if fp32 else 'bf16'} copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "

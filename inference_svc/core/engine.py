@@ -47,6 +47,8 @@ class EngineConfig:
     int4_kernel: str = "auto"
     #: "auto" (one-token steps through the fused C operations where they build) or "torch".
     decode_ops: str = "auto"
+    #: "auto", "int8" or "fp32": activations of int4 layers under fp32 (see :func:`.precision.activations`).
+    activations: str = "auto"
     max_new_tokens: int = 128
     max_context_tokens: int = 4096
     #: Byte budget of the chat prefix KV index (LRU beyond it).
@@ -137,10 +139,13 @@ class Engine:
 
     def load(self) -> None:
         cfg = self.config
+        if cfg.activations not in precision.ACTIVATION_CHOICES:  # before the precision race and the load
+            raise ValueError(f"--activations {cfg.activations!r}: expected one of {precision.ACTIVATION_CHOICES}")
         chosen = precision.choose(cfg.dtype, cfg.weights, lambda race: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel, race))
+        activations = precision.activations(cfg.activations, chosen)
         self.precision_reason = chosen.reason
-        log.info("precision: %s, %s weights (%s)", chosen.dtype, chosen.weights.value, chosen.reason)
-        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, self.config.dense_prefill, self.config.tie_embeddings)
+        log.info("precision: %s, %s weights, %s activations (%s)", chosen.dtype, chosen.weights.value, activations, chosen.reason)
+        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, cfg.dense_prefill, cfg.tie_embeddings, activations)
         self.loaded = loader.load(
             self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
             self.config.decode_ops,

@@ -59,6 +59,18 @@ class RuntimeSpec:
     dense_prefill: bool = True
     #: Use the LM head's weights for the input embedding too (saves a vocab x hidden matrix).
     tie_embeddings: bool = True
+    #: int4 under fp32 only: "int8" quantizes each row's activations to int8 per 32 inputs for every row
+    #: count (:class:`.native.Int4KernelF32`), so no fp16 prefill copy is made; "fp32" keeps them fp32.
+    activations: str = "fp32"
+
+    @property
+    def int8_activations(self) -> bool:
+        return self.activations == "int8" and self.dtype == torch.float32 and self.weights is WeightFormat.INT4
+
+    @property
+    def prefill_copy(self) -> bool:
+        """Quantized layers also keep a dense copy for multi-row products (none where int8 activations serve)."""
+        return self.dense_prefill and self.weights in (WeightFormat.INT8, WeightFormat.INT4) and not self.int8_activations
 
     @property
     def head_shortlist(self) -> bool:
@@ -73,7 +85,7 @@ class RuntimeSpec:
         parts = [self.weights.value, dtype]
         if self.tie_embeddings:
             parts.append("tied")
-        if self.dense_prefill and self.weights in (WeightFormat.INT8, WeightFormat.INT4):
+        if self.prefill_copy:
             parts.append("pf")
         if self.head_shortlist:
             parts.append("h4")
@@ -141,7 +153,7 @@ def _read_aligned(path: Path) -> dict[str, torch.Tensor]:
 def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec) -> dict[str, torch.Tensor]:
     """Fuse, quantize and rename a Hugging Face Llama/Qwen2 state dict into the runtime layout."""
     get = lambda name: state[name].float()  # noqa: E731
-    fmt, dtype, pf = spec.weights, spec.dtype, spec.dense_prefill
+    fmt, dtype, pf = spec.weights, spec.dtype, spec.prefill_copy
     head_fmt = WeightFormat.DENSE if fmt is WeightFormat.DENSE else WeightFormat.INT8
     out: dict[str, torch.Tensor] = {}
     embed = get("model.embed_tokens.weight")
@@ -237,11 +249,11 @@ def int4_kernel(
     before the format was chosen); failing to load it here is an error.
     """
     if spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
-        kernel32, why_not = _fp32_kernel(cache_dir, choice)
+        kernel32, why_not = _fp32_kernel(cache_dir, choice, spec.activations)
         if kernel32 is None:
             error = ValueError if choice == "torch" else native.NativeUnavailable
             raise error(f"int4 weights under fp32 need Reprise's AVX2 kernel: {why_not}")
-        return kernel32, native.F32_NAME
+        return kernel32, kernel32.name
     if spec.dtype != torch.bfloat16 or spec.weights not in (WeightFormat.INT4, WeightFormat.INT8):
         return None, ""
     if choice == "torch":
@@ -283,13 +295,13 @@ def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
     )
 
 
-def _fp32_kernel(cache_dir: Path, choice: str) -> tuple[native.Int4KernelF32 | None, str]:
+def _fp32_kernel(cache_dir: Path, choice: str, activations: str = "fp32") -> tuple[native.Int4KernelF32 | None, str]:
     """Reprise's AVX2 kernel, or ``(None, why not)``: ``--int4-kernel torch``, or it cannot build or run here."""
     if choice not in ("auto", "torch"):
         raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
     if choice == "torch":
         return None, "--int4-kernel torch: torch has no int4 kernel for fp32 activations (use --weights fp16)"
-    return native.load_fp32(cache_dir / "native")
+    return native.load_fp32(cache_dir / "native", activations)
 
 
 def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, str]:
@@ -329,6 +341,8 @@ def load(
 
     if decode_ops not in ("auto", "torch"):  # before the slow part, not after it
         raise ValueError(f"decode ops {decode_ops!r}: expected 'auto' or 'torch'")
+    if spec.activations not in native.ACTIVATIONS:
+        raise ValueError(f"activations {spec.activations!r}: expected one of {native.ACTIVATIONS}")
     start = time.perf_counter()
     source = model_source.resolve(model, cache_dir)
     target = runtime_dir(cache_dir, source, spec)

@@ -86,7 +86,10 @@ def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
 #: explicit ``--weights int4`` skips the race. See ``loader.fp32_int4``.
 Int4Probe = Callable[[bool], tuple[bool, str]]
 
-_INT4_FP32 = "int4 weights through Reprise's AVX2 kernel for 1-31 rows, an fp16 copy through fbgemm for more"
+_INT4_FP32 = (
+    "int4 weights through Reprise's AVX2 kernel (with int8 activations for every row; with fp32 ones for 1-31 rows, an "
+    "fp16 copy through fbgemm for more)"
+)
 
 
 def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> Precision:
@@ -144,3 +147,25 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
     if fmt in (WeightFormat.INT4, WeightFormat.INT8):
         return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
     return _fp32(fmt, f"auto: bf16 measured slower ({detail})", int4)
+
+
+#: ``--activations`` values: int8 activations serve int4 weights under fp32 (see ``native.Int4KernelF32``).
+ACTIVATION_CHOICES = ("auto", "int8", "fp32")
+
+
+def activations(choice: str, chosen: Precision) -> str:
+    """Resolve ``--activations auto|int8|fp32`` for the chosen precision: "int8" or "fp32".
+
+    They apply to int4 weights under fp32 (CPUs without bf16), where "auto" means int8: each row
+    quantized per 32 inputs, integer products for every row count (1.5-1.7x fbgemm's fp16 GEMM for
+    prefill on an AMD Zen 3, no fp16 copy in memory). Elsewhere activations are the compute dtype's.
+    """
+    if choice not in ACTIVATION_CHOICES:
+        raise ValueError(f"--activations {choice!r}: expected one of {ACTIVATION_CHOICES}")
+    serves = chosen.dtype == torch.float32 and chosen.weights is WeightFormat.INT4
+    if choice == "int8" and not serves:
+        raise ValueError(
+            f"--activations int8 applies to int4 weights under fp32 (CPUs without bf16); this start serves "
+            f"{chosen.weights.value} weights with {'bf16' if chosen.dtype == torch.bfloat16 else 'fp32'} activations"
+        )
+    return "int8" if serves and choice != "fp32" else "fp32"

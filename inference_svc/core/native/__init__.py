@@ -208,17 +208,31 @@ _F32_SHARED_ROWS = 2
 _NO_AVX2 = "this CPU has no AVX2/FMA/F16C"
 
 
+#: Activations of the fp32-activation kernel: fp32 as given, or each row quantized to int8 per 32 inputs.
+ACTIVATIONS = ("fp32", "int8")
+#: Set in a one-call step's kernel argument (``decode_ops.c``): the int8-activation kernel.
+_STEP_INT8 = 0x10
+
+
 class Int4KernelF32:
     """int4 weights against fp32 activations on AVX2 (``int4_gemv.c``, second half), for CPUs without bf16.
 
     The layout is written once at conversion (:meth:`pack`) and saved in the converted copy. A row's
     product depends only on whether its call has one row (mode 1) or more (mode 2, another summation
     order), never on the other rows.
+
+    ``activations="int8"``: each input row is quantized to int8 per group of 32 inputs (a scale per group,
+    like llama.cpp's Q8_0) and the products are integer (``reprise_int4_gemm_q8``): 1.5-1.7x fbgemm's fp16
+    GEMM at 16-128 rows on an AMD Zen 3, so it serves every row count and no fp16 prefill copy is kept.
+    Its one-row and several-row paths give the same bits, so a row's product depends on nothing else.
     """
 
-    def __init__(self, library: Path, *, mode: int | None = None) -> None:
+    def __init__(self, library: Path, *, mode: int | None = None, activations: str = "fp32") -> None:
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations {activations!r}: expected one of {ACTIVATIONS}")
         self._lib = ctypes.CDLL(str(library))
-        self._fn = self._lib.reprise_int4_gemm_f32
+        self.activations = activations
+        self._fn = self._lib.reprise_int4_gemm_q8 if activations == "int8" else self._lib.reprise_int4_gemm_f32
         self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
         self._fn.restype = ctypes.c_int
         self.cpu_supported = bool(self._lib.reprise_int4_avx2_supported())
@@ -227,6 +241,17 @@ class Int4KernelF32:
         self.mode = mode
         if mode not in (None, 0) and not self.cpu_supported:
             raise NativeUnavailable(_NO_AVX2)
+
+    @property
+    def name(self) -> str:
+        """ModelInfo's ``int4_kernel``: ``F32_NAME``, with "-int8" for int8 activations."""
+        return F32_NAME + ("-int8" if self.activations == "int8" else "")
+
+    @property
+    def step_arg(self) -> int:
+        """The kernel argument a one-call step passes for one row (``decode_ops.c``'s ``linear``)."""
+        mode = self.mode if self.mode is not None else 1
+        return mode | (_STEP_INT8 if self.activations == "int8" else 0)
 
     @staticmethod
     def supports(n: int, k: int, group: int) -> bool:
@@ -267,7 +292,7 @@ class Int4KernelF32:
         return y
 
 
-def _load(kind: type[K], directory: Path, runs_here: Callable[[K], bool], why_not: str) -> tuple[K | None, str]:
+def _load(kind: Callable[[Path], K], directory: Path, runs_here: Callable[[K], bool], why_not: str) -> tuple[K | None, str]:
     """``kind`` over the library built in ``directory``, or ``(None, why not)``: no compiler, a failed build,
     or (``runs_here`` false) not this CPU."""
     try:
@@ -284,9 +309,11 @@ def load(directory: Path) -> tuple[Int4Kernel | None, str]:
 
 
 @functools.cache
-def load_fp32(directory: Path) -> tuple[Int4KernelF32 | None, str]:
-    """The fp32-activation kernel, or ``(None, why not)``: no compiler, a failed build, or no AVX2/FMA/F16C."""
-    return _load(Int4KernelF32, directory, lambda k: k.cpu_supported, _NO_AVX2)
+def load_fp32(directory: Path, activations: str = "fp32") -> tuple[Int4KernelF32 | None, str]:
+    """The fp32-activation kernel (``activations``: "fp32" or "int8"), or ``(None, why not)``: no compiler, a
+    failed build, or no AVX2/FMA/F16C."""
+    kind = functools.partial(Int4KernelF32, activations=activations)
+    return _load(kind, directory, lambda k: k.cpu_supported, _NO_AVX2)
 
 
 #: ModelInfo's ``decode_ops`` where :class:`DecodeOps` serves (otherwise "torch").
@@ -315,10 +342,10 @@ class DecodeOps:
         self._silu.argtypes = [p, i, i, p, i]
         self._silu.restype = None
         self._step = lib.reprise_decode_step
-        self._step.argtypes = [ctypes.POINTER(_Layer), i, p] + [i] * 4 + [ctypes.c_float] + [p] * 4 + [i] * 4 + [p, i, i]
+        self._step.argtypes = [ctypes.POINTER(_Layer), i, p] + [i] * 5 + [ctypes.c_float] + [p] * 4 + [i] * 4 + [p, i, i]
         self._step.restype = i
         self._step_scratch = lib.reprise_decode_step_scratch
-        self._step_scratch.argtypes = [i] * 6
+        self._step_scratch.argtypes = [i] * 7
         self._step_scratch.restype = ctypes.c_size_t
         self._attention_scratch = lib.reprise_decode_attention_scratch
         self._attention_scratch.argtypes = [i] * 3
@@ -369,20 +396,23 @@ class DecodeOps:
         self, plan: StepPlan, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, cos: torch.Tensor,
         sin: torch.Tensor, heads: int, eps: float,
     ) -> None:
-        """Every layer of ``plan`` for one token: the residual ``x`` (fp32 ``[1, hidden]``) in place, K/V written at
-        ``pos`` of the caches ``[layers, kv_heads, capacity, d]``. The same operations and bits as calling
-        :meth:`add_rmsnorm`, the kernels, :meth:`attention` and :meth:`silu_mul` layer by layer."""
+        """Every layer of ``plan`` for the tokens at ``pos``.. (one row of the residual ``x`` each, fp32 ``[m, hidden]``,
+        updated in place), K/V written at their positions of the caches ``[layers, kv_heads, capacity, d]``;
+        ``cos``/``sin`` the tables' rows for those positions. Each row takes the same operations as a one-token step
+        (rows in order; the matmuls take all rows at once): for one row, the same bits as calling
+        :meth:`add_rmsnorm`, the kernels, :meth:`attention` and :meth:`silu_mul` layer by layer; for several, with
+        a :attr:`StepPlan.rows_exact` plan, the same bits as stepping them one at a time."""
         layers, kv_heads, cap, d = k.shape
-        hidden = x.numel()
+        m, hidden = x.shape
         if layers != len(plan.layers) or not (x.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
             raise ValueError("decode step: the residual and caches must be contiguous, one cache layer per model layer")
-        if k.dtype != plan.dtype or v.dtype != plan.dtype or pos >= cap:
-            raise ValueError(f"decode step: position {pos} or dtype {k.dtype} does not fit the caches")
-        scratch = torch.empty(self._step_scratch(hidden, heads, kv_heads, d, plan.gate_up, pos), dtype=torch.float32)
+        if k.dtype != plan.dtype or v.dtype != plan.dtype or pos + m > cap or cos.shape != (m, d) or sin.shape != (m, d):
+            raise ValueError(f"decode step: positions {pos}..{pos + m - 1}, dtype {k.dtype} or tables do not fit the caches")
+        scratch = torch.empty(self._step_scratch(hidden, heads, kv_heads, d, plan.gate_up, pos, m), dtype=torch.float32)
         cos, sin = cos.contiguous(), sin.contiguous()
-        failed = self._step(plan.layers, len(plan.layers), x.data_ptr(), hidden, heads, kv_heads, d, eps, cos.data_ptr(),
-                            sin.data_ptr(), k.data_ptr(), v.data_ptr(), cap, pos, _DTYPES[plan.dtype], plan.kernel_arg,
-                            scratch.data_ptr(), torch.get_num_threads(), int(self.simd))
+        failed = self._step(plan.layers, len(plan.layers), x.data_ptr(), m, hidden, heads, kv_heads, d, eps,
+                            cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(), cap, pos, _DTYPES[plan.dtype],
+                            plan.kernel_arg, scratch.data_ptr(), torch.get_num_threads(), int(self.simd))
         if failed:
             raise MemoryError("decode step: a kernel had no memory for its buffers")
 
@@ -431,6 +461,12 @@ class StepPlan:
     #: The tensors the pointers point into, held so they outlive the plan even if a layer drops them.
     tensors: list[torch.Tensor]
 
+    @property
+    def rows_exact(self) -> bool:
+        """The kernel's product of a row does not depend on the other rows of its call (int8 activations), so
+        several tokens stepped at once give the bits of the same tokens stepped one at a time."""
+        return bool(self.kernel_arg & _STEP_INT8) and self.dtype == torch.float32
+
 
 def plan_step(layers: list[_StepLayer], dtype: torch.dtype) -> StepPlan | None:
     """A whole-step plan where every linear of every layer multiplies one row with one of Reprise's int4 kernels
@@ -443,7 +479,7 @@ def plan_step(layers: list[_StepLayer], dtype: torch.dtype) -> StepPlan | None:
     if isinstance(kernel, Int4Kernel) and dtype == torch.bfloat16:
         arg = int(kernel.fast)
     elif isinstance(kernel, Int4KernelF32) and dtype == torch.float32:
-        arg = kernel.mode if kernel.mode is not None else 1  # what __call__ takes for one row
+        arg = kernel.step_arg
     else:
         return None
     norms = [t for l in layers for t in (l.ln1, l.ln2)]

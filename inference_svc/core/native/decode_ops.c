@@ -374,6 +374,7 @@ void reprise_silu_mul(const void *gu, int n, int dt, void *out, int simd) {
 
 int reprise_int4_gemv(const uint8_t *w, const uint16_t *x, uint16_t *y, int m, int n, int k, int threads, int fast);
 int reprise_int4_gemm_f32(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode);
+int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode);
 
 struct reprise_linear {
     const uint8_t *w;   /* the kernel's layout */
@@ -386,49 +387,69 @@ struct reprise_layer {
     struct reprise_linear qkv, o, gate_up, down;
 };
 
-/* y = x @ W^T (+ bias), one row. kernel_arg: reprise_int4_gemv's fast flag (bf16) or
- * reprise_int4_gemm_f32's mode (fp32). */
-static int linear(const struct reprise_linear *l, const void *x, void *y, int dt, int kernel_arg, int threads) {
-    int failed = dt == DT_BF16 ? reprise_int4_gemv(l->w, x, y, 1, l->n, l->k, threads, kernel_arg)
-                               : reprise_int4_gemm_f32(l->w, x, y, 1, l->n, l->k, threads, kernel_arg);
+/* y = x @ W^T (+ bias) for m rows. kernel_arg: reprise_int4_gemv's fast flag (bf16) or
+ * reprise_int4_gemm_f32's mode (fp32), with STEP_INT8 set for reprise_int4_gemm_q8's. */
+#define STEP_INT8 0x10
+static int linear(const struct reprise_linear *l, const void *x, void *y, int m, int dt, int kernel_arg, int threads) {
+    int mode = kernel_arg & ~STEP_INT8;
+    if (kernel_arg & STEP_INT8 && m > 1 && mode == 1) mode = 2; /* the several-row path: the same bits, weights read once */
+    int failed = dt == DT_BF16            ? reprise_int4_gemv(l->w, x, y, m, l->n, l->k, threads, kernel_arg)
+                 : kernel_arg & STEP_INT8 ? reprise_int4_gemm_q8(l->w, x, y, m, l->n, l->k, threads, mode)
+                                          : reprise_int4_gemm_f32(l->w, x, y, m, l->n, l->k, threads, mode);
     if (failed || !l->bias) return failed;
-    for (int i = 0; i < l->n; i++) store(y, i, load(y, i, dt) + load(l->bias, i, dt), dt); /* as y.add_(bias) */
+    for (size_t i = 0; i < (size_t)m * l->n; i++) /* as y.add_(bias) */
+        store(y, i, load(y, i, dt) + load(l->bias, i % l->n, dt), dt);
     return 0;
 }
 
-/* Sizes of the buffers one step needs, in floats (bf16 values take a float slot each). */
+/* Sizes of the buffers one row of a step needs, in floats (bf16 values take a float slot each). */
 static size_t step_buffer(int hidden, int qkv, int q, int gate_up) { return (size_t)2 * hidden + qkv + q + gate_up + gate_up / 2; }
 
-/* Layers [0, n_layers) for one token: x (fp32 residual [hidden]) in place, K/V written at pos of the
- * caches [n_layers, kv_heads, cap, d]. scratch: fp32, reprise_decode_step_scratch() floats: the
- * attention's, then the step's buffers.
- * Returns 0, 1 (d too large) or -1 (a kernel had no memory). */
-int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float *x, int hidden, int heads, int kv_heads,
-                        int d, float eps, const void *cos, const void *sin, void *k_cache, void *v_cache, int cap,
-                        int pos, int dt, int kernel_arg, float *scratch, int threads, int simd) {
+/* Layers [0, n_layers) for m tokens at positions pos..pos+m-1: x (fp32 residual [m, hidden]) in place,
+ * K/V written at those positions of the caches [n_layers, kv_heads, cap, d]; cos/sin: the tables' rows
+ * pos..pos+m-1. scratch: fp32, reprise_decode_step_scratch() floats: the attention's, then the rows' buffers.
+ *
+ * Each row goes through the same operations as a one-token step: its norms, its attention (rows in order,
+ * each writing its K/V and then attending over 0..its position), its SiLU; the matmuls take the m rows at
+ * once. So where the kernel's product of a row does not depend on the other rows of its call (int8
+ * activations, STEP_INT8: one code path for every row count), m tokens stepped at once write the same KV and
+ * residuals, bit for bit, as the same tokens stepped one at a time: a prompt's KV equals the KV its tokens
+ * get when decoded, and reuse equals recompute exactly. Returns 0, 1 (d too large) or -1 (no memory). */
+int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float *x, int m, int hidden, int heads,
+                        int kv_heads, int d, float eps, const void *cos, const void *sin, void *k_cache, void *v_cache,
+                        int cap, int pos, int dt, int kernel_arg, float *scratch, int threads, int simd) {
     size_t esize = dt == DT_BF16 ? 2 : 4, cache_layer = (size_t)kv_heads * cap * d * esize;
-    float *h = scratch + reprise_decode_attention_scratch(heads, d, pos);
-    float *y = h + hidden, *qkv = y + hidden, *attn = qkv + (size_t)(heads + 2 * kv_heads) * d;
-    float *gu = attn + (size_t)heads * d;
+    int nqkv = (heads + 2 * kv_heads) * d, nq = heads * d;
+    char *h = (char *)(scratch + reprise_decode_attention_scratch(heads, d, pos + m - 1));
+    char *y = h + (size_t)m * hidden * esize, *qkv = y + (size_t)m * hidden * esize;
+    char *attn = qkv + (size_t)m * nqkv * esize, *gu = attn + (size_t)m * nq * esize;
     for (int i = 0; i < n_layers; i++) {
         const struct reprise_layer *l = layers + i;
-        float *act = gu + l->gate_up.n;
-        reprise_add_rmsnorm(x, NULL, dt, l->ln1, h, dt, hidden, eps);
-        int rc = linear(&l->qkv, h, qkv, dt, kernel_arg, threads);
-        if (!rc)
-            rc = reprise_decode_attention(qkv, cos, sin, (char *)k_cache + i * cache_layer, (char *)v_cache + i * cache_layer,
-                                          cap, pos, heads, kv_heads, d, dt, attn, scratch, threads, simd);
-        if (!rc) rc = linear(&l->o, attn, y, dt, kernel_arg, threads);
+        int ngu = l->gate_up.n, half = ngu / 2;
+        char *act = gu + (size_t)m * ngu * esize;
+        char *kc = (char *)k_cache + i * cache_layer, *vc = (char *)v_cache + i * cache_layer;
+        for (int r = 0; r < m; r++)
+            reprise_add_rmsnorm(x + (size_t)r * hidden, NULL, dt, l->ln1, h + (size_t)r * hidden * esize, dt, hidden, eps);
+        int rc = linear(&l->qkv, h, qkv, m, dt, kernel_arg, threads);
+        for (int r = 0; r < m && !rc; r++)
+            rc = reprise_decode_attention(qkv + (size_t)r * nqkv * esize, (const char *)cos + (size_t)r * d * esize,
+                                          (const char *)sin + (size_t)r * d * esize, kc, vc, cap, pos + r, heads,
+                                          kv_heads, d, dt, attn + (size_t)r * nq * esize, scratch, threads, simd);
+        if (!rc) rc = linear(&l->o, attn, y, m, dt, kernel_arg, threads);
         if (rc) return rc;
-        reprise_add_rmsnorm(x, y, dt, l->ln2, h, dt, hidden, eps);
-        if ((rc = linear(&l->gate_up, h, gu, dt, kernel_arg, threads))) return rc;
-        reprise_silu_mul(gu, l->gate_up.n / 2, dt, act, simd);
-        if ((rc = linear(&l->down, act, y, dt, kernel_arg, threads))) return rc;
-        for (int j = 0; j < hidden; j++) x[j] += load(y, j, dt);
+        for (int r = 0; r < m; r++)
+            reprise_add_rmsnorm(x + (size_t)r * hidden, y + (size_t)r * hidden * esize, dt, l->ln2,
+                                h + (size_t)r * hidden * esize, dt, hidden, eps);
+        if ((rc = linear(&l->gate_up, h, gu, m, dt, kernel_arg, threads))) return rc;
+        for (int r = 0; r < m; r++)
+            reprise_silu_mul(gu + (size_t)r * ngu * esize, half, dt, act + (size_t)r * half * esize, simd);
+        if ((rc = linear(&l->down, act, y, m, dt, kernel_arg, threads))) return rc;
+        for (size_t j = 0; j < (size_t)m * hidden; j++) x[j] += load(y, j, dt);
     }
     return 0;
 }
 
-size_t reprise_decode_step_scratch(int hidden, int heads, int kv_heads, int d, int gate_up, int pos) {
-    return reprise_decode_attention_scratch(heads, d, pos) + step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
+size_t reprise_decode_step_scratch(int hidden, int heads, int kv_heads, int d, int gate_up, int pos, int m) {
+    return reprise_decode_attention_scratch(heads, d, pos + m - 1) +
+           (size_t)m * step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
 }

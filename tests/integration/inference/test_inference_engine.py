@@ -310,12 +310,13 @@ def test_quantized_lm_head_shortlists_with_int4_and_rescores_exactly(tiny_model_
 def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to_recompute(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """The format `--dtype auto` serves on CPUs without native bf16 where the AVX2 kernel builds."""
+    """The format `--dtype auto` serves on CPUs without native bf16 where the AVX2 kernel builds, here with
+    `--activations fp32` (the fp16 prefill copy)."""
     if native.load_fp32(tmp_path / "native")[0] is None:
         with pytest.raises(ValueError, match="needs Reprise's AVX2 int4 kernel"):
             _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
         return
-    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", activations="fp32")
     info = engine.describe()
     assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", "reprise-avx2")
     assert engine.loaded.spec.name == "int4-fp32-tied-pf-h4"
@@ -340,13 +341,48 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
 def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny_model_dir: Path, tmp_path: Path) -> None:
     if native.load_fp32(tmp_path / "native")[0] is None:
         return  # the test above checks the refusal
-    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", dense_prefill=False)
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", dense_prefill=False, activations="fp32")
     layer = engine.model.layers[0].gate_up
     assert layer.native is not None and layer.fbgemm is None and layer.dense is None
     assert engine.loaded.spec.name == "int4-fp32-tied-h4"
     stepped, at_once = _stepped_and_at_once(engine.model, torch.arange(3, 23))
     # The kernel's one-row and several-row paths differ only in summation order (fp32), as does attention.
     torch.testing.assert_close(stepped, at_once, rtol=1e-4, atol=1e-4 * at_once.abs().max().item())
+
+
+@torch.inference_mode()
+def test_fp32_int4_with_int8_activations_computes_a_tokens_kv_alike_alone_or_in_a_chunk(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What `--dtype auto` serves on CPUs without bf16 (`--activations auto`): every row through the int8
+    kernel, no fp16 copy, and prompts through a step's operations row by row, so a token's KV and logits
+    are the same bits decoded alone, in a prompt, or in prompt chunks of any size."""
+    if native.load_fp32(tmp_path / "native")[0] is None:
+        return  # the fp32-activation test checks the refusal
+    engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
+    info = engine.describe()
+    assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", "reprise-avx2-int8")
+    assert engine.loaded.spec.name == "int4-fp32-tied-h4"  # no prefill copy converted, loaded or packed
+    for layer in engine.model.layers[0].linears:
+        assert layer.native is not None and layer.fbgemm is None and layer.dense is None
+    assert engine.loaded.weight_bytes < 2 * engine.loaded.decode_bytes
+    model = engine.model
+    assert model.step_plan is not None and model.step_plan.rows_exact
+    ids = torch.randint(0, model.shape.vocab, (70,), generator=torch.Generator().manual_seed(9))
+    one_by_one, stepped_kv = _steps(model, ids)
+    for chunks in ((70,), (1, 30, 39), (64, 6)):
+        kv, at = model.new_kv(70), 0
+        for n in chunks:
+            last = model.logits(model.forward(ids[at : at + n], kv))
+            at += n
+        assert torch.equal(last, one_by_one[-1:]), chunks
+        assert torch.equal(torch.stack([kv.k, kv.v]), stepped_kv), chunks
+    _assert_batched_scores_equal_single(engine, tolerance=1e-6)  # the batched scoring pass is torch's (SDPA)
+    _assert_three_turns_reuse_equals_recompute(engine)
+    with pytest.raises(ValueError, match="--activations int8 applies to int4 weights under fp32"):
+        _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="fp16", activations="int8")
+    with pytest.raises(ValueError, match="--activations 'int4'"):
+        _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", activations="int4")
 
 
 def _steps(model, ids: torch.Tensor, without: str = "") -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -399,13 +435,16 @@ def test_decode_ops_torch_keeps_torchs_operations(tiny_model_dir: Path, tmp_path
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize(("dtype", "kernel"), [("bf16", native.NAME), ("fp32", native.F32_NAME)])
+@pytest.mark.parametrize(
+    ("dtype", "activations", "kernel"),
+    [("bf16", "auto", native.NAME), ("fp32", "fp32", native.F32_NAME), ("fp32", "int8", native.F32_NAME + "-int8")],
+)
 def test_int4_layers_step_in_one_call_with_the_per_operation_bits(
-    tiny_model_dir: Path, tmp_path: Path, dtype: str, kernel: str
+    tiny_model_dir: Path, tmp_path: Path, dtype: str, activations: str, kernel: str
 ) -> None:
     """Where every layer is int4 through Reprise's kernel, a step runs in one C call: the same functions in
     the same order as the per-operation path, so the same logits and KV, bit for bit."""
-    engine = _engine(tiny_model_dir, tmp_path, dtype=dtype, weights="int4")
+    engine = _engine(tiny_model_dir, tmp_path, dtype=dtype, weights="int4", activations=activations)
     model = engine.model
     if engine.describe().int4_kernel != kernel:  # this CPU lacks the kernel (no AVX512-BF16 / AVX2): no plan
         assert model.step_plan is None and model.ops is not None

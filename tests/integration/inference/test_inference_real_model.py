@@ -78,10 +78,11 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
         assert engine.describe().int4_kernel == ""
         return
     kernel = engine.describe().int4_kernel
-    if engine.describe().dtype == "float32":  # only ever with Reprise's AVX2 kernel
-        assert kernel == native.F32_NAME
+    if engine.describe().dtype == "float32":  # only ever with Reprise's AVX2 kernel, int8 activations by default
+        assert kernel == native.F32_NAME + "-int8"
         layers = [x for l in engine.model.layers for x in l.linears] + [engine.model.head]
         assert all(x.native is not None and x.kernel is not None for x in layers)
+        assert engine.model.step_plan is not None and engine.model.step_plan.rows_exact  # prompts take the step
         return
     if native.load(ROOT / ".models" / "native")[0] is None:
         assert kernel == "torch"
@@ -97,5 +98,5 @@ def test_decode_steps_run_in_c_and_in_one_call_where_every_layer_is_reprise_int4
 
     info = engine.describe()
     assert info.decode_ops == native.DECODE_OPS_NAME and engine.model.ops is not None
-    whole_step = info.weights == "int4" and info.int4_kernel in (native.NAME, native.F32_NAME)
+    whole_step = info.weights == "int4" and (info.int4_kernel == native.NAME or info.int4_kernel.startswith(native.F32_NAME))
     assert (engine.model.step_plan is not None) == whole_step

@@ -17,11 +17,6 @@ pytestmark = pytest.mark.unit
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return native.build(tmp_path_factory.mktemp("native"))  # the suite needs a C compiler (make test installs one)
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["simd", "portable"])
 def ops(library: Path, request: pytest.FixtureRequest) -> DecodeOps:
     """Both paths: AVX2 where the CPU has it (else the portable one twice), and the portable one."""

@@ -11,17 +11,9 @@ from inference_svc.core import native
 from inference_svc.core.native import F32_MAX_ROWS, Int4KernelF32, NativeUnavailable
 from inference_svc.core.weights import FbgemmKernels, WeightFormat, int4_values, make_linear
 
+from tests.support.cpu import cpu_has_avx2
+
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return native.build(tmp_path_factory.mktemp("native"))
-
-
-def _cpu_has_avx2() -> bool:
-    line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
-    return {"avx2", "fma", "f16c"} <= set(line.split(":", 1)[1].split())
 
 
 def _weights(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,7 +54,7 @@ def test_every_path_multiplies_the_dequantized_weights(library: Path, n: int, k:
     assert reference.shape == (rows, n) and reference.dtype == torch.float32
     exact = (x.double() @ deq.double().t()).float()
     torch.testing.assert_close(reference, exact, rtol=1e-4, atol=1e-5 * exact.abs().max().item())
-    if not _cpu_has_avx2():
+    if not cpu_has_avx2():
         return
     assert torch.equal(Int4KernelF32(library, mode=1)(x, packed, n), reference)
     shared = Int4KernelF32(library, mode=2)(x, packed, n)
@@ -73,7 +65,7 @@ def test_every_path_multiplies_the_dequantized_weights(library: Path, n: int, k:
 def test_a_rows_product_does_not_depend_on_the_rest_of_its_batch(library: Path) -> None:
     """A text's projections are the same bits alone or in any batch of two or more rows (blocks of three,
     any remainder), and within fp32 rounding of a decode step's (one row)."""
-    if not _cpu_has_avx2():
+    if not cpu_has_avx2():
         return
     shared, kernel = Int4KernelF32(library, mode=2), Int4KernelF32(library)
     q, scale, zero, _ = _weights(128, 256)
@@ -92,7 +84,7 @@ def test_a_rows_product_does_not_depend_on_the_rest_of_its_batch(library: Path) 
 
 def test_the_avx2_kernel_serves_exactly_where_the_cpu_has_avx2(library: Path, tmp_path: Path) -> None:
     kernel, why_not = native.load_fp32(tmp_path)
-    if _cpu_has_avx2():
+    if cpu_has_avx2():
         assert kernel is not None and kernel.cpu_supported and why_not == ""
     else:
         assert kernel is None and "AVX2" in why_not
@@ -125,7 +117,7 @@ def test_an_int4_fp32_layer_routes_decode_rows_to_the_kernel_and_prefill_to_its_
     assert layer.q4 is None and layer.has_int4
     deq = int4_values(w, 32, torch.float16)[3]
     assert torch.equal(layer.dense, deq.half())  # the prefill copy holds the int4 weights, dequantized
-    kernel = Int4KernelF32(library, mode=None if _cpu_has_avx2() else 0)
+    kernel = Int4KernelF32(library, mode=None if cpu_has_avx2() else 0)
     layer.pack_fbgemm()
     layer.use_fp32_kernel(kernel)
     assert layer.dense is None and layer.kernel_rows == F32_MAX_ROWS
@@ -142,7 +134,7 @@ def test_an_int4_fp32_layer_routes_decode_rows_to_the_kernel_and_prefill_to_its_
 def test_without_a_prefill_copy_every_row_goes_through_the_kernel(library: Path) -> None:
     w = torch.randn(64, 64, generator=torch.Generator().manual_seed(4)) * 0.05
     layer = make_linear(w, None, WeightFormat.INT4, torch.float32, dense_copy=False)
-    kernel = Int4KernelF32(library, mode=None if _cpu_has_avx2() else 0)
+    kernel = Int4KernelF32(library, mode=None if cpu_has_avx2() else 0)
     layer.use_fp32_kernel(kernel)
     x = torch.randn(30, 64)
     assert torch.equal(layer(x), kernel(x, layer.native, 64))
