@@ -55,7 +55,7 @@ class EngineConfig:
     kv_cache_bytes: int = 512 * 1024 * 1024
     #: Prompt tokens per prefill forward pass (bounds memory; cancellation is checked between chunks).
     prefill_chunk: int = 512
-    #: Padded tokens per classify forward pass; larger batches are split.
+    #: Tokens per classify forward pass (texts packed without padding); larger batches are split.
     max_batch_tokens: int = 4096
     sentiment: prompts.SentimentPrompt = field(default_factory=lambda: prompts.SENTIMENT)
     chat_system_prompt: str = prompts.CHAT_SYSTEM_PROMPT
@@ -257,16 +257,18 @@ class Engine:
                 outcome[text] = InvalidArgument("text", f"is {len(row)} tokens; the limit is {limit}")
             else:
                 rows[text] = row
-        # Long rows go one by one through chunked prefill: a padded batch's attention scores grow
-        # with the square of its longest row.
+        # Long rows go one by one through chunked prefill (bounded memory per pass).
         long = {t for t in rows if len(rows[t]) > self.config.prefill_chunk}
         order = sorted((t for t in rows if t not in long), key=lambda t: len(rows[t]))
         batches: list[list[str]] = []
-        for text in order:  # ascending length: padding stays small, each batch within the token budget
-            if batches and len(rows[text]) * (len(batches[-1]) + 1) <= self.config.max_batch_tokens:
+        tokens = 0
+        for text in order:  # packed without padding: each batch within the token budget
+            if batches and tokens + len(rows[text]) <= self.config.max_batch_tokens:
                 batches[-1].append(text)
+                tokens += len(rows[text])
             else:
                 batches.append([text])
+                tokens = len(rows[text])
         batches += [[t] for t in long]
         for batch in batches:
             if batch[0] in long:

@@ -12,8 +12,9 @@ weights' dtype. This module is the forward pass and nothing else:
 - the LM head runs only on positions whose logits are read (the last one, or
   just the label rows for classification), and in the quantized formats reads
   an int4 copy whose top candidates are rescored from the int8 rows;
-- batched scoring reads a shared, read-only prefix KV (the static system
-  prompt): never recomputed, never copied into a per-request cache.
+- batched scoring packs its texts without padding and reads a shared,
+  read-only prefix KV (the static system prompt): never recomputed, never
+  copied into a per-request cache.
 - a one-token decode step runs its small operations (norms, RoPE + KV write
   + attention, SiLU) fused in C, and int4 layers the whole step in one C call
   (:class:`~inference_svc.core.native.DecodeOps`).
@@ -300,34 +301,38 @@ class Transformer:
     def score_batch(self, prefix: KVBuffer, prefix_len: int, rows: list[list[int]], label_rows: torch.Tensor) -> torch.Tensor:
         """Logits of ``label_rows`` at the last token of each row, every row continuing ``prefix[:prefix_len]``.
 
-        Rows are right-padded into one ``[B, T]`` batch: with a causal mask a
-        real token never sees the padding after it, so no padding mask is
-        needed. The prefix KV is only read: it is broadcast to the rows for the
-        attention kernel (a transient ~1 MB per layer), never recomputed and
-        never copied into a per-request cache. Returns fp32 ``[B, len(label_rows)]``.
+        Rows are packed back to back, without padding: every matmul, norm and SiLU runs once over all
+        of the batch's tokens, and attention runs per row over the shared prefix and the row's own
+        tokens (causal), with the shapes a single request has. So a row's score does not depend on the
+        rest of its batch (with int8 activations not even in the last bit: per-row products), and no
+        work is spent on padding: padded to its longest text, a batch of 12 texts ran at 0.74x the
+        throughput of the same texts one at a time on an AMD Zen 3 (int8 activations, where a single
+        text's rows already keep the kernel busy). The prefix KV is only read, never recomputed.
+        Returns fp32 ``[B, len(label_rows)]``.
         """
         s = self.shape
-        b, t, g, d, p = len(rows), max(len(r) for r in rows), s.group, s.head_dim, prefix_len
-        lengths = torch.tensor([len(r) for r in rows])
-        ids = torch.zeros(b, t, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        x = self.embed.rows(ids.view(-1)).float()
-        cos, sin = self._cos[p : p + t, None, :], self._sin[p : p + t, None, :]
-        pos = torch.arange(t).repeat(g)  # query rows are (group member, position)
-        causal = torch.arange(t)[None, :] <= pos[:, None]
-        mask = self._additive(torch.cat([torch.ones(g * t, p, dtype=torch.bool), causal], dim=1))
+        g, d, p = s.group, s.head_dim, prefix_len
+        lengths = [len(r) for r in rows]
+        starts = [sum(lengths[:i]) for i in range(len(rows))]
+        ids = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+        n = ids.numel()
+        x = self.embed.rows(ids).float()
+        positions = torch.cat([torch.arange(p, p + length) for length in lengths])
+        cos, sin = self._cos[positions, None, :], self._sin[positions, None, :]
+        masks = {}  # per row length: query rows are (group member, position), as in forward()
+        for length in set(lengths):
+            pos = torch.arange(length).repeat(g) + p
+            masks[length] = self._additive(torch.arange(p + length)[None, :] <= pos[:, None])
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, (b, t), cos, sin)
-            qg = q.reshape(b, t, s.kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, s.kv_heads, g * t, d)
-            keys, values = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # [b, kvh, t, d]
-            if p:
-                shared = (b, s.kv_heads, p, d)
-                keys = torch.cat([prefix.k[i, :, :p].unsqueeze(0).expand(shared), keys], dim=2)
-                values = torch.cat([prefix.v[i, :, :p].unsqueeze(0).expand(shared), values], dim=2)
-            o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask)
-            o = o.reshape(b, s.kv_heads, g, t, d).permute(0, 3, 1, 2, 4).reshape(b * t, self._q)
-            x += layer.o(o)
+            q, k, v = self._qkv(layer, x, (n,), cos, sin)
+            out = []
+            for a, length in zip(starts, lengths):
+                qg = q[a : a + length].reshape(length, s.kv_heads, g, d).permute(1, 2, 0, 3).reshape(1, s.kv_heads, g * length, d)
+                keys = torch.cat([prefix.k[i, :, :p], k[a : a + length].transpose(0, 1)], dim=1).unsqueeze(0)
+                values = torch.cat([prefix.v[i, :, :p], v[a : a + length].transpose(0, 1)], dim=1).unsqueeze(0)
+                o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=masks[length])
+                out.append(o.view(s.kv_heads, g, length, d).permute(2, 0, 1, 3).reshape(length, self._q))
+            x += layer.o(torch.cat(out))
             self._mlp(layer, x)
-        last = x.view(b, t, s.hidden)[torch.arange(b), lengths - 1]
+        last = x[torch.tensor(starts) + torch.tensor(lengths) - 1]
         return self._norm(last, self.norm).float() @ label_rows.t().float()
