@@ -604,10 +604,10 @@ int reprise_int4_gemm_f32(const uint8_t *w, const float *x, float *y, int m, int
  * sixteen products per int16 lane at most 16 * 15 * 127 = 30,480, so nothing saturates). The second term
  * must use the quantized inputs' sum, not the exact one: with it y is exactly the dequantized weights times
  * the dequantized inputs (error sum(W e)); with sum(x) the error is scale * sum(q e), q being 0..15 rather
- * than centred, twice as large (measured: 1.2% vs 0.54% on Gaussian inputs). The fp32 combine per group runs in one fixed order,
- * so the one-row path (decode), the several-row path (prefill) and the scalar reference give the same bits
- * for a row whatever else is in its call: a token's KV is the same computed alone or in a chunk.
- * Four multiply instructions cover what thirty-two FMAs do in the fp32 paths. */
+ * than centred, twice as large (measured: 1.2% vs 0.54% on Gaussian inputs). The fp32 combine per group
+ * runs in one fixed order, so the one-row path (decode), the several-row path (prefill) and the scalar
+ * reference give the same bits for a row whatever else is in its call: a token's KV is the same computed
+ * alone or in a chunk. Four multiply instructions cover what thirty-two FMAs do in the fp32 paths. */
 #define Q8_TILE_ROWS 64 /* input rows per pass of the several-row path (totals on the stack: 8 KB) */
 
 /* Where code t of a group goes: per 8 inputs the even ones, then the odd ones (a dword's low and high
