@@ -126,4 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         batching=Batching(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms),
         max_active_streams=args.max_active_streams,
     )
-    asyncio.run(run_until_signal(app, server_options(args)))
+    try:
+        asyncio.run(run_until_signal(app, server_options(args)))
+    except ValueError as exc:  # flags that parse but cannot serve together, found while loading the model
+        log.error("cannot start: %s", exc)
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")

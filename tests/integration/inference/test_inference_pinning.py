@@ -61,3 +61,16 @@ def test_unavailable_cpu_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0 and "--cpus" in result.stderr and "not available" in result.stderr
     assert time.perf_counter() - start < 120
+
+
+def test_flags_that_cannot_serve_together_exit_with_a_usage_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Found while loading (after the precision choice), yet reported like any bad flag: one line, exit 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_svc", "--host", "127.0.0.1", "--port", str(free_port()), "--metrics-port", "0",
+         "--model", str(tiny_model_dir), "--model-cache", str(tmp_path / "cache"), "--dtype", "fp32",
+         "--weights", "fp16", "--activations", "int8"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: --activations int8 applies to int4 weights under fp32" in result.stderr
+    assert "Traceback" not in result.stderr
