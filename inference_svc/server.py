@@ -72,7 +72,7 @@ def build_parser() -> EnvArgumentParser:
         "--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"),
         help="weight format; auto = int4 (group 32) under bf16; when --dtype auto picks fp32, int4 through Reprise's AVX2 kernel where it builds and wins a start-up race against fbgemm's fp16, else fp16 (fbgemm); dense under an explicit --dtype fp32; int8 needs bf16, fp16 needs fp32",
     )
-    parser.add_flag("--no-dense-prefill", help="drop the dense copy of int4/int8 weights used for prefill (bf16; fp16 under fp32): saves memory, slower prefill")
+    parser.add_flag("--no-dense-prefill", help="drop the dense copy of int4/int8 weights used for prefill (bf16; fp16 under fp32 with --activations fp32; int8 activations keep none): saves memory, slower prefill")
     parser.add_option(
         "--int4-kernel", default="auto", choices=("auto", "torch"),
         help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds, the CPU has AVX512-BF16 and torch's is not over 1.1x faster in a start-up race (else torch's); torch = always torch's. Under fp32, int4 weights always use Reprise's AVX2 kernel (torch here means no int4)",
