@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1.7
 # Reprise inference service, with the default model baked in.
 #   docker build -f deploy/docker/inference.Dockerfile -t reprise-inference:0.1.0 .
-# Build args: MODEL (default: the packaged Qwen2.5-Coder-0.5B-Instruct GGUF), MODEL_DTYPE and
-# MODEL_WEIGHTS (the service's --dtype/--weights: the converted copy is per format, so the image
-# pins both and sets the same values for the service; for nodes without AVX512-BF16/AMX use
-# MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4, int4 weights through Reprise's AVX2 kernel with an fp16
-# prefill copy, or MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the
-# CPU-only torch wheel comes from).
+# Build args: MODEL (default: the packaged Qwen2.5-Coder-0.5B-Instruct GGUF), MODEL_DTYPE,
+# MODEL_WEIGHTS and MODEL_ACTIVATIONS (the service's --dtype/--weights/--activations: the converted
+# copy is per format, so the image pins them and sets the same values for the service; for nodes
+# without AVX512-BF16/AMX use MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4, int4 weights through Reprise's
+# AVX2 kernel with int8 activations (MODEL_ACTIVATIONS=fp32: fp32 ones and an fp16 prefill copy), or
+# MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the CPU-only torch wheel
+# comes from).
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 
 # ---- build: a venv with the pinned dependencies and the generated gRPC code ----
@@ -34,6 +35,7 @@ FROM build AS model
 ARG MODEL=default
 ARG MODEL_DTYPE=bf16
 ARG MODEL_WEIGHTS=auto
+ARG MODEL_ACTIVATIONS=auto
 # gcc builds Reprise's int4 kernels and fused decode operations into /models/native (the runtime image has no compiler).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -43,7 +45,8 @@ ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=/src \
     REPRISE_INFERENCE_MODEL=${MODEL} \
     REPRISE_INFERENCE_MODEL_CACHE=/models \
     REPRISE_INFERENCE_DTYPE=${MODEL_DTYPE} \
-    REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS}
+    REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS} \
+    REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}
 RUN python -m inference_svc.prepare
 
 # ---- venv without the six model-part packages: the verified GGUF is in /models already ----
@@ -56,6 +59,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG MODEL=default
 ARG MODEL_DTYPE=bf16
 ARG MODEL_WEIGHTS=auto
+ARG MODEL_ACTIVATIONS=auto
 # numactl binds CPUs and memory (deploy/pin.sh); taskset (util-linux) is the fallback.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends numactl \
@@ -78,7 +82,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     REPRISE_INFERENCE_MODEL=${MODEL} \
     REPRISE_INFERENCE_MODEL_CACHE=/models \
     REPRISE_INFERENCE_DTYPE=${MODEL_DTYPE} \
-    REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS}
+    REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS} \
+    REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}
 WORKDIR /app
 USER 10001:10001
 EXPOSE 50051 9101

@@ -98,10 +98,11 @@ def test_inference_image_bakes_the_model_it_will_load() -> None:
         words = " ".join(i.args for i in ins if i.op == "ENV" and i.stage == stage).split()
         return {w for w in words if w.startswith("REPRISE_INFERENCE_")}
 
-    # prepare converts exactly the format the service loads: same model, cache, dtype and weights.
+    # prepare converts exactly the format the service loads: same model, cache, dtype, weights and activations.
     baked = service_env(prepare.stage)
     assert {"REPRISE_INFERENCE_MODEL_CACHE=/models", "REPRISE_INFERENCE_DTYPE=${MODEL_DTYPE}",
-            "REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS}", "REPRISE_INFERENCE_MODEL=${MODEL}"} <= baked
+            "REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS}", "REPRISE_INFERENCE_MODEL=${MODEL}",
+            "REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}"} <= baked
     assert service_env(final) == baked
     env = " ".join(i.args for i in ins if i.op == "ENV" and i.stage == final)
     assert "HF_HUB_OFFLINE=1" in env, "nothing may download from a hub at run time"
