@@ -437,22 +437,14 @@ def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Sp
     """int8 activations (serving) vs fp32 ones (the fp16 prefill copy through fbgemm), alternating in one process:
     prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language), decode."""
     other = make_engine("fp32", "int4", cache, activations="fp32")
-    texts = [e.text for s in sets.values() for e in s.test[:40]]
-
-    def classify_p50(engine: Engine) -> float:
-        times = []
-        for text in texts:
-            start = time.perf_counter()
-            engine.classify_batch([text])
-            times.append(time.perf_counter() - start)
-        return median_ms(times)
+    examples = [e for s in sets.values() for e in s.test[:40]]
 
     runs: dict[str, dict[str, list[float]]] = {k: {"prefill_64": [], "prefill_512": [], "classify_p50_ms": [], "decode": []} for k in ("int8", "fp32")}
     for _ in range(3):
         for key, engine in (("int8", serving), ("fp32", other)):
             runs[key]["prefill_64"].append(prefill_tok_s(engine, 64))
             runs[key]["prefill_512"].append(prefill_tok_s(engine, 512, repeats=3))
-            runs[key]["classify_p50_ms"].append(classify_p50(engine))
+            runs[key]["classify_p50_ms"].append(sentiment_single(engine, examples, None)["p50_ms"])
             runs[key]["decode"].append(decode_tok_s(engine, repeats=1))
     out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in runs.items()}
     out["greedy_vs_fp32_activations"] = agreement(greedy_replies(other), greedy_replies(serving))

@@ -139,8 +139,7 @@ class Engine:
 
     def load(self) -> None:
         cfg = self.config
-        if cfg.activations not in precision.ACTIVATION_CHOICES:  # before the precision race and the load
-            raise ValueError(f"--activations {cfg.activations!r}: expected one of {precision.ACTIVATION_CHOICES}")
+        precision.check_activations(cfg.activations)  # before the precision race and the load
         chosen = precision.choose(cfg.dtype, cfg.weights, lambda race: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel, race))
         activations = precision.activations(cfg.activations, chosen)
         self.precision_reason = chosen.reason

@@ -153,6 +153,12 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
 ACTIVATION_CHOICES = ("auto", "int8", "fp32")
 
 
+def check_activations(choice: str) -> None:
+    """Refuse an ``--activations`` value outside :data:`ACTIVATION_CHOICES` (callable before the precision race)."""
+    if choice not in ACTIVATION_CHOICES:
+        raise ValueError(f"--activations {choice!r}: expected one of {ACTIVATION_CHOICES}")
+
+
 def activations(choice: str, chosen: Precision) -> str:
     """Resolve ``--activations auto|int8|fp32`` for the chosen precision: "int8" or "fp32".
 
@@ -160,8 +166,7 @@ def activations(choice: str, chosen: Precision) -> str:
     quantized per 32 inputs, integer products for every row count (1.5-1.7x fbgemm's fp16 GEMM for
     prefill on an AMD Zen 3, no fp16 copy in memory). Elsewhere activations are the compute dtype's.
     """
-    if choice not in ACTIVATION_CHOICES:
-        raise ValueError(f"--activations {choice!r}: expected one of {ACTIVATION_CHOICES}")
+    check_activations(choice)
     serves = chosen.dtype == torch.float32 and chosen.weights is WeightFormat.INT4
     if choice == "int8" and not serves:
         raise ValueError(

@@ -402,8 +402,11 @@ static int linear(const struct reprise_linear *l, const void *x, void *y, int m,
                  : kernel_arg & STEP_INT8 ? reprise_int4_gemm_q8(l->w, x, y, m, l->n, l->k, threads, mode)
                                           : reprise_int4_gemm_f32(l->w, x, y, m, l->n, l->k, threads, mode);
     if (failed || !l->bias) return failed;
-    for (size_t i = 0; i < (size_t)m * l->n; i++) /* as y.add_(bias) */
-        store(y, i, load(y, i, dt) + load(l->bias, i % l->n, dt), dt);
+    for (int r = 0; r < m; r++) /* as y.add_(bias) */
+        for (int i = 0; i < l->n; i++) {
+            size_t at = (size_t)r * l->n + i;
+            store(y, at, load(y, at, dt) + load(l->bias, i, dt), dt);
+        }
     return 0;
 }
 

@@ -351,6 +351,16 @@ static inline void prefetch_ahead_f32(const uint8_t *blk) {
         _mm_prefetch((const char *)blk + F32_PREFETCH_GROUPS * F32_BLOCK + line, _MM_HINT_T1);
 }
 
+/* A group's fp16 scales and (zero - 8 scale) of its 32 rows, as fp32 (every AVX2 path of this layout). */
+__attribute__((target("avx2,fma,f16c"))) static inline void group_scales_f32(const uint8_t *blk, __m256 scale[4],
+                                                                            __m256 zadj[4]) {
+    for (int v = 0; v < 4; v++) {
+        scale[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
+        __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
+        zadj[v] = _mm256_fmadd_ps(_mm256_set1_ps(-8.0f), scale[v], zero);
+    }
+}
+
 static inline float half_to_float(uint16_t h) { /* IEEE binary16 -> binary32, exact (for the scalar path) */
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
     if (exp == 0) {
@@ -402,7 +412,6 @@ static const uint32_t NIBBLE_MASKS[7][8] __attribute__((aligned(32))) = {
  * per 8 rows (even and odd inputs) keep the FMAs from waiting on each other. */
 __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2(const uint8_t *w, const float *xs, const float *sums,
                                                                      int k, float *y) {
-    const __m256 minus8 = _mm256_set1_ps(-8.0f);
     __m256 total[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int groups = k / GROUP;
     for (int g = 0; g < groups; g++) {
@@ -426,12 +435,11 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2(const uint8
                 }
             }
         }
-        __m256 s = _mm256_set1_ps(sums[g]);
+        __m256 s = _mm256_set1_ps(sums[g]), scale[4], zadj[4];
+        group_scales_f32(blk, scale, zadj);
         for (int v = 0; v < 4; v++) {
-            __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
-            __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
-            total[v] = _mm256_fmadd_ps(scale, _mm256_add_ps(even[v], odd[v]), total[v]);
-            total[v] = _mm256_fmadd_ps(_mm256_fmadd_ps(minus8, scale, zero), s, total[v]);
+            total[v] = _mm256_fmadd_ps(scale[v], _mm256_add_ps(even[v], odd[v]), total[v]);
+            total[v] = _mm256_fmadd_ps(zadj[v], s, total[v]);
         }
     }
     for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + 8 * v, total[v]);
@@ -483,7 +491,6 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const 
                                                                           const float *sums, int rows, int k,
                                                                           float *y, int n) {
     const __m256i low = _mm256_set1_epi32(0xF);
-    const __m256 minus8 = _mm256_set1_ps(-8.0f);
     __m256 wf[32 * 4] __attribute__((aligned(32))); /* [8c + i][v]: the converted weights of one group */
     __m256 total[F32_TILE_ROWS][4] __attribute__((aligned(32)));
     int groups = k / GROUP;
@@ -500,11 +507,7 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_avx2_rows(const 
                     wf[(8 * c + i) * 4 + v] = _mm256_cvtepi32_ps(_mm256_and_si256(i == 0 ? q : _mm256_srli_epi32(q, 4 * i), low));
             }
         __m256 scale[4], zadj[4];
-        for (int v = 0; v < 4; v++) {
-            scale[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
-            __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
-            zadj[v] = _mm256_fmadd_ps(minus8, scale[v], zero);
-        }
+        group_scales_f32(blk, scale, zadj);
         for (int r = 0; r < rows; r += 3) {
             __m256 acc[12];
             const float *x0 = x + (size_t)r * k + g * GROUP, *x1 = r + 1 < rows ? x0 + k : x0;
@@ -682,15 +685,6 @@ static inline int32_t codes4(const int8_t *p) { /* four codes as one dword (memc
     return v;
 }
 
-/* A group's fp16 scales and (zero - 8 scale) of its 32 rows, as fp32. */
-__attribute__((target("avx2,fma,f16c"))) static inline void q8_scales(const uint8_t *blk, __m256 scale[4], __m256 zadj[4]) {
-    for (int v = 0; v < 4; v++) {
-        scale[v] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * v)));
-        __m256 zero = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 576 + 16 * v)));
-        zadj[v] = _mm256_fmadd_ps(_mm256_set1_ps(-8.0f), scale[v], zero);
-    }
-}
-
 /* One input row's int16 pair sums for a group (acc, 8 rows per vector) added into its totals, in the one
  * order every path uses: total += (scale * d) * dot; total += zadj * sum. */
 __attribute__((target("avx2,fma,f16c"))) static inline void q8_combine(const __m256i acc[4], const __m256 scale[4],
@@ -725,7 +719,7 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_q8(const uint8_t
             }
         }
         __m256 scale[4], zadj[4];
-        q8_scales(blk, scale, zadj);
+        group_scales_f32(blk, scale, zadj);
         q8_combine(acc, scale, zadj, d[g], sums[g], total);
     }
     for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + 8 * v, total[v]);
@@ -754,7 +748,7 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_q8_rows(const ui
                 wb[(2 * c + 1) * 4 + v] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
             }
         __m256 scale[4], zadj[4];
-        q8_scales(blk, scale, zadj);
+        group_scales_f32(blk, scale, zadj);
         for (int r = 0; r < rows; r += 2) {
             int r1 = r + 1 < rows ? r + 1 : r; /* an odd last row pairs with itself (its copy is dropped) */
             const int8_t *x0 = codes + (size_t)r * k + g * GROUP, *x1 = codes + (size_t)r1 * k + g * GROUP;
