@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -27,6 +28,7 @@ import torch
 
 from bench.inference import datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
+from bench.inference.engines import RESULTS, add_model_cache, make_engine
 from inference_svc.core import model_source, native, placement, precision
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
@@ -34,7 +36,6 @@ from inference_svc.core.kv import PrefixIndex
 from reprise.domain import Decoding, Role, Turn
 
 log = logging.getLogger("bench.inference")
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT_TEXT = (
     "Caching is a technique that stores copies of data in a faster storage layer so that future requests for that "
     "data can be served more quickly. " * 40
@@ -110,13 +111,6 @@ def machine() -> dict[str, Any]:
 
 
 # -- our engine ----------------------------------------------------------------
-
-
-def make_engine(dtype: str, weights: str, cache: Path, **kwargs: Any) -> Engine:
-    engine = Engine(EngineConfig(cache_dir=cache, dtype=dtype, weights=weights, **kwargs))
-    engine.load()
-    engine.warm_up()
-    return engine
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:
@@ -380,6 +374,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if serving.loaded.spec.int8_activations:
         results["activations_effect"] = activations_effect(serving, cache, sets)
         log.info("int8 activations %s", results["activations_effect"])
+    if serving.loaded.int4_kernel.endswith("-vnni"):
+        results["vnni_effect"] = vnni_effect(serving, sets)
+        log.info("vnni %s", results["vnni_effect"])
     del serving
     gc.collect()
 
@@ -454,6 +451,42 @@ def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Sp
     return out
 
 
+def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, Any]:
+    """Several int8 rows through the AVX512-VNNI path (serving) vs the AVX2 one, alternating in one process on the
+    same weights: prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language)."""
+    model = serving.model
+    kernels = {x.kernel for l in model.layers for x in l.linears} | {model.head.kernel}
+    kernels = {k for k in kernels if isinstance(k, native.Int4KernelF32)}
+    plan = model.step_plan
+    examples = [e for s in sets.values() for e in s.test[:40]]
+
+    @contextlib.contextmanager
+    def avx2_rows() -> Iterator[None]:
+        for k in kernels:
+            k.vnni = False
+        if plan is not None:
+            model.step_plan = dataclasses.replace(plan, kernel_arg=next(iter(kernels)).step_arg)
+        try:
+            yield
+        finally:
+            for k in kernels:
+                k.vnni = True
+            model.step_plan = plan
+
+    runs: dict[str, dict[str, list[float]]] = {k: {"prefill_64": [], "prefill_512": [], "classify_p50_ms": []} for k in ("vnni", "avx2")}
+    for _ in range(3):
+        for key, path in (("vnni", contextlib.nullcontext()), ("avx2", avx2_rows())):
+            with path:
+                runs[key]["prefill_64"].append(prefill_tok_s(serving, 64))
+                runs[key]["prefill_512"].append(prefill_tok_s(serving, 512, repeats=3))
+                runs[key]["classify_p50_ms"].append(sentiment_single(serving, examples, None)["p50_ms"])
+    out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in runs.items()}
+    mine = greedy_replies(serving)
+    with avx2_rows():
+        out["greedy_vs_avx2"] = agreement(greedy_replies(serving), mine)
+    return out
+
+
 def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
     """Decode with a step's small operations fused in C vs torch's, alternating in one process (same weights),
     after a 32-token prompt and after 1,400 tokens (a fifth turn's context). Where the layers run in one C call
@@ -517,13 +550,13 @@ def dense_prefill_effect(engine: Engine) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
-    parser.add_argument("--model-cache", type=Path, default=ROOT / ".models")
+    add_model_cache(parser)
     parser.add_argument("--cpus", default="", help="pin like the service's --cpus (default: inherited mask)")
     parser.add_argument("--per-label", type=int, default=100, help="held-out sentences per label and language")
     parser.add_argument("--baseline-n", type=int, default=200, help="test sentences per language for the slow baseline")
     parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sets, two formats, no startup (numbers meaningless)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.quick:

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-from bench.inference import datasets
-from inference_svc.core import placement
-from inference_svc.core.engine import Engine, EngineConfig
+from bench.inference import datasets, engines
+from inference_svc.core.engine import Engine
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @torch.inference_mode()
@@ -61,13 +59,11 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Ten
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inference.sentiment_probe", description=__doc__)
-    parser.add_argument("--model-cache", type=Path, default=ROOT / ".models")
+    engines.add_model_cache(parser)
     parser.add_argument("--train-per-label", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference-sentiment-probe.json")
+    parser.add_argument("--out", type=Path, default=engines.RESULTS / "inference-sentiment-probe.json")
     args = parser.parse_args()
-    placement.apply("")
-    engine = Engine(EngineConfig(cache_dir=args.model_cache))
-    engine.load()
+    engine = engines.serving_engine(args.model_cache)
     train = datasets.chinese_unused(args.train_per_label)
     x_train = hidden_states(engine, [e.text for e in train])
     y_train = torch.tensor([float(e.positive) for e in train])

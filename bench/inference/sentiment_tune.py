@@ -15,13 +15,12 @@ import json
 import math
 from pathlib import Path
 
-from bench.inference import datasets
-from inference_svc.core import placement, prompts
-from inference_svc.core.engine import Engine, EngineConfig
+from bench.inference import datasets, engines
+from inference_svc.core import prompts
+from inference_svc.core.engine import Engine
 from inference_svc.core.prompts import SentimentPrompt
 from reprise.domain import Label
 
-ROOT = Path(__file__).resolve().parents[2]
 P, N = Label.POSITIVE, Label.NEGATIVE
 SYS_PLAIN = (
     "You are a sentiment classifier. Read the user's text (English or Chinese) and answer with "
@@ -103,14 +102,12 @@ def fit_bias(per_lang: dict[str, tuple[list[float], list[datasets.Example]]]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inference.sentiment_tune", description=__doc__)
-    parser.add_argument("--model-cache", type=Path, default=ROOT / ".models")
+    engines.add_model_cache(parser)
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--variant", action="append", help="only these variants (repeatable; default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference-sentiment-tuning.json")
+    parser.add_argument("--out", type=Path, default=engines.RESULTS / "inference-sentiment-tuning.json")
     args = parser.parse_args()
-    placement.apply("")
-    engine = Engine(EngineConfig(cache_dir=args.model_cache, weights=args.weights))
-    engine.load()
+    engine = engines.serving_engine(args.model_cache, args.weights)
     dev = {lang: split.dev for lang, split in datasets.load().items()}
     # The Chinese dev texts whose corpus label a reader agrees with (see datasets.supported_mask).
     supported = datasets.supported_mask("dev", dev["zh"])

@@ -770,6 +770,68 @@ __attribute__((target("avx2,fma,f16c"))) static void superblock_q8_rows(const ui
         for (int v = 0; v < 4; v++) _mm256_storeu_ps(y + (size_t)r * n + 8 * v, total[r][v]);
 }
 
+int reprise_int4_vnni_supported(void) {
+    __builtin_cpu_init();
+    return reprise_int4_avx2_supported() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+#define Q8_VNNI_ROWS 4 /* input rows per step of the AVX512-VNNI path (weights in 16 zmm, 8 accumulators) */
+
+/* superblock_q8_rows on AVX512-VNNI: the same split bytes, 16 output rows per zmm (a block's vectors v and
+ * v + 1 are adjacent: one 64-byte load), and VPDPBUSD adds four nibble x code products straight into int32
+ * where VPMADDUBSW + VPADDW (+ VPMADDWD at the end) did two. The integer dots are the same exact numbers and
+ * the fp32 combine the same operations per output row in the same order, so the bits equal the AVX2 paths'. */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void superblock_q8_rows_vnni(
+    const uint8_t *w, const int8_t *codes, const float *d, const float *sums, int rows, int k, float *y, int n) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 total[Q8_TILE_ROWS][2] __attribute__((aligned(64)));
+    int groups = k / GROUP;
+    for (int r = 0; r < rows; r++) total[r][0] = total[r][1] = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *blk = w + (size_t)g * F32_BLOCK;
+        prefetch_ahead_f32(blk);
+        __m512i wb[16]; /* [2c + half][h]: chunk c's low (half 0) or high (1) nibbles of rows 16h..16h + 15 */
+        for (int c = 0; c < 4; c++)
+            for (int h = 0; h < 2; h++) {
+                __m512i q = _mm512_loadu_si512((const void *)(blk + 128 * c + 64 * h));
+                wb[4 * c + h] = _mm512_and_si512(q, low);
+                wb[4 * c + 2 + h] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
+            }
+        __m512 scale[2], zadj[2];
+        for (int h = 0; h < 2; h++) {
+            scale[h] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512 + 32 * h)));
+            __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 576 + 32 * h)));
+            zadj[h] = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), scale[h], zero);
+        }
+        for (int r0 = 0; r0 < rows; r0 += Q8_VNNI_ROWS) {
+            int rr[Q8_VNNI_ROWS]; /* a short last step repeats its last row (the copies are dropped) */
+            for (int i = 0; i < Q8_VNNI_ROWS; i++) rr[i] = r0 + i < rows ? r0 + i : rows - 1;
+            __m512i acc[Q8_VNNI_ROWS][2];
+            for (int i = 0; i < Q8_VNNI_ROWS; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) { /* t = 2c + half: the codes of the even / odd inputs of chunk c */
+                for (int i = 0; i < Q8_VNNI_ROWS; i++) {
+                    __m512i u = _mm512_set1_epi32(codes4(codes + (size_t)rr[i] * k + g * GROUP + 4 * t));
+                    acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], wb[2 * t], u);
+                    acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], wb[2 * t + 1], u);
+                }
+            }
+            for (int i = 0; i < Q8_VNNI_ROWS && r0 + i < rows; i++) {
+                int r = r0 + i;
+                __m512 dv = _mm512_set1_ps(d[(size_t)r * groups + g]), sv = _mm512_set1_ps(sums[(size_t)r * groups + g]);
+                for (int h = 0; h < 2; h++) {
+                    __m512 dot = _mm512_cvtepi32_ps(acc[i][h]);
+                    total[r][h] = _mm512_fmadd_ps(_mm512_mul_ps(scale[h], dv), dot, total[r][h]);
+                    total[r][h] = _mm512_fmadd_ps(zadj[h], sv, total[r][h]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < 2; h++) _mm512_storeu_ps(y + (size_t)r * n + 16 * h, total[r][h]);
+}
+
 /* The same arithmetic in plain C: the reference the tests hold the AVX2 paths to (bit for bit). */
 static void superblock_q8_scalar(const uint8_t *w, const int8_t *codes, const float *d, const float *sums, int k,
                                  float *y) {
@@ -797,7 +859,8 @@ static void superblock_q8_scalar(const uint8_t *w, const int8_t *codes, const fl
 
 /* y[m, n] = x[m, k] @ W^T as reprise_int4_gemm_f32, with each row's inputs quantized to int8 per group of 32.
  * mode: 0 the plain C reference, 1 AVX2 one row at a time, 2 AVX2 with each group's weights split once for
- * up to Q8_TILE_ROWS rows; all three give the same bits. Returns 0, or -1 when out of memory. */
+ * up to Q8_TILE_ROWS rows, 3 the same on AVX512-VNNI (the caller checks reprise_int4_vnni_supported); all four
+ * give the same bits. Returns 0, or -1 when out of memory. */
 int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode) {
     int groups = k / GROUP, supers = n / F32_ROWS;
     size_t per_row = (size_t)k + 2 * (size_t)groups * sizeof(float);
@@ -815,11 +878,13 @@ int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int s = 0; s < supers; s++) {
         const uint8_t *ws = w + (size_t)s * groups * F32_BLOCK;
-        if (mode == 2) {
+        if (mode >= 2) {
+            void (*rows_fn)(const uint8_t *, const int8_t *, const float *, const float *, int, int, float *, int) =
+                mode == 3 ? superblock_q8_rows_vnni : superblock_q8_rows;
             for (int r0 = 0; r0 < m; r0 += Q8_TILE_ROWS) {
                 int rows = m - r0 < Q8_TILE_ROWS ? m - r0 : Q8_TILE_ROWS;
-                superblock_q8_rows(ws, codes + (size_t)r0 * k, d + (size_t)r0 * groups, sums + (size_t)r0 * groups, rows,
-                                   k, y + (size_t)r0 * n + (size_t)s * F32_ROWS, n);
+                rows_fn(ws, codes + (size_t)r0 * k, d + (size_t)r0 * groups, sums + (size_t)r0 * groups, rows, k,
+                        y + (size_t)r0 * n + (size_t)s * F32_ROWS, n);
             }
             continue;
         }

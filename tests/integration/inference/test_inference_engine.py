@@ -15,6 +15,8 @@ from inference_svc.core.weights import onednn_packing
 from reprise.domain import Decoding, Finish, Role, Turn
 from reprise.errors import InvalidArgument
 
+from tests.support.cpu import int8_kernel_name
+
 
 @pytest.fixture(autouse=True)
 def _native_wins_the_start_up_race(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +363,7 @@ def test_fp32_int4_with_int8_activations_computes_a_tokens_kv_alike_alone_or_in_
         return  # the fp32-activation test checks the refusal
     engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
     info = engine.describe()
-    assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", "reprise-avx2-int8")
+    assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", int8_kernel_name())
     assert engine.loaded.spec.name == "int4-fp32-tied-h4"  # no prefill copy converted, loaded or packed
     for layer in engine.model.layers[0].linears:
         assert layer.native is not None and layer.fbgemm is None and layer.dense is None
@@ -437,7 +439,7 @@ def test_decode_ops_torch_keeps_torchs_operations(tiny_model_dir: Path, tmp_path
 @torch.inference_mode()
 @pytest.mark.parametrize(
     ("dtype", "activations", "kernel"),
-    [("bf16", "auto", native.NAME), ("fp32", "fp32", native.F32_NAME), ("fp32", "int8", native.F32_NAME + "-int8")],
+    [("bf16", "auto", native.NAME), ("fp32", "fp32", native.F32_NAME), ("fp32", "int8", int8_kernel_name())],
 )
 def test_int4_layers_step_in_one_call_with_the_per_operation_bits(
     tiny_model_dir: Path, tmp_path: Path, dtype: str, activations: str, kernel: str

@@ -20,6 +20,8 @@ from reprise.inference.v1 import inference_pb2 as pb
 from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
 from reprise.rpc.server import ServerOptions, ServiceHost
 
+from tests.support.cpu import int8_kernel_name
+
 
 @pytest.fixture(scope="module")
 async def host(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceHost]:
@@ -147,7 +149,7 @@ async def test_model_info_reports_model_placement_and_kv(stub: pb_grpc.Inference
         ("int4", "bfloat16"), ("int8", "bfloat16"), ("dense", "bfloat16"), ("int4", "float32"), ("fp16", "float32"), ("dense", "float32")
     }
     if (info.weights, info.dtype) == ("int4", "float32"):
-        assert info.int4_kernel == "reprise-avx2-int8"  # --activations auto: int8 where int4 serves under fp32
+        assert info.int4_kernel == int8_kernel_name()  # --activations auto: int8 where int4 serves under fp32
     assert info.decode_ops == "reprise-c"  # the suite has a C compiler (make test installs one)
     assert list(info.cpus) and info.threads >= 1
     assert info.kv_cache_budget_bytes > 0 and info.kv_cache_entries >= 1  # the pinned system prompt

@@ -11,6 +11,8 @@ import torch
 from inference_svc.core.engine import Engine, EngineConfig
 from reprise.domain import Decoding, Label, Role, Turn
 
+from tests.support.cpu import int8_kernel_name
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -79,7 +81,7 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
         return
     kernel = engine.describe().int4_kernel
     if engine.describe().dtype == "float32":  # only ever with Reprise's AVX2 kernel, int8 activations by default
-        assert kernel == native.F32_NAME + "-int8"
+        assert kernel == int8_kernel_name()
         layers = [x for l in engine.model.layers for x in l.linears] + [engine.model.head]
         assert all(x.native is not None and x.kernel is not None for x in layers)
         assert engine.model.step_plan is not None and engine.model.step_plan.rows_exact  # prompts take the step

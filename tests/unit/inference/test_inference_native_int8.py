@@ -17,7 +17,7 @@ from inference_svc.core.loader import RuntimeSpec
 from inference_svc.core.native import Int4KernelF32
 from inference_svc.core.weights import WeightFormat, int4_values, make_linear
 
-from tests.support.cpu import cpu_has_avx2
+from tests.support.cpu import cpu_has_avx2, cpu_has_avx512vnni, int8_kernel_name
 
 pytestmark = pytest.mark.unit
 
@@ -62,7 +62,7 @@ def test_every_path_gives_the_same_bits_as_the_integer_reference(library: Path, 
     torch.testing.assert_close(plain.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     if not cpu_has_avx2():
         return
-    for mode in (1, 2, None):
+    for mode in (1, 2, None) + ((3,) if cpu_has_avx512vnni() else ()):
         assert torch.equal(_kernel(library, mode)(x, packed, n), plain), mode
 
 
@@ -117,8 +117,11 @@ def test_a_layer_with_int8_activations_sends_every_row_count_to_the_kernel(libra
 
 
 def test_the_kernel_reports_its_activations_and_refuses_unknown_ones(library: Path) -> None:
-    assert _kernel(library).name == "reprise-avx2-int8" and Int4KernelF32(library, mode=0).name == native.F32_NAME
+    assert _kernel(library).name == int8_kernel_name() and Int4KernelF32(library, mode=0).name == native.F32_NAME
     assert _kernel(library, 1).step_arg == 1 | 0x10 and Int4KernelF32(library, mode=2).step_arg == 2
+    # By default a step's several rows take the VNNI path where the CPU has it (decode_ops.c's STEP_VNNI).
+    assert _kernel(library).step_arg == 1 | 0x10 | (0x20 if cpu_has_avx512vnni() else 0)
+    assert Int4KernelF32(library).name == native.F32_NAME  # fp32 activations have no VNNI path
     with pytest.raises(ValueError, match="activations 'int4'"):
         Int4KernelF32(library, activations="int4")
 
@@ -143,3 +146,12 @@ def test_activations_resolve_to_int8_only_for_int4_under_fp32() -> None:
         precision.activations("int8", bf16)
     with pytest.raises(ValueError, match="expected one of"):
         precision.activations("int16", int4_fp32)
+
+
+def test_the_vnni_path_is_refused_where_it_cannot_run(library: Path) -> None:
+    """Mode 3 multiplies int8 codes with VPDPBUSD: it needs AVX512-VNNI and int8 activations."""
+    with pytest.raises(native.NativeUnavailable, match="mode 3 is for int8 activations"):
+        Int4KernelF32(library, mode=3, activations="fp32")
+    if not cpu_has_avx512vnni():
+        with pytest.raises(native.NativeUnavailable, match="AVX512-VNNI"):
+            Int4KernelF32(library, mode=3, activations="int8")
