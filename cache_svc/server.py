@@ -23,7 +23,7 @@ from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.errors import Unavailable
 from reprise.rpc.config import EnvArgumentParser, add_server_options, server_options
 from reprise.rpc.logs import configure_logging
-from reprise.rpc.server import run_until_signal
+from reprise.rpc.server import Report, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class CacheApp:
         *,
         settings: CacheSettings | None = None,
         embedder: Embedder | None = None,
+        health_interval_s: float = 2.0,
     ) -> None:
         s = settings or CacheSettings()
         if redis_url is not None:
@@ -69,6 +70,7 @@ class CacheApp:
         self._config = config or s.config
         self._prefix = key_prefix or s.key_prefix
         self._embedder = embedder
+        self._health_interval_s = health_interval_s
         self._redis = connect(s.redis)
         self.service: CacheService | None = None
         self._servicer = CacheServicer(self._get_service)
@@ -104,6 +106,30 @@ class CacheApp:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.service = service
+
+    async def watch(self, report: Report) -> None:
+        """While serving, the Cache service's health follows Redis (one PING per ``health_interval_s``).
+
+        The server's overall status ("") stays SERVING: the sidecar still answers, with UNAVAILABLE, and a
+        pod-level readiness probe must not take the gateway beside it out of service while it bypasses
+        the cache. Clients that want Redis' state check the service name ``reprise.cache.v1.Cache``.
+        """
+        assert self.service is not None
+        serving = True
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            try:
+                await asyncio.wait_for(self.service.ping(), timeout=max(1.0, self._health_interval_s))
+                answered, why = True, ""
+            except (Unavailable, TimeoutError) as exc:
+                answered, why = False, str(exc) or "no answer in time"
+            if answered != serving:
+                serving = answered
+                if serving:
+                    log.info("redis answers again: %s SERVING", SERVICE_NAME)
+                else:
+                    log.warning("redis does not answer (%s): %s NOT_SERVING until it does", why, SERVICE_NAME)
+                await report(serving)
 
     def drain(self) -> None:
         if self.service is not None:

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -430,20 +430,36 @@ def int4_kernel_effect(serving: Engine, cache: Path) -> dict[str, Any]:
     return {"decode_tok_s": statistics.median(ours), "torch_decode_tok_s": statistics.median(theirs), "greedy_vs_torch_kernel": same}
 
 
+def prompt_speeds(engine: Engine, examples: list[datasets.Example], decode: bool = False) -> dict[str, float]:
+    """Prefill tok/s at 64 and 512 tokens, one classify request at a time (p50 ms), and optionally decode tok/s."""
+    out = {
+        "prefill_64": prefill_tok_s(engine, 64),
+        "prefill_512": prefill_tok_s(engine, 512, repeats=3),
+        "classify_p50_ms": sentiment_single(engine, examples, None)["p50_ms"],
+    }
+    if decode:
+        out["decode"] = decode_tok_s(engine, repeats=1)
+    return out
+
+
+def alternating(sides: dict[str, Callable[[], dict[str, float]]], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """An A/B in one process: each side measured once per round, in turn; the median of each figure per side."""
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side, measure in sides.items():
+            runs[side].append(measure())
+    return {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
+
+
 def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Split]) -> dict[str, Any]:
     """int8 activations (serving) vs fp32 ones (the fp16 prefill copy through fbgemm), alternating in one process:
     prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language), decode."""
     other = make_engine("fp32", "int4", cache, activations="fp32")
     examples = [e for s in sets.values() for e in s.test[:40]]
 
-    runs: dict[str, dict[str, list[float]]] = {k: {"prefill_64": [], "prefill_512": [], "classify_p50_ms": [], "decode": []} for k in ("int8", "fp32")}
-    for _ in range(3):
-        for key, engine in (("int8", serving), ("fp32", other)):
-            runs[key]["prefill_64"].append(prefill_tok_s(engine, 64))
-            runs[key]["prefill_512"].append(prefill_tok_s(engine, 512, repeats=3))
-            runs[key]["classify_p50_ms"].append(sentiment_single(engine, examples, None)["p50_ms"])
-            runs[key]["decode"].append(decode_tok_s(engine, repeats=1))
-    out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in runs.items()}
+    out: dict[str, Any] = alternating(
+        {"int8": lambda: prompt_speeds(serving, examples, decode=True), "fp32": lambda: prompt_speeds(other, examples, decode=True)}
+    )
     out["greedy_vs_fp32_activations"] = agreement(greedy_replies(other), greedy_replies(serving))
     out["fp32_weights_mb"] = other.loaded.weight_bytes / 1e6
     del other
@@ -473,14 +489,11 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
                 k.vnni = True
             model.step_plan = plan
 
-    runs: dict[str, dict[str, list[float]]] = {k: {"prefill_64": [], "prefill_512": [], "classify_p50_ms": []} for k in ("vnni", "avx2")}
-    for _ in range(3):
-        for key, path in (("vnni", contextlib.nullcontext()), ("avx2", avx2_rows())):
-            with path:
-                runs[key]["prefill_64"].append(prefill_tok_s(serving, 64))
-                runs[key]["prefill_512"].append(prefill_tok_s(serving, 512, repeats=3))
-                runs[key]["classify_p50_ms"].append(sentiment_single(serving, examples, None)["p50_ms"])
-    out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in runs.items()}
+    def through_avx2() -> dict[str, float]:
+        with avx2_rows():
+            return prompt_speeds(serving, examples)
+
+    out: dict[str, Any] = alternating({"vnni": lambda: prompt_speeds(serving, examples), "avx2": through_avx2})
     mine = greedy_replies(serving)
     with avx2_rows():
         out["greedy_vs_avx2"] = agreement(greedy_replies(serving), mine)

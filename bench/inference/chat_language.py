@@ -1,12 +1,12 @@
 """``python -m bench.inference.chat_language``: does a chat system prompt make the model reply in the user's language?
 
-Runs each variant of the chat system prompt on a fixed set of English and Chinese messages
-(statements and questions), greedy, one turn, and counts replies in the message's script (a
-reply is Chinese when at least 30% of its letters are CJK ideographs), plus how much of each
-reply repeats the message (``difflib`` ratio of the message against the reply's start; 1.0 =
-verbatim echo). Writes ``bench/results/inference-chat-language.json``. Exploratory: ten
-messages cannot justify a new served prompt (which invalidates every cached reply); see
-docs/inference.md, "Chat prompt".
+Runs each variant of the chat system prompt on fixed English and Chinese messages (statements,
+questions, requests), greedy, one turn, and judges every reply: in the message's script (a reply is
+Chinese when at least 30% of its letters are CJK ideographs), a refusal, an echo (``difflib`` ratio
+of the message against the reply's start >= 0.6), a loop (a 6-character run three times); "ok" =
+none of the failures. Messages come in a dev half (choose variants there, ``--split dev``) and a
+held-out test half. Writes ``bench/results/inference-chat-language.json``. Exploratory, and the
+served prompt is unchanged: see docs/inference.md, "Chat prompt".
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ VARIANTS = {
     + " Always reply in the language of the user's message: Chinese (中文) to Chinese, English to English.",
     "bilingual (served + Chinese translation)": prompts.CHAT_SYSTEM_PROMPT
     + "\n你是 Reprise，一个简洁、有帮助的助手。简短地回答问题。用户讲述经历时，直接对他们说话，表达同理心或给出建议，一两句话即可。用户用中文写时用中文回答。",
+    # Written after the first dev run: the ("you") cue opens replies with "You're welcome!" or "你，".
+    "no (you) + Chinese sentence": prompts.CHAT_SYSTEM_PROMPT.replace(' directly ("you"),', "") + " 用户用中文写时，用中文回答。",
+    "language first": "You are Reprise, a concise and helpful assistant. Reply in the user's language: 中文消息用中文回答, "
+    "English messages in English. Answer questions briefly. If the user tells you about an experience, respond with "
+    "empathy or advice in one or two sentences.",
+    "served + short Chinese sentence": prompts.CHAT_SYSTEM_PROMPT + " 用户用中文写时，用中文回答。",
 }
 
 
@@ -103,7 +109,8 @@ def judge(lang: str, text: str, reply: str) -> dict:
     same = (cjk_share(reply) > 0.3) == (lang == "zh")
     echo = round(difflib.SequenceMatcher(None, text, reply[: len(text)]).ratio(), 3)
     refusal = bool(REFUSAL.search(reply))
-    return {"same_language": same, "refusal": refusal, "echo": echo, "ok": same and not refusal and echo < ECHO}
+    loop = any(reply.count(reply[i : i + 6]) >= 3 for i in range(max(0, len(reply) - 6)) if reply[i : i + 6].strip())
+    return {"same_language": same, "refusal": refusal, "loop": loop, "echo": echo, "ok": same and not (refusal or loop) and echo < ECHO}
 
 
 def summarize(replies: list[dict]) -> dict:
@@ -116,6 +123,7 @@ def summarize(replies: list[dict]) -> dict:
             "same_language": f"{sum(r['same_language'] for r in mine)}/{n}",
             "refusals": sum(r["refusal"] for r in mine),
             "echoes": sum(r["echo"] >= ECHO for r in mine),
+            "loops": sum(r["loop"] for r in mine),
             "ok": f"{sum(r['ok'] for r in mine)}/{n}",
         }
     out["mean_echo"] = round(sum(r["echo"] for r in replies) / max(1, len(replies)), 3)

@@ -131,11 +131,8 @@ def markdown(r: dict[str, Any]) -> str:
         a, b = acts["int8"], acts["fp32"]
         lines.append(
             f"- int8 activations ({r['int4_kernel']}, every row count) vs fp32 activations (the kernel for 1-31 rows, "
-            f"an fp16 copy through fbgemm for more), alternating in one process: prefill {a['prefill_64']:.0f} / "
-            f"{a['prefill_512']:.0f} vs {b['prefill_64']:.0f} / {b['prefill_512']:.0f} tok/s at 64 / 512 tokens "
-            f"({a['prefill_64'] / b['prefill_64']:.2f}x / {a['prefill_512'] / b['prefill_512']:.2f}x); one classify "
-            f"request p50 {a['classify_p50_ms']:.0f} vs {b['classify_p50_ms']:.0f} ms "
-            f"({a['classify_p50_ms'] / b['classify_p50_ms']:.2f}x); decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s; "
+            f"an fp16 copy through fbgemm for more), alternating in one process: {_prompt_speeds(a, b)}; "
+            f"decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s; "
             f"{serving.get('weights_mb', 0):.0f} vs {acts['fp32_weights_mb']:.0f} MB of weights in memory; greedy replies "
             f"identical: {acts['greedy_vs_fp32_activations']['identical']:.0%}."
         )
@@ -144,10 +141,7 @@ def markdown(r: dict[str, Any]) -> str:
         a, b = vnni["vnni"], vnni["avx2"]
         lines.append(
             f"- AVX512-VNNI for several int8 rows ({r['int4_kernel']}) vs the AVX2 path, alternating in one process: "
-            f"prefill {a['prefill_64']:.0f} / {a['prefill_512']:.0f} vs {b['prefill_64']:.0f} / {b['prefill_512']:.0f} "
-            f"tok/s at 64 / 512 tokens ({a['prefill_64'] / b['prefill_64']:.2f}x / {a['prefill_512'] / b['prefill_512']:.2f}x); "
-            f"one classify request p50 {a['classify_p50_ms']:.0f} vs {b['classify_p50_ms']:.0f} ms "
-            f"({a['classify_p50_ms'] / b['classify_p50_ms']:.2f}x); greedy replies identical: "
+            f"{_prompt_speeds(a, b)}; greedy replies identical: "
             f"{vnni['greedy_vs_avx2']['identical']:.0%} (the same bits by construction)."
         )
     if dense:  # measured only for formats that keep a dense prefill copy
@@ -187,3 +181,13 @@ def markdown(r: dict[str, Any]) -> str:
             f"converted copy {s['start_from_converted_s']:.1f} s (load {s['start_from_converted_load_s']:.1f} s + warm-up).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _prompt_speeds(a: dict[str, float], b: dict[str, float]) -> str:
+    """Prefill at 64 / 512 tokens and one classify request, ``a`` against ``b`` (an A/B's two sides)."""
+    return (
+        f"prefill {a['prefill_64']:.0f} / {a['prefill_512']:.0f} vs {b['prefill_64']:.0f} / {b['prefill_512']:.0f} tok/s "
+        f"at 64 / 512 tokens ({a['prefill_64'] / b['prefill_64']:.2f}x / {a['prefill_512'] / b['prefill_512']:.2f}x); "
+        f"one classify request p50 {a['classify_p50_ms']:.0f} vs {b['classify_p50_ms']:.0f} ms "
+        f"({a['classify_p50_ms'] / b['classify_p50_ms']:.2f}x)"
+    )

@@ -149,6 +149,10 @@ class CacheService:
         await self._rebuild()
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="cache-sweeper"))
 
+    async def ping(self) -> None:
+        """Raise :class:`Unavailable` when Redis does not answer."""
+        await self._store.ping()
+
     async def close(self) -> None:
         self._hub.close()
         for task in self._tasks:

@@ -2,7 +2,9 @@
 
 A :class:`ServiceHost` binds a ``grpc.aio`` server with health and reflection,
 reports NOT_SERVING until the application says it is ready (model loaded and
-warmed, Redis answering), and shuts down gracefully: health goes NOT_SERVING,
+warmed, Redis answering), lets an application that watches a dependency move
+its own services' status while the overall one ("") stays SERVING (the cache
+sidecar while Redis is down), and shuts down gracefully: health goes NOT_SERVING,
 in-flight calls get ``grace_s`` to finish, then the application closes what it
 opened. :func:`run_until_signal` is what ``main()`` calls; tests use
 :class:`ServiceHost` directly on ``127.0.0.1:0``.
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +48,10 @@ class Application(Protocol):
 
     async def close(self) -> None:
         """Release what ``start`` acquired. Called after in-flight calls finished."""
+
+
+#: ``await report(ready)`` sets the health of the application's own services (not the server's overall "").
+Report = Callable[[bool], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class ServiceHost:
             self._server,
         )
         self._started = False
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -118,13 +125,27 @@ class ServiceHost:
         await self.app.start()
         self._started = True
         await self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        # Optional app hook: watch(report) runs while serving and reports a dependency's state.
+        watch = getattr(self.app, "watch", None)
+        if callable(watch):
+            self._watch = asyncio.create_task(watch(self._report), name=f"{self.app.name}-health")
         log.info("%s serving on %s:%d", self.app.name, self.options.host, port)
         return port
+
+    async def _report(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.app.service_names:  # ignored once draining (enter_graceful_shutdown)
+            await self._health.set(name, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, let in-flight calls finish, then close the application."""
         grace = self.options.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+            self._watch = None
         # Optional app hook: end long-lived streams (e.g. cache WatchInvalidations) so they
         # do not hold the server for the whole grace period.
         drain = getattr(self.app, "drain", None)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cache_svc.core.embedders import USEEmbedder
-from cache_svc.server import CacheApp
+from cache_svc.server import SERVICE_NAME, CacheApp
 from reprise.cache.v1 import cache_pb2 as pb
 from reprise.cache.v1 import cache_pb2_grpc as pb_grpc
 from reprise.common.v1 import common_pb2 as cpb
@@ -279,3 +279,35 @@ async def test_watch_streams_of_departed_clients_leave_nothing_behind(replicas: 
     for call in calls:
         call.cancel()
     await eventually(lambda: asyncio.sleep(0, app.service.watchers), lambda n: n == 0)  # type: ignore[attr-defined]
+
+
+async def test_the_cache_services_health_follows_redis_while_the_server_stays_serving(embedder: USEEmbedder) -> None:
+    """Redis going away turns `reprise.cache.v1.Cache` NOT_SERVING (calls get UNAVAILABLE) but not the overall
+    status, which a sidecar's pod readiness reads; Redis coming back on its port turns it SERVING again."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = RedisServer().start()
+    host = ServiceHost(CacheApp(server.url, embedder=embedder, health_interval_s=0.1), ServerOptions(port=0))
+    await host.start()
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def status(service: str = "") -> int:
+                return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+            assert await status(SERVICE_NAME) == serving and await status() == serving
+            server.stop()
+            await eventually(lambda: status(SERVICE_NAME), lambda s: s == not_serving, timeout_s=10)
+            assert await status() == serving
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await lookup(pb_grpc.CacheStub(channel), "anything")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            server = RedisServer(port=server.port).start()
+            await eventually(lambda: status(SERVICE_NAME), lambda s: s == serving, timeout_s=10)
+            await store(pb_grpc.CacheStub(channel), "back again")
+            assert (await lookup(pb_grpc.CacheStub(channel), "back again")).tier == pb.TIER_EXACT
+    finally:
+        await host.stop(0)
+        server.stop()
