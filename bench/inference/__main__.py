@@ -468,8 +468,8 @@ def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Sp
 
 
 def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, Any]:
-    """Several int8 rows through the AVX512-VNNI path (serving) vs the AVX2 one, alternating in one process on the
-    same weights: prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language)."""
+    """int8 rows through the AVX512-VNNI paths (serving) vs the AVX2 ones, alternating in one process on the same
+    weights: prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language), decode."""
     model = serving.model
     kernels = {x.kernel for l in model.layers for x in l.linears} | {model.head.kernel}
     kernels = {k for k in kernels if isinstance(k, native.Int4KernelF32)}
@@ -477,7 +477,7 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
     examples = [e for s in sets.values() for e in s.test[:40]]
 
     @contextlib.contextmanager
-    def avx2_rows() -> Iterator[None]:
+    def avx2_rows() -> Iterator[None]:  # the kernels' and the one-call step's
         for k in kernels:
             k.vnni = False
         if plan is not None:
@@ -491,9 +491,9 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
 
     def through_avx2() -> dict[str, float]:
         with avx2_rows():
-            return prompt_speeds(serving, examples)
+            return prompt_speeds(serving, examples, decode=True)
 
-    out: dict[str, Any] = alternating({"vnni": lambda: prompt_speeds(serving, examples), "avx2": through_avx2})
+    out: dict[str, Any] = alternating({"vnni": lambda: prompt_speeds(serving, examples, decode=True), "avx2": through_avx2})
     mine = greedy_replies(serving)
     with avx2_rows():
         out["greedy_vs_avx2"] = agreement(greedy_replies(serving), mine)

@@ -140,8 +140,10 @@ def markdown(r: dict[str, Any]) -> str:
     if vnni:
         a, b = vnni["vnni"], vnni["avx2"]
         lines.append(
-            f"- AVX512-VNNI for several int8 rows ({r['int4_kernel']}) vs the AVX2 path, alternating in one process: "
-            f"{_prompt_speeds(a, b)}; greedy replies identical: "
+            f"- AVX512-VNNI for int8 rows ({r['int4_kernel']}) vs the AVX2 paths, alternating in one process: "
+            f"{_prompt_speeds(a, b)}; "
+            + (f"decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s ({a['decode'] / b['decode']:.2f}x); " if "decode" in a else "")
+            + f"greedy replies identical: "
             f"{vnni['greedy_vs_avx2']['identical']:.0%} (the same bits by construction)."
         )
     if dense:  # measured only for formats that keep a dense prefill copy

@@ -239,28 +239,33 @@ class Int4KernelF32:
         self._fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
         self._fn.restype = ctypes.c_int
         self.cpu_supported = bool(self._lib.reprise_int4_avx2_supported())
-        #: int8 activations take the AVX512-VNNI path for several rows (VPDPBUSD: the same bits as AVX2's,
-        #: 2.3x its rate at 64 rows on a 2-core Xeon; see docs/inference.md).
+        #: int8 activations take the AVX512-VNNI paths (VPDPBUSD: the same bits as AVX2's; on a 2-core Xeon
+        #: prefill ~2x, decode 1.06x; see docs/inference.md).
         self.vnni = activations == "int8" and self.cpu_supported and bool(self._lib.reprise_int4_vnni_supported())
-        #: None: by the number of rows (see ``_F32_SHARED_ROWS``), AVX512-VNNI for several int8 rows where the
-        #: CPU has it; 0: the plain C reference of mode 1 (same bits; tests only, slow); 1 / 2: force one AVX2
-        #: path, 3: the AVX512-VNNI several-row path (int8 activations only; tests).
+        #: None: by the number of rows (see ``_F32_SHARED_ROWS``), AVX512-VNNI for int8 rows where the CPU has
+        #: it; 0: the plain C reference of mode 1 (same bits; tests only, slow); 1 / 2: force one AVX2 path;
+        #: 3 / 4: the AVX512-VNNI several-row / one-row path (int8 activations only; tests).
         self.mode = mode
-        if mode == 3 and not self.vnni:
-            raise NativeUnavailable(_NO_VNNI if activations == "int8" else "mode 3 is for int8 activations")
+        if mode in (3, 4) and not self.vnni:
+            raise NativeUnavailable(_NO_VNNI if activations == "int8" else f"mode {mode} is for int8 activations")
         if mode not in (None, 0) and not self.cpu_supported:
             raise NativeUnavailable(_NO_AVX2)
 
     @property
     def name(self) -> str:
         """ModelInfo's ``int4_kernel``: ``F32_NAME``, with "-int8" for int8 activations and "-vnni" where
-        several rows of them take the AVX512-VNNI path."""
+        they take the AVX512-VNNI paths."""
         return F32_NAME + ("-int8" if self.activations == "int8" else "") + ("-vnni" if self._rows_mode == 3 else "")
 
     @property
     def _rows_mode(self) -> int:
         """The path of a call with several rows."""
         return self.mode if self.mode is not None else 3 if self.vnni else 2
+
+    @property
+    def _row_mode(self) -> int:
+        """The path of a call with one row."""
+        return self.mode if self.mode is not None else 4 if self.vnni else 1
 
     @property
     def step_arg(self) -> int:
@@ -301,7 +306,7 @@ class Int4KernelF32:
         if x.dtype != torch.float32 or packed.shape != (n // F32_ROWS, k // GROUP, _F32_BLOCK):
             raise ValueError(f"int4 kernel: input {tuple(x.shape)} {x.dtype} does not fit weights {tuple(packed.shape)}")
         y = torch.empty(m, n, dtype=torch.float32)
-        mode = self.mode if self.mode is not None else 1 if m < _F32_SHARED_ROWS else self._rows_mode
+        mode = self._row_mode if m < _F32_SHARED_ROWS else self._rows_mode
         if mode and not self.cpu_supported:
             raise NativeUnavailable(_NO_AVX2)
         if self._fn(packed.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads(), mode):

@@ -395,11 +395,11 @@ struct reprise_layer {
 /* y = x @ W^T (+ bias) for m rows. kernel_arg: reprise_int4_gemv's fast flag (bf16) or
  * reprise_int4_gemm_f32's mode (fp32), with STEP_INT8 set for reprise_int4_gemm_q8's. */
 #define STEP_INT8 0x10
-#define STEP_VNNI 0x20 /* with STEP_INT8: several rows take the AVX512-VNNI path (mode 3) */
+#define STEP_VNNI 0x20 /* with STEP_INT8: rows take the AVX512-VNNI paths (mode 3 for several, 4 for one) */
 static int linear(const struct reprise_linear *l, const void *x, void *y, int m, int dt, int kernel_arg, int threads) {
     int mode = kernel_arg & ~(STEP_INT8 | STEP_VNNI);
-    if (kernel_arg & STEP_INT8 && m > 1 && mode == 1) /* the several-row path: the same bits, weights read once */
-        mode = kernel_arg & STEP_VNNI ? 3 : 2;
+    if (kernel_arg & STEP_INT8 && mode == 1) /* several rows: the several-row path (the same bits, weights read once) */
+        mode = m > 1 ? (kernel_arg & STEP_VNNI ? 3 : 2) : (kernel_arg & STEP_VNNI ? 4 : 1);
     int failed = dt == DT_BF16            ? reprise_int4_gemv(l->w, x, y, m, l->n, l->k, threads, kernel_arg)
                  : kernel_arg & STEP_INT8 ? reprise_int4_gemm_q8(l->w, x, y, m, l->n, l->k, threads, mode)
                                           : reprise_int4_gemm_f32(l->w, x, y, m, l->n, l->k, threads, mode);

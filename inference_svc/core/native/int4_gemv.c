@@ -832,6 +832,38 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void
         for (int h = 0; h < 2; h++) _mm512_storeu_ps(y + (size_t)r * n + 16 * h, total[r][h]);
 }
 
+/* superblock_q8 (one input row) on AVX512-VNNI: the rows path's arithmetic for one row, weights split in
+ * registers as they stream in. */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void superblock_q8_vnni(
+    const uint8_t *w, const int8_t *codes, const float *d, const float *sums, int k, float *y) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 total[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    int groups = k / GROUP;
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *blk = w + (size_t)g * F32_BLOCK;
+        prefetch_ahead_f32(blk);
+        const int8_t *xq = codes + g * GROUP;
+        __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int c = 0; c < 4; c++) {
+            __m512i even = _mm512_set1_epi32(codes4(xq + 8 * c)), odd = _mm512_set1_epi32(codes4(xq + 8 * c + 4));
+            for (int h = 0; h < 2; h++) {
+                __m512i q = _mm512_loadu_si512((const void *)(blk + 128 * c + 64 * h));
+                acc[h] = _mm512_dpbusd_epi32(acc[h], _mm512_and_si512(q, low), even);
+                acc[h] = _mm512_dpbusd_epi32(acc[h], _mm512_and_si512(_mm512_srli_epi16(q, 4), low), odd);
+            }
+        }
+        __m512 dv = _mm512_set1_ps(d[g]), sv = _mm512_set1_ps(sums[g]);
+        for (int h = 0; h < 2; h++) {
+            __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512 + 32 * h)));
+            __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 576 + 32 * h)));
+            __m512 zadj = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), scale, zero);
+            total[h] = _mm512_fmadd_ps(_mm512_mul_ps(scale, dv), _mm512_cvtepi32_ps(acc[h]), total[h]);
+            total[h] = _mm512_fmadd_ps(zadj, sv, total[h]);
+        }
+    }
+    for (int h = 0; h < 2; h++) _mm512_storeu_ps(y + 16 * h, total[h]);
+}
+
 /* The same arithmetic in plain C: the reference the tests hold the AVX2 paths to (bit for bit). */
 static void superblock_q8_scalar(const uint8_t *w, const int8_t *codes, const float *d, const float *sums, int k,
                                  float *y) {
@@ -859,8 +891,8 @@ static void superblock_q8_scalar(const uint8_t *w, const int8_t *codes, const fl
 
 /* y[m, n] = x[m, k] @ W^T as reprise_int4_gemm_f32, with each row's inputs quantized to int8 per group of 32.
  * mode: 0 the plain C reference, 1 AVX2 one row at a time, 2 AVX2 with each group's weights split once for
- * up to Q8_TILE_ROWS rows, 3 the same on AVX512-VNNI (the caller checks reprise_int4_vnni_supported); all four
- * give the same bits. Returns 0, or -1 when out of memory. */
+ * up to Q8_TILE_ROWS rows, 3 the same on AVX512-VNNI, 4 AVX512-VNNI one row at a time (the caller checks
+ * reprise_int4_vnni_supported for 3 and 4); all five give the same bits. Returns 0, or -1 when out of memory. */
 int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int n, int k, int threads, int mode) {
     int groups = k / GROUP, supers = n / F32_ROWS;
     size_t per_row = (size_t)k + 2 * (size_t)groups * sizeof(float);
@@ -878,7 +910,7 @@ int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int s = 0; s < supers; s++) {
         const uint8_t *ws = w + (size_t)s * groups * F32_BLOCK;
-        if (mode >= 2) {
+        if (mode == 2 || mode == 3) {
             void (*rows_fn)(const uint8_t *, const int8_t *, const float *, const float *, int, int, float *, int) =
                 mode == 3 ? superblock_q8_rows_vnni : superblock_q8_rows;
             for (int r0 = 0; r0 < m; r0 += Q8_TILE_ROWS) {
@@ -891,7 +923,9 @@ int reprise_int4_gemm_q8(const uint8_t *w, const float *x, float *y, int m, int 
         for (int r = 0; r < m; r++) {
             const int8_t *cr = codes + (size_t)r * k;
             float *yr = y + (size_t)r * n + (size_t)s * F32_ROWS;
-            if (mode == 1)
+            if (mode == 4)
+                superblock_q8_vnni(ws, cr, d + (size_t)r * groups, sums + (size_t)r * groups, k, yr);
+            else if (mode == 1)
                 superblock_q8(ws, cr, d + (size_t)r * groups, sums + (size_t)r * groups, k, yr);
             else
                 superblock_q8_scalar(ws, cr, d + (size_t)r * groups, sums + (size_t)r * groups, k, yr);

@@ -62,7 +62,7 @@ def test_every_path_gives_the_same_bits_as_the_integer_reference(library: Path, 
     torch.testing.assert_close(plain.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     if not cpu_has_avx2():
         return
-    for mode in (1, 2, None) + ((3,) if cpu_has_avx512vnni() else ()):
+    for mode in (1, 2, None) + ((3, 4) if cpu_has_avx512vnni() else ()):
         assert torch.equal(_kernel(library, mode)(x, packed, n), plain), mode
 
 
@@ -149,9 +149,11 @@ def test_activations_resolve_to_int8_only_for_int4_under_fp32() -> None:
 
 
 def test_the_vnni_path_is_refused_where_it_cannot_run(library: Path) -> None:
-    """Mode 3 multiplies int8 codes with VPDPBUSD: it needs AVX512-VNNI and int8 activations."""
-    with pytest.raises(native.NativeUnavailable, match="mode 3 is for int8 activations"):
-        Int4KernelF32(library, mode=3, activations="fp32")
+    """Modes 3 and 4 multiply int8 codes with VPDPBUSD: they need AVX512-VNNI and int8 activations."""
+    for mode in (3, 4):
+        with pytest.raises(native.NativeUnavailable, match=f"mode {mode} is for int8 activations"):
+            Int4KernelF32(library, mode=mode, activations="fp32")
     if not cpu_has_avx512vnni():
-        with pytest.raises(native.NativeUnavailable, match="AVX512-VNNI"):
-            Int4KernelF32(library, mode=3, activations="int8")
+        for mode in (3, 4):
+            with pytest.raises(native.NativeUnavailable, match="AVX512-VNNI"):
+                Int4KernelF32(library, mode=mode, activations="int8")
