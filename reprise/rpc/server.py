@@ -129,8 +129,13 @@ class ServiceHost:
         watch = getattr(self.app, "watch", None)
         if callable(watch):
             self._watch = asyncio.create_task(watch(self._report), name=f"{self.app.name}-health")
+            self._watch.add_done_callback(self._watch_ended)
         log.info("%s serving on %s:%d", self.app.name, self.options.host, port)
         return port
+
+    def _watch_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so instead of freezing health
+            log.error("%s: health watch failed", self.app.name, exc_info=task.exception())
 
     async def _report(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING

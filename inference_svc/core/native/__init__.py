@@ -211,7 +211,7 @@ _NO_AVX2 = "this CPU has no AVX2/FMA/F16C"
 #: Activations of the fp32-activation kernel: fp32 as given, or each row quantized to int8 per 32 inputs.
 ACTIVATIONS = ("fp32", "int8")
 #: Set in a one-call step's kernel argument (``decode_ops.c``): the int8-activation kernel, and its
-#: AVX512-VNNI path for several rows (mode 3).
+#: AVX512-VNNI paths (mode 3 for several rows, 4 for one).
 _STEP_INT8 = 0x10
 _STEP_VNNI = 0x20
 _NO_VNNI = "this CPU has no AVX512-VNNI"
