@@ -103,3 +103,20 @@ def test_bf16_that_measures_slower_falls_back_to_fbgemm_fp16(monkeypatch: pytest
     assert chosen.reason.startswith("auto: bf16 measured slower (timings)")
     for weights in ("int4", "int8"):  # exist only under bf16
         assert precision.choose("auto", weights).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_asked_for_is_served_and_where_the_cpu_emulates_it_the_log_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native_bf16: bool
+) -> None:
+    """An image built with MODEL_DTYPE=bf16 landing on a node without AVX512-BF16 must not be slow in silence."""
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native_bf16)
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        chosen = precision.choose("bf16", "auto")
+    assert (chosen.dtype, chosen.weights) == (torch.bfloat16, precision.WeightFormat.INT4)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if native_bf16:
+        assert chosen.reason == "bf16 requested" and not warned
+    else:
+        assert "emulates" in chosen.reason
+        assert len(warned) == 1 and "MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4" in warned[0]
