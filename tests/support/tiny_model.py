@@ -28,8 +28,11 @@ _CORPUS = [
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_model(target: Path, *, seed: int = 0) -> Path:
-    """Write a tiny Qwen2ForCausalLM + tokenizer directory to ``target`` and return it."""
+def build_tiny_model(target: Path, *, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a tiny Qwen2ForCausalLM + tokenizer directory to ``target`` and return it.
+
+    ``head_dim=64`` (the real model's) takes the C step's vectorized attention, which needs a multiple of 64.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -58,7 +61,7 @@ def build_tiny_model(target: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(fast),
-        hidden_size=64,
+        hidden_size=4 * head_dim,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,

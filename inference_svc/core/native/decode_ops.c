@@ -16,7 +16,9 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
@@ -276,6 +278,38 @@ __attribute__((target("avx2,fma"))) static void attend_group_avx2(const float *q
  * outputs [heads, d] each. */
 size_t reprise_decode_attention_scratch(int heads, int d, int pos) { return (size_t)heads * (pos + 1 + 2 * d); }
 
+/* Rotate the key of position pos and write it, with its value, into the caches (row pos of each KV head). */
+static void write_kv(const void *qkv, const void *cos, const void *sin, void *kc, void *vc, int cap, int pos, int heads,
+                     int kv_heads, int d, int dt) {
+    size_t esize = dt == DT_BF16 ? 2 : 4;
+    float rotated[256];
+    for (int h = 0; h < kv_heads; h++) {
+        const char *kx = (const char *)qkv + (size_t)(heads + h) * d * esize;
+        const char *vx = (const char *)qkv + (size_t)(heads + kv_heads + h) * d * esize;
+        char *kdst = (char *)kc + ((size_t)h * cap + pos) * d * esize;
+        rope(kx, cos, sin, d, dt, rotated);
+        for (int i = 0; i < d; i++) store(kdst, i, rotated[i], dt);
+        memcpy((char *)vc + ((size_t)h * cap + pos) * d * esize, vx, (size_t)d * esize);
+    }
+}
+
+/* Whether attend_kv_head serves (else attend_head, one query head at a time). */
+static int grouped_attention(int heads, int kv_heads, int d, int simd) {
+    return simd && has_avx2() && d % 64 == 0 && heads / kv_heads <= 256;
+}
+
+/* The query heads of KV head kh (rotated here) against positions 0..pos, written to out's rows of those heads.
+ * work: fp32, group * (pos + 1 + 2d) floats (scores, rotated queries, outputs). */
+static void attend_kv_head(const void *qkv, const void *cos, const void *sin, const void *kc, const void *vc, int cap,
+                           int pos, int heads, int kv_heads, int d, int dt, void *out, int kh, float *work) {
+    int group = heads / kv_heads, len = pos + 1;
+    size_t esize = dt == DT_BF16 ? 2 : 4, base = (size_t)kh * cap * d * esize;
+    float *q = work + (size_t)group * len, *acc = q + (size_t)group * d;
+    for (int g = 0; g < group; g++) rope((const char *)qkv + (size_t)(kh * group + g) * d * esize, cos, sin, d, dt, q + (size_t)g * d);
+    attend_group_avx2(q, group, (const char *)kc + base, (const char *)vc + base, len, d, dt, work, acc);
+    for (int i = 0; i < group * d; i++) store(out, (size_t)kh * group * d + i, acc[i], dt);
+}
+
 /* Attention of one new token. qkv: [heads*d | kv_heads*d | kv_heads*d] (the fused projection's
  * output, bias included); cos/sin: this position's rows of the tables [d]; kc/vc: this layer's
  * caches [kv_heads, cap, d]. Rotates q and k, writes k and v at pos, attends over positions
@@ -287,32 +321,18 @@ int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, 
     if (d > 256) return 1;
     int group = heads / kv_heads, len = pos + 1;
     size_t esize = dt == DT_BF16 ? 2 : 4;
-    float rotated[256];
-    for (int h = 0; h < kv_heads; h++) {
-        const char *kx = (const char *)qkv + (size_t)(heads + h) * d * esize;
-        const char *vx = (const char *)qkv + (size_t)(heads + kv_heads + h) * d * esize;
-        char *kdst = (char *)kc + ((size_t)h * cap + pos) * d * esize;
-        rope(kx, cos, sin, d, dt, rotated);
-        for (int i = 0; i < d; i++) store(kdst, i, rotated[i], dt);
-        memcpy((char *)vc + ((size_t)h * cap + pos) * d * esize, vx, (size_t)d * esize);
-    }
+    write_kv(qkv, cos, sin, kc, vc, cap, pos, heads, kv_heads, d, dt);
     int team = len * heads >= 2048 ? threads : 1; /* enough work to pay for waking the second thread */
-    int avx2 = simd && has_avx2();
-    if (avx2 && d % 64 == 0 && group <= 256) {
+    if (grouped_attention(heads, kv_heads, d, simd)) {
         /* Parallel over KV heads: each converts its keys and values once for its query heads. */
         if (team > kv_heads) team = kv_heads;
 #pragma omp parallel for num_threads(team) schedule(static)
-        for (int kh = 0; kh < kv_heads; kh++) {
-            float *q = scores + (size_t)heads * len + (size_t)kh * group * d, *acc = q + (size_t)heads * d;
-            for (int g = 0; g < group; g++)
-                rope((const char *)qkv + (size_t)(kh * group + g) * d * esize, cos, sin, d, dt, q + (size_t)g * d);
-            size_t base = (size_t)kh * cap * d * esize;
-            attend_group_avx2(q, group, (const char *)kc + base, (const char *)vc + base, len, d, dt,
-                              scores + (size_t)kh * group * len, acc);
-            for (int i = 0; i < group * d; i++) store(out, (size_t)kh * group * d + i, acc[i], dt);
-        }
+        for (int kh = 0; kh < kv_heads; kh++)
+            attend_kv_head(qkv, cos, sin, kc, vc, cap, pos, heads, kv_heads, d, dt, out, kh,
+                           scores + (size_t)kh * group * (len + 2 * d));
         return 0;
     }
+    int avx2 = simd && has_avx2();
 #pragma omp parallel for num_threads(team) schedule(static)
     for (int h = 0; h < heads; h++) {
         float q[256], acc[256];
@@ -321,6 +341,41 @@ int reprise_decode_attention(const void *qkv, const void *cos, const void *sin, 
         attend_head(q, (const char *)kc + base, (const char *)vc + base, len, d, dt, scores + (size_t)h * len, acc, avx2);
         for (int i = 0; i < d; i++) store(out, (size_t)h * d + i, acc[i], dt);
     }
+    return 0;
+}
+
+/* m rows' attention at positions pos..pos+m-1 (a step's prompt rows): every row's K/V written first, then
+ * the (row, KV head) pairs in parallel, each through the one-row path's attend_kv_head. Row r reads
+ * positions 0..pos+r only, all written by then, so each row gets the bits reprise_decode_attention gives it
+ * alone; one parallel region for all rows instead of one per row (or, under 2048 scores, none). Returns
+ * 0, 1 (d too large) or -1 (no memory for more work buffers than the scratch holds). */
+static int attend_rows(const char *qkv, const char *cos, const char *sin, void *kc, void *vc, int cap, int pos, int m,
+                       int heads, int kv_heads, int d, int dt, char *out, float *scratch, int threads, int simd) {
+    size_t esize = dt == DT_BF16 ? 2 : 4, nqkv = (size_t)(heads + 2 * kv_heads) * d, nq = (size_t)heads * d;
+    if (m == 1 || d > 256 || !grouped_attention(heads, kv_heads, d, simd)) {
+        for (int r = 0; r < m; r++) {
+            int rc = reprise_decode_attention(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize,
+                                              kc, vc, cap, pos + r, heads, kv_heads, d, dt, out + r * nq * esize, scratch,
+                                              threads, simd);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    for (int r = 0; r < m; r++)
+        write_kv(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize, kc, vc, cap, pos + r,
+                 heads, kv_heads, d, dt);
+    int tasks = m * kv_heads, team = threads < tasks ? threads : tasks;
+    size_t per = (size_t)(heads / kv_heads) * (pos + m + 2 * d); /* the longest row's work buffer */
+    float *work = team <= kv_heads ? scratch : malloc((size_t)team * per * sizeof(float)); /* scratch holds kv_heads */
+    if (work == NULL) return -1;
+#pragma omp parallel for num_threads(team) schedule(static, 1)
+    for (int t = 0; t < tasks; t++) {
+        int r = t / kv_heads;
+        attend_kv_head(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize, kc, vc, cap,
+                       pos + r, heads, kv_heads, d, dt, out + r * nq * esize, t % kv_heads,
+                       work + (size_t)omp_get_thread_num() * per);
+    }
+    if (work != scratch) free(work);
     return 0;
 }
 
@@ -441,10 +496,9 @@ int reprise_decode_step(const struct reprise_layer *layers, int n_layers, float 
         for (int r = 0; r < m; r++)
             reprise_add_rmsnorm(x + (size_t)r * hidden, NULL, dt, l->ln1, h + (size_t)r * hidden * esize, dt, hidden, eps);
         int rc = linear(&l->qkv, h, qkv, m, dt, kernel_arg, threads);
-        for (int r = 0; r < m && !rc; r++)
-            rc = reprise_decode_attention(qkv + (size_t)r * nqkv * esize, (const char *)cos + (size_t)r * d * esize,
-                                          (const char *)sin + (size_t)r * d * esize, kc, vc, cap, pos + r, heads,
-                                          kv_heads, d, dt, attn + (size_t)r * nq * esize, scratch, threads, simd);
+        if (!rc)
+            rc = attend_rows(qkv, (const char *)cos, (const char *)sin, kc, vc, cap, pos, m, heads, kv_heads, d, dt, attn, scratch,
+                             threads, simd);
         if (!rc) rc = linear(&l->o, attn, y, m, dt, kernel_arg, threads);
         if (rc) return rc;
         for (int r = 0; r < m; r++)

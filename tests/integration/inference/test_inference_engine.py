@@ -16,6 +16,7 @@ from reprise.domain import Decoding, Finish, Role, Turn
 from reprise.errors import InvalidArgument
 
 from tests.support.cpu import int8_kernel_name
+from tests.support.tiny_model import build_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -353,14 +354,18 @@ def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("head_dim", [16, 64])
 def test_fp32_int4_with_int8_activations_computes_a_tokens_kv_alike_alone_or_in_a_chunk(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, head_dim: int
 ) -> None:
     """What `--dtype auto` serves on CPUs without bf16 (`--activations auto`): every row through the int8
     kernel, no fp16 copy, and prompts through a step's operations row by row, so a token's KV and logits
-    are the same bits decoded alone, in a prompt, or in prompt chunks of any size."""
+    are the same bits decoded alone, in a prompt, or in prompt chunks of any size. Head size 64 (the real
+    model's) takes the step's vectorized attention, prompt rows in parallel; 16 the portable one."""
     if native.load_fp32(tmp_path / "native")[0] is None:
         return  # the fp32-activation test checks the refusal
+    if head_dim != 16:
+        tiny_model_dir = build_tiny_model(tmp_path / f"tiny-d{head_dim}", head_dim=head_dim)
     engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
     info = engine.describe()
     assert (info.dtype, info.weights, info.int4_kernel) == ("float32", "int4", int8_kernel_name())
