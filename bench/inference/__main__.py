@@ -477,7 +477,7 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
     examples = [e for s in sets.values() for e in s.test[:40]]
 
     @contextlib.contextmanager
-    def avx2_rows() -> Iterator[None]:  # the kernels' and the one-call step's
+    def avx2_paths() -> Iterator[None]:  # the kernels' and the one-call step's
         for k in kernels:
             k.vnni = False
         if plan is not None:
@@ -490,12 +490,12 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
             model.step_plan = plan
 
     def through_avx2() -> dict[str, float]:
-        with avx2_rows():
+        with avx2_paths():
             return prompt_speeds(serving, examples, decode=True)
 
     out: dict[str, Any] = alternating({"vnni": lambda: prompt_speeds(serving, examples, decode=True), "avx2": through_avx2})
     mine = greedy_replies(serving)
-    with avx2_rows():
+    with avx2_paths():
         out["greedy_vs_avx2"] = agreement(greedy_replies(serving), mine)
     return out
 

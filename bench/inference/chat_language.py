@@ -24,7 +24,8 @@ from inference_svc.core.engine import Engine
 from reprise.domain import Decoding
 
 #: (split, language, message). "dev": the ten messages the variants were written against (2026-11-30) and
-#: ten more; "test": thirty written afterwards, before any variant ran on them, judged only once.
+#: ten more; "test": thirty written afterwards, before any variant ran on them, and first judged for the
+#: served prompt and the variant chosen on dev only.
 MESSAGES: tuple[tuple[str, str, str], ...] = (
     ("dev", "zh", "这家酒店的房间很干净，服务员也很热情，下次还会来住。"),
     ("dev", "zh", "快递三天都没到，客服电话一直打不通，太失望了。"),

@@ -23,7 +23,6 @@ from bench.inference import datasets, engines
 from inference_svc.core.engine import Engine
 
 
-
 @torch.inference_mode()
 def hidden_states(engine: Engine, texts: list[str], batch: int = 16) -> torch.Tensor:
     """The final-norm hidden state at the scoring position of each text, under the served sentiment prompt."""

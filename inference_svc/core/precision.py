@@ -133,14 +133,15 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
     if dtype == "bf16":
         if fmt is WeightFormat.FP16:
             raise ValueError("--weights fp16 runs with fp32 activations: use --dtype fp32 or auto")
+        reason = "bf16 requested"
         if not cpu_supports_bf16():  # served, as asked, but say what it costs
             log.warning(
                 "--dtype bf16 on a CPU without AVX512-BF16/AMX: torch emulates bf16 here (a 64-row matmul ~3x "
                 "slower than fp32); --dtype auto serves int4 with int8 activations on such CPUs (for the image: "
                 "MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4)"
             )
-            return Precision(torch.bfloat16, fmt or WeightFormat.INT4, "bf16 requested; this CPU emulates it (slow)")
-        return Precision(torch.bfloat16, fmt or WeightFormat.INT4, "bf16 requested")
+            reason += "; this CPU emulates it (slow)"
+        return Precision(torch.bfloat16, fmt or WeightFormat.INT4, reason)
     if dtype != "auto":
         raise ValueError(f"--dtype {dtype!r}: expected auto, bf16 or fp32")
     if fmt is WeightFormat.FP16:

@@ -453,7 +453,7 @@ struct reprise_layer {
 #define STEP_VNNI 0x20 /* with STEP_INT8: rows take the AVX512-VNNI paths (mode 3 for several, 4 for one) */
 static int linear(const struct reprise_linear *l, const void *x, void *y, int m, int dt, int kernel_arg, int threads) {
     int mode = kernel_arg & ~(STEP_INT8 | STEP_VNNI);
-    if (kernel_arg & STEP_INT8 && mode == 1) /* several rows: the several-row path (the same bits, weights read once) */
+    if (kernel_arg & STEP_INT8 && mode == 1) /* by row count and CPU; several rows read the weights once (same bits) */
         mode = m > 1 ? (kernel_arg & STEP_VNNI ? 3 : 2) : (kernel_arg & STEP_VNNI ? 4 : 1);
     int failed = dt == DT_BF16            ? reprise_int4_gemv(l->w, x, y, m, l->n, l->k, threads, kernel_arg)
                  : kernel_arg & STEP_INT8 ? reprise_int4_gemm_q8(l->w, x, y, m, l->n, l->k, threads, mode)

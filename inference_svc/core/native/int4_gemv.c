@@ -778,6 +778,27 @@ int reprise_int4_vnni_supported(void) {
 
 #define Q8_VNNI_ROWS 4 /* input rows per step of the AVX512-VNNI path (weights in 16 zmm, 8 accumulators) */
 
+/* group_scales_f32 for 16 output rows per zmm: scale and zero - 8 scale of rows 16h..16h + 15. */
+__attribute__((target("avx512f,f16c,fma"))) static inline void group_scales_f32x16(const uint8_t *blk, __m512 scale[2],
+                                                                                  __m512 zadj[2]) {
+    for (int h = 0; h < 2; h++) {
+        scale[h] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512 + 32 * h)));
+        __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 576 + 32 * h)));
+        zadj[h] = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), scale[h], zero);
+    }
+}
+
+/* q8_combine for 16 output rows per zmm: the same two FMAs per output row, in the same order. */
+__attribute__((target("avx512f,fma"))) static inline void q8_combine_x16(const __m512i acc[2], const __m512 scale[2],
+                                                                         const __m512 zadj[2], float d, float sum,
+                                                                         __m512 total[2]) {
+    __m512 dv = _mm512_set1_ps(d), sv = _mm512_set1_ps(sum);
+    for (int h = 0; h < 2; h++) {
+        total[h] = _mm512_fmadd_ps(_mm512_mul_ps(scale[h], dv), _mm512_cvtepi32_ps(acc[h]), total[h]);
+        total[h] = _mm512_fmadd_ps(zadj[h], sv, total[h]);
+    }
+}
+
 /* superblock_q8_rows on AVX512-VNNI: the same split bytes, 16 output rows per zmm (a block's vectors v and
  * v + 1 are adjacent: one 64-byte load), and VPDPBUSD adds four nibble x code products straight into int32
  * where VPMADDUBSW + VPADDW (+ VPMADDWD at the end) did two. The integer dots are the same exact numbers and
@@ -799,11 +820,7 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void
                 wb[4 * c + 2 + h] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
             }
         __m512 scale[2], zadj[2];
-        for (int h = 0; h < 2; h++) {
-            scale[h] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512 + 32 * h)));
-            __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 576 + 32 * h)));
-            zadj[h] = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), scale[h], zero);
-        }
+        group_scales_f32x16(blk, scale, zadj);
         for (int r0 = 0; r0 < rows; r0 += Q8_VNNI_ROWS) {
             int rr[Q8_VNNI_ROWS]; /* a short last step repeats its last row (the copies are dropped) */
             for (int i = 0; i < Q8_VNNI_ROWS; i++) rr[i] = r0 + i < rows ? r0 + i : rows - 1;
@@ -819,12 +836,7 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void
             }
             for (int i = 0; i < Q8_VNNI_ROWS && r0 + i < rows; i++) {
                 int r = r0 + i;
-                __m512 dv = _mm512_set1_ps(d[(size_t)r * groups + g]), sv = _mm512_set1_ps(sums[(size_t)r * groups + g]);
-                for (int h = 0; h < 2; h++) {
-                    __m512 dot = _mm512_cvtepi32_ps(acc[i][h]);
-                    total[r][h] = _mm512_fmadd_ps(_mm512_mul_ps(scale[h], dv), dot, total[r][h]);
-                    total[r][h] = _mm512_fmadd_ps(zadj[h], sv, total[r][h]);
-                }
+                q8_combine_x16(acc[i], scale, zadj, d[(size_t)r * groups + g], sums[(size_t)r * groups + g], total[r]);
             }
         }
     }
@@ -852,14 +864,9 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni"))) static void
                 acc[h] = _mm512_dpbusd_epi32(acc[h], _mm512_and_si512(_mm512_srli_epi16(q, 4), low), odd);
             }
         }
-        __m512 dv = _mm512_set1_ps(d[g]), sv = _mm512_set1_ps(sums[g]);
-        for (int h = 0; h < 2; h++) {
-            __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512 + 32 * h)));
-            __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 576 + 32 * h)));
-            __m512 zadj = _mm512_fmadd_ps(_mm512_set1_ps(-8.0f), scale, zero);
-            total[h] = _mm512_fmadd_ps(_mm512_mul_ps(scale, dv), _mm512_cvtepi32_ps(acc[h]), total[h]);
-            total[h] = _mm512_fmadd_ps(zadj, sv, total[h]);
-        }
+        __m512 scale[2], zadj[2];
+        group_scales_f32x16(blk, scale, zadj);
+        q8_combine_x16(acc, scale, zadj, d[g], sums[g], total);
     }
     for (int h = 0; h < 2; h++) _mm512_storeu_ps(y + 16 * h, total[h]);
 }
