@@ -2,19 +2,25 @@
 
 Run by ``make model`` and at image build time, so a service start only reads
 the converted copy. Takes the service's model and precision flags, so it
-prepares exactly the format the service will load.
+prepares exactly the format the service will load here; ``--all-formats``
+also converts every format those flags can pick on another CPU (an image is
+built on one machine and runs on others), and ``--prune`` then deletes what
+only a conversion reads (the assembled GGUF and the fp32 copy).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
-from inference_svc.core import placement
+from inference_svc.core import loader, model_source, placement, precision
 from inference_svc.core.engine import Engine, EngineConfig
 from reprise.rpc.config import EnvArgumentParser
 from reprise.rpc.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 
 def main() -> None:
@@ -27,27 +33,66 @@ def main() -> None:
     parser.add_flag("--no-dense-prefill", help="same as the service's --no-dense-prefill")
     parser.add_flag("--no-tie-embeddings", help="same as the service's --no-tie-embeddings")
     parser.add_option("--activations", default="auto", choices=("auto", "int8", "fp32"), help="same as the service's --activations")
+    parser.add_flag("--all-formats", help="also convert every format these flags can pick on other CPUs (for images run on mixed nodes)")
+    parser.add_flag("--prune", help="then delete what only a conversion reads: the assembled default GGUF and the fp32 copy")
     args = parser.parse_args()
     configure_logging("inference", "INFO", "text")
     try:
         where = placement.apply(args.cpus)  # before any torch work, as the service does
     except ValueError as exc:
         parser.error(str(exc))
-    logging.getLogger(__name__).info("placement: %s", where.describe())
+    log.info("placement: %s", where.describe())
     start = time.perf_counter()
-    engine = Engine(
-        EngineConfig(
-            model=args.model,
-            cache_dir=args.model_cache,
-            dtype=args.dtype,
-            weights=args.weights,
-            dense_prefill=not args.no_dense_prefill,
-            tie_embeddings=not args.no_tie_embeddings,
-            activations=args.activations,
-        )
+    config = EngineConfig(
+        model=args.model,
+        cache_dir=args.model_cache,
+        dtype=args.dtype,
+        weights=args.weights,
+        dense_prefill=not args.no_dense_prefill,
+        tie_embeddings=not args.no_tie_embeddings,
+        activations=args.activations,
     )
-    engine.load()
-    logging.getLogger(__name__).info("model ready in %.1fs: %s", time.perf_counter() - start, engine.describe())
+    if args.all_formats:
+        prepare_all_formats(config)
+    engine = Engine(config)
+    engine.load()  # this CPU's choice, loaded end to end: it also builds the native kernels
+    log.info("model ready in %.1fs: %s", time.perf_counter() - start, engine.describe())
+    if args.prune:
+        prune(model_source.resolve(config.model, config.cache_dir), config.cache_dir)
+
+
+def prepare_all_formats(config: EngineConfig) -> list[str]:
+    """Convert ``config``'s model to every format its flags can resolve to on any CPU; returns their names."""
+    source = model_source.resolve(config.model, config.cache_dir)
+    names = []
+    for chosen, activations in precision.anywhere(config.dtype, config.weights, config.activations):
+        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, config.dense_prefill, config.tie_embeddings, activations)
+        target, converted = loader.prepare(source, config.cache_dir, spec)
+        log.info("format %s: %s %s", spec.name, "converted to" if converted else "found in", target)
+        names.append(spec.name)
+    if not names:
+        raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
+    return names
+
+
+def prune(source: model_source.ResolvedModel, cache_dir: Path) -> None:
+    """Delete the intermediates of conversion made in ``cache_dir``: the fp32 copy and the assembled default GGUF.
+
+    A user's own GGUF or model directory is never touched. Starts read only the converted copies; a
+    start that needs a format not converted fails with the list of those present (``loader.prepare``).
+    """
+    doomed = [model_source.converted_dir(cache_dir, source, "hf-fp32")]
+    if source.model_id == model_source.DEFAULT_MODEL:
+        gguf = cache_dir / model_source.DEFAULT_GGUF_NAME
+        doomed += [gguf, gguf.with_suffix(".sha256")]
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()  # a file, or a link to one the cache does not own
+        else:
+            continue
+        log.info("pruned %s", path)
 
 
 if __name__ == "__main__":

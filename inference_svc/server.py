@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from inference_svc.core import placement
+from inference_svc.core.model_source import ModelSourceError
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.service import Batching, InferenceService, Limits
 from inference_svc.core.worker import ModelWorker
@@ -128,6 +129,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         asyncio.run(run_until_signal(app, server_options(args)))
-    except ValueError as exc:  # flags that parse but cannot serve together, found while loading the model
+    except (ValueError, ModelSourceError) as exc:  # flags that cannot serve together, or no model to load
         log.error("cannot start: %s", exc)
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

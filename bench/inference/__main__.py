@@ -304,6 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["bandwidth_gbs"] = memory_bandwidth_gbs()
     log.info("bandwidth %s", results["bandwidth_gbs"])
     source = model_source.resolve("default", cache)
+    model_source.materialize(source, cache)  # llama.cpp reads the GGUF itself
     sets = datasets.load(args.per_label)
 
     # Peer first: same GGUF, same threads, same token ids as our prefill.

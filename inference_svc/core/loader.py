@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -119,6 +120,7 @@ def _hf_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
+    model_source.materialize(source, cache_dir)
     log.info("loading %s with transformers once (slow); later starts use the converted copy", source.model_id)
     tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
@@ -148,6 +150,36 @@ def _read_aligned(path: Path) -> dict[str, torch.Tensor]:
         for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             out[name] = f.get_tensor(name).clone()
     return out
+
+
+#: Metadata key of a converted copy: rows per block of torch's int4 layout where it was converted.
+TORCH_INT4_BLOCK = "torch_int4_block"
+
+
+def _relayout_torch_int4(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Re-lay torch-layout int4 weights converted on another kind of CPU out for this one (in place).
+
+    Copies saved before the block was recorded are read as this CPU's (they were converted where they run).
+    """
+    with safe_open(path, framework="pt") as f:
+        saved = (f.metadata() or {}).get(TORCH_INT4_BLOCK)
+    if saved is None:
+        return
+    try:
+        if int(saved) == native.torch_int4_block():
+            return
+    except native.NativeUnavailable as exc:
+        raise model_source.ModelSourceError(
+            f"{path.parent.name} holds torch int4 weights in {saved}-row blocks, and {exc}: convert the model here"
+        ) from exc
+    start = time.perf_counter()
+    names = [name for name in tensors if name.endswith(".q4")]
+    for name in names:
+        tensors[name] = native.relayout_torch_int4(tensors[name], int(saved))
+    log.info(
+        "re-laid %d int4 weights out from %s-row blocks (where converted) to this CPU's %d in %.1fs",
+        len(names), saved, native.torch_int4_block(), time.perf_counter() - start,
+    )
 
 
 def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec) -> dict[str, torch.Tensor]:
@@ -345,13 +377,11 @@ def load(
         raise ValueError(f"activations {spec.activations!r}: expected one of {native.ACTIVATIONS}")
     start = time.perf_counter()
     source = model_source.resolve(model, cache_dir)
-    target = runtime_dir(cache_dir, source, spec)
-    converted = not (target / RUNTIME_FILE).exists()
-    if converted:
-        _convert(source, cache_dir, spec, target)
+    target, converted = prepare(source, cache_dir, spec)
     config = json.loads((target / "config.json").read_text())
     shape = ModelShape.from_config(config)
     tensors = _read_aligned(target / RUNTIME_FILE)
+    _relayout_torch_int4(tensors, target / RUNTIME_FILE)
     tokenizer = AutoTokenizer.from_pretrained(target)
     kernel, kernel_name = int4_kernel(cache_dir, spec, int4)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions), kernel)
@@ -380,6 +410,37 @@ def load(
     )
 
 
+def prepare(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec) -> tuple[Path, bool]:
+    """The directory of ``source`` converted to ``spec``, and whether this call converted it (slow) or found it.
+
+    A missing copy in a cache this process cannot write (a read-only image) fails at once, naming
+    the copies that are there, instead of after a minute of dequantizing.
+    """
+    target = runtime_dir(cache_dir, source, spec)
+    if (target / RUNTIME_FILE).exists():
+        return target, False
+    if not _writable(target.parent):
+        present = sorted(
+            p.name.removeprefix(f"{source.revision}-").removesuffix(f"-v{model_source.CONVERSION_VERSION}")
+            for p in target.parent.glob(f"{source.revision}-*") if (p / RUNTIME_FILE).exists()
+        )
+        raise model_source.ModelSourceError(
+            f"{source.model_id} has no converted copy as {spec.name} in {target.parent}, and this process cannot "
+            f"write there to convert it; copies present: {', '.join(present) or 'none'}. Prepare it where the cache "
+            "is writable: python -m inference_svc.prepare with the same --model/--dtype/--weights/--activations "
+            "(an image carries the formats its build args MODEL_DTYPE/MODEL_WEIGHTS/MODEL_ACTIVATIONS can pick)"
+        )
+    _convert(source, cache_dir, spec, target)
+    return target, True
+
+
+def _writable(directory: Path) -> bool:
+    """Whether this process can create entries in ``directory``, or in its nearest existing parent."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
 def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec, target: Path) -> None:
     start = time.perf_counter()
     hf = _hf_dir(source, cache_dir)
@@ -389,7 +450,13 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".runtime-"))
     try:
-        save_file(tensors, str(tmp / RUNTIME_FILE), metadata={"spec": spec.name, "source": source.model_id})
+        metadata = {"spec": spec.name, "source": source.model_id}
+        if any(name.endswith(".q4") for name in tensors):  # torch's int4 layout differs between CPU kinds
+            try:
+                metadata[TORCH_INT4_BLOCK] = str(native.torch_int4_block())
+            except native.NativeUnavailable:  # a layout Reprise cannot read: the copy serves only here
+                pass
+        save_file(tensors, str(tmp / RUNTIME_FILE), metadata=metadata)
         shutil.copy(hf / "config.json", tmp / "config.json")
         for name in _TOKENIZER_FILES:
             if (hf / name).exists():

@@ -130,10 +130,13 @@ def _dir_revision(path: Path) -> str:
 
 
 def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
-    """Turn ``--model`` into something loadable, assembling the default GGUF if needed."""
+    """Turn ``--model`` into something loadable (the default GGUF is assembled only by :func:`materialize`).
+
+    The default model's revision is its known SHA-256, so a start that finds its converted copy
+    needs neither the GGUF nor the part packages (an image can leave both out: ``prepare --prune``).
+    """
     if spec == DEFAULT_MODEL:
-        gguf = assemble_default_gguf(cache_dir)
-        return ResolvedModel(spec, str(gguf.parent), DEFAULT_GGUF_SHA256[:16], gguf.name)
+        return ResolvedModel(spec, str(cache_dir), DEFAULT_GGUF_SHA256[:16], DEFAULT_GGUF_NAME)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(spec, str(path.parent), _sha256_file(path)[:16], path.name)
@@ -145,6 +148,12 @@ def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
         raise ModelSourceError(f"{spec}: not a model directory or .gguf file")
     # A hub id: loadable only where a hub is reachable (never on our CI machines).
     return ResolvedModel(spec, spec, "hub")
+
+
+def materialize(model: ResolvedModel, cache_dir: Path) -> None:
+    """Make ``model``'s weights readable before loading them: assembles (once) the default GGUF."""
+    if model.model_id == DEFAULT_MODEL and model.gguf_file == DEFAULT_GGUF_NAME:
+        assemble_default_gguf(cache_dir)
 
 
 def converted_dir(cache_dir: Path, model: ResolvedModel, variant: str) -> Path:

@@ -13,6 +13,7 @@ else fp16 through fbgemm (see ``weights.py``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -118,8 +119,12 @@ def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> 
     return Precision(torch.float32, WeightFormat.DENSE, f"{why}; no fbgemm in this torch build")
 
 
+#: Times bf16 against fp32 for a weight format: (bf16 is faster, the timings); see :func:`bf16_measures_faster`.
+Bf16Race = Callable[[WeightFormat], tuple[bool, str]]
+
+
 def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision:
-    """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|fp16|dense``.
+    """Resolve ``--dtype auto|bf16|fp32`` and ``--weights auto|int4|int8|fp16|dense`` on this CPU.
 
     ``--weights auto`` means int4 under bf16, and when ``--dtype auto``
     resolves to fp32, int4 where ``int4`` (the AVX2 kernel's probe) says it
@@ -127,34 +132,61 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
     fp32 reference unless ``--weights int4`` or ``fp16`` is asked for. fp16
     weights exist only with fp32 activations, int8 only with bf16.
     """
+    native_bf16 = cpu_supports_bf16()
+    chosen = _resolve(dtype, weights, int4, native_bf16, bf16_measures_faster)
+    if chosen.dtype == torch.bfloat16 and not native_bf16:  # served, as asked, but say what it costs
+        log.warning(
+            "--dtype bf16 on a CPU without AVX512-BF16/AMX: torch emulates bf16 here (a 64-row matmul ~3x "
+            "slower than fp32); --dtype auto serves int4 with int8 activations on such CPUs (for the image: "
+            "the default MODEL_DTYPE=auto)"
+        )
+    return chosen
+
+
+def _resolve(dtype: str, weights: str, int4: Int4Probe | None, native_bf16: bool, bf16_race: Bf16Race) -> Precision:
+    """:func:`choose` with the CPU's answers given: whether it has native bf16, and how bf16 races fp32."""
     fmt = None if weights == "auto" else WeightFormat(weights)
     if dtype == "fp32":
         return _fp32(fmt or WeightFormat.DENSE, "fp32 requested", int4)
     if dtype == "bf16":
         if fmt is WeightFormat.FP16:
             raise ValueError("--weights fp16 runs with fp32 activations: use --dtype fp32 or auto")
-        reason = "bf16 requested"
-        if not cpu_supports_bf16():  # served, as asked, but say what it costs
-            log.warning(
-                "--dtype bf16 on a CPU without AVX512-BF16/AMX: torch emulates bf16 here (a 64-row matmul ~3x "
-                "slower than fp32); --dtype auto serves int4 with int8 activations on such CPUs (for the image: "
-                "MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4)"
-            )
-            reason += "; this CPU emulates it (slow)"
+        reason = "bf16 requested" if native_bf16 else "bf16 requested; this CPU emulates it (slow)"
         return Precision(torch.bfloat16, fmt or WeightFormat.INT4, reason)
     if dtype != "auto":
         raise ValueError(f"--dtype {dtype!r}: expected auto, bf16 or fp32")
     if fmt is WeightFormat.FP16:
         return _fp32(fmt, "auto: --weights fp16 runs with fp32 activations")
-    if not cpu_supports_bf16():
+    if not native_bf16:
         return _fp32(fmt, "auto: no AVX512-BF16/AMX on this CPU", int4)
     candidate = fmt or WeightFormat.INT4
-    faster, detail = bf16_measures_faster(candidate)
+    faster, detail = bf16_race(candidate)
     if faster:
         return Precision(torch.bfloat16, candidate, f"auto: CPU has bf16 and it measured faster ({detail})")
     if fmt in (WeightFormat.INT4, WeightFormat.INT8):
         return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
     return _fp32(fmt, f"auto: bf16 measured slower ({detail})", int4)
+
+
+def anywhere(dtype: str, weights: str, activations_choice: str = "auto") -> list[tuple[Precision, str]]:
+    """Every (precision, activations) these flags can resolve to on some CPU, in a fixed order.
+
+    What an image built on one machine and run on others needs converted (``prepare --all-formats``):
+    :func:`choose` is asked again with each answer a CPU can give (native bf16 or not, bf16 faster
+    or not, the int4 kernel serving or not); answers that refuse the flags are skipped. The torch
+    build (fbgemm) is the one this process runs, as in the image.
+    """
+    found: dict[tuple[torch.dtype, WeightFormat, str], tuple[Precision, str]] = {}
+    for native_bf16, bf16_faster, int4_serves in itertools.product((True, False), repeat=3):
+        try:
+            chosen = _resolve(
+                dtype, weights, lambda _race: (int4_serves, "assumed"), native_bf16, lambda _fmt: (bf16_faster, "assumed")
+            )
+            acts = activations(activations_choice, chosen)
+        except ValueError:
+            continue
+        found.setdefault((chosen.dtype, chosen.weights, acts), (chosen, acts))
+    return list(found.values())
 
 
 #: ``--activations`` values: int8 activations serve int4 weights under fp32 (see ``native.Int4KernelF32``).

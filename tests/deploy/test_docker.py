@@ -104,6 +104,9 @@ def test_inference_image_bakes_the_model_it_will_load() -> None:
             "REPRISE_INFERENCE_WEIGHTS=${MODEL_WEIGHTS}", "REPRISE_INFERENCE_MODEL=${MODEL}",
             "REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}"} <= baked
     assert service_env(final) == baked
+    # One image for mixed nodes: auto by default, every format auto can pick converted, nothing else kept.
+    assert "--all-formats" in prepare.args.split() and "--prune" in prepare.args.split()
+    assert {i.args for i in ins if i.op == "ARG" and i.args.startswith("MODEL_DTYPE=")} == {"MODEL_DTYPE=auto"}
     env = " ".join(i.args for i in ins if i.op == "ENV" and i.stage == final)
     assert "HF_HUB_OFFLINE=1" in env, "nothing may download from a hub at run time"
     assert any(i.op == "RUN" and "numactl" in i.args and i.stage == final for i in ins)

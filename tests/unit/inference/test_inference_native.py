@@ -177,3 +177,18 @@ def test_norm_is_bit_identical_to_rms_norm() -> None:
     for rows in (1, 7, 64, 300):
         x = torch.randn(rows, 96, generator=g) * 4
         assert torch.equal(norm._norm(x, w), F.rms_norm(x, (96,), w, 1e-6))
+
+
+@pytest.mark.parametrize("n", [128, 400, 1152])  # 400: a last block of 16 rows (torch pairs neighbours there)
+def test_torchs_int4_layout_is_read_and_written_for_either_kind_of_cpu(n: int) -> None:
+    """torch packs int4 weights in 64-row blocks on AVX-512 and 32-row ones on AVX2; a copy converted on one
+    kind must be re-laid out on the other (an image is built on one machine and runs on others)."""
+    q = torch.randint(0, 16, (n, 96), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
+    packed_here = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    here = native.torch_int4_block()
+    assert torch.equal(native.torch_int4_layout(q, here), packed_here)
+    for block in (32, 64):
+        written = native.torch_int4_layout(q, block)
+        assert torch.equal(native.torch_int4_values(written, block), q.to(torch.uint8))
+        assert torch.equal(native.relayout_torch_int4(written, block), packed_here)
+    assert not torch.equal(native.torch_int4_layout(q, 32), native.torch_int4_layout(q, 64))  # they do differ

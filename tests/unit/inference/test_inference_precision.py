@@ -119,4 +119,38 @@ def test_bf16_asked_for_is_served_and_where_the_cpu_emulates_it_the_log_says_so(
         assert chosen.reason == "bf16 requested" and not warned
     else:
         assert "emulates" in chosen.reason
-        assert len(warned) == 1 and "MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4" in warned[0]
+        assert len(warned) == 1 and "MODEL_DTYPE=auto" in warned[0]
+
+
+def _formats(dtype: str, weights: str, activations: str = "auto") -> list[tuple[torch.dtype, str, str]]:
+    return [(p.dtype, p.weights.value, acts) for p, acts in precision.anywhere(dtype, weights, activations)]
+
+
+def test_anywhere_lists_what_each_kind_of_cpu_would_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an image must carry to serve `--dtype auto` on every node, asked without measuring this one."""
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: pytest.fail("anywhere() must not ask this CPU"))
+    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("nor time it"))
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert _formats("auto", "auto") == [
+        (bf16, "int4", "fp32"),  # AVX512-BF16/AMX where bf16 wins its race
+        (fp32, "int4", "int8"),  # elsewhere (and where bf16 loses), the AVX2 kernel serving
+        (fp32, "fp16", "fp32"),  # where the AVX2 kernel cannot serve or loses its race
+    ]
+    assert _formats("auto", "auto", "fp32") == [(bf16, "int4", "fp32"), (fp32, "int4", "fp32"), (fp32, "fp16", "fp32")]
+    assert _formats("auto", "int4") == [(bf16, "int4", "fp32"), (fp32, "int4", "int8")]
+    assert _formats("auto", "int8") == [(bf16, "int8", "fp32")]  # refused under fp32, so bf16 everywhere
+    assert _formats("auto", "dense") == [(bf16, "dense", "fp32"), (fp32, "dense", "fp32")]
+    # A pinned format is that format on every CPU (bf16 emulated where it must be).
+    assert _formats("bf16", "auto") == [(bf16, "int4", "fp32")]
+    assert _formats("fp32", "int4") == [(fp32, "int4", "int8")]
+    assert _formats("fp32", "auto") == [(fp32, "dense", "fp32")]
+    assert _formats("fp32", "fp16", "int8") == []  # int8 activations exist only for int4 weights
+    monkeypatch.setattr(precision, "fbgemm_available", lambda: False)  # a torch build without it
+    assert _formats("auto", "auto") == [(bf16, "int4", "fp32"), (fp32, "dense", "fp32")]
+
+
+def test_anywhere_agrees_with_choose_on_this_cpu() -> None:
+    """Whatever this machine picks is among the formats listed for every machine."""
+    chosen = precision.choose("auto", "auto", lambda race: (True, "probe"))
+    acts = precision.activations("auto", chosen)
+    assert (chosen.dtype, chosen.weights.value, acts) in _formats("auto", "auto")
