@@ -17,6 +17,7 @@ from pathlib import Path
 
 from inference_svc.core import loader, model_source, placement, precision
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.options import add_model_options, engine_config
 from reprise.rpc.config import EnvArgumentParser
 from reprise.rpc.logs import configure_logging
 
@@ -25,14 +26,7 @@ log = logging.getLogger(__name__)
 
 def main() -> None:
     parser = EnvArgumentParser("REPRISE_INFERENCE_", prog="python -m inference_svc.prepare", description=__doc__)
-    parser.add_option("--cpus", default="", help="same as the service's --cpus (the dtype probe is timed on them)")
-    parser.add_option("--model", default="default", help="same as the service's --model")
-    parser.add_option("--model-cache", default=".models", type=Path, help="same as the service's --model-cache")
-    parser.add_option("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="same as the service's --dtype")
-    parser.add_option("--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"), help="same as the service's --weights")
-    parser.add_flag("--no-dense-prefill", help="same as the service's --no-dense-prefill")
-    parser.add_flag("--no-tie-embeddings", help="same as the service's --no-tie-embeddings")
-    parser.add_option("--activations", default="auto", choices=("auto", "int8", "fp32"), help="same as the service's --activations")
+    add_model_options(parser)  # the service's own: the same flags prepare the format it loads
     parser.add_flag("--all-formats", help="also convert every format these flags can pick on other CPUs (for images run on mixed nodes)")
     parser.add_flag("--prune", help="then delete what only a conversion reads: the assembled default GGUF and the fp32 copy")
     args = parser.parse_args()
@@ -43,15 +37,7 @@ def main() -> None:
         parser.error(str(exc))
     log.info("placement: %s", where.describe())
     start = time.perf_counter()
-    config = EngineConfig(
-        model=args.model,
-        cache_dir=args.model_cache,
-        dtype=args.dtype,
-        weights=args.weights,
-        dense_prefill=not args.no_dense_prefill,
-        tie_embeddings=not args.no_tie_embeddings,
-        activations=args.activations,
-    )
+    config = engine_config(args)
     if args.all_formats:
         prepare_all_formats(config)
     engine = Engine(config)
