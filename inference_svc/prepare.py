@@ -47,18 +47,16 @@ def main() -> None:
         prune(model_source.resolve(config.model, config.cache_dir), config.cache_dir)
 
 
-def prepare_all_formats(config: EngineConfig) -> list[str]:
-    """Convert ``config``'s model to every format its flags can resolve to on any CPU; returns their names."""
+def prepare_all_formats(config: EngineConfig) -> None:
+    """Convert ``config``'s model to every format its flags can resolve to on any CPU."""
     source = model_source.resolve(config.model, config.cache_dir)
-    names = []
-    for chosen, activations in precision.anywhere(config.dtype, config.weights, config.activations):
+    formats = precision.anywhere(config.dtype, config.weights, config.activations)
+    if not formats:
+        raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
+    for chosen, activations in formats:
         spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, config.dense_prefill, config.tie_embeddings, activations)
         target, converted = loader.prepare(source, config.cache_dir, spec)
         log.info("format %s: %s %s", spec.name, "converted to" if converted else "found in", target)
-        names.append(spec.name)
-    if not names:
-        raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
-    return names
 
 
 def prune(source: model_source.ResolvedModel, cache_dir: Path) -> None:
@@ -67,11 +65,7 @@ def prune(source: model_source.ResolvedModel, cache_dir: Path) -> None:
     A user's own GGUF or model directory is never touched. Starts read only the converted copies; a
     start that needs a format not converted fails with the list of those present (``loader.prepare``).
     """
-    doomed = [model_source.converted_dir(cache_dir, source, "hf-fp32")]
-    if source.model_id == model_source.DEFAULT_MODEL:
-        gguf = cache_dir / model_source.DEFAULT_GGUF_NAME
-        doomed += [gguf, gguf.with_suffix(".sha256")]
-    for path in doomed:
+    for path in (loader.fp32_copy_dir(source, cache_dir), *model_source.assembled_files(source, cache_dir)):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():

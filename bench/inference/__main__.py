@@ -29,7 +29,7 @@ import torch
 from bench.inference import datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
 from bench.inference.engines import RESULTS, add_model_cache, make_engine
-from inference_svc.core import model_source, native, placement, precision
+from inference_svc.core import loader, model_source, native, placement, precision
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.kv import PrefixIndex
@@ -274,7 +274,7 @@ async def _concurrent_classify(
 
 def startup(cache: Path, source: model_source.ResolvedModel) -> dict[str, float]:
     """Cold conversion from the fp32 copy, then a warm start from the converted copy, in a scratch cache."""
-    hf = model_source.converted_dir(cache, source, "hf-fp32")
+    hf = loader.fp32_copy_dir(source, cache)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         scratch = Path(tmp)
         gguf = cache / model_source.DEFAULT_GGUF_NAME
@@ -391,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["classify_16_concurrent"] = asyncio.run(both())
     log.info("concurrency %s", results["classify_16_concurrent"])
 
-    baseline = GenerateBaseline(model_source.converted_dir(cache, source, "hf-fp32"))
+    baseline = GenerateBaseline(loader.fp32_copy_dir(source, cache))
     results["sentiment_baseline"] = {}
     for lang, s in sets.items():
         times, correct, unparsed = [], [], 0

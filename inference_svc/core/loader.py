@@ -110,11 +110,16 @@ class LoadedModel:
     decode_ops: str = "torch"
 
 
+def fp32_copy_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
+    """Where the first conversion saves a GGUF or hub model as fp32 safetensors (read by later conversions only)."""
+    return model_source.converted_dir(cache_dir, source, "hf-fp32")
+
+
 def _hf_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
     """A local Hugging Face directory with the model's weights in fp32 or better, converting once."""
     if source.gguf_file is None and Path(source.location).is_dir():
         return Path(source.location)
-    target = model_source.converted_dir(cache_dir, source, "hf-fp32")
+    target = fp32_copy_dir(source, cache_dir)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,8 +143,8 @@ def _read_state(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_aligned(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file into 64-byte-aligned tensors.
+def _read_aligned(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file into 64-byte-aligned tensors, with its metadata.
 
     Tensors straight from safetensors sit at the file's byte offsets, which are
     not 64-byte aligned; torch's AVX-512 int8 kernel crashes on such weights
@@ -149,20 +154,19 @@ def _read_aligned(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(path, framework="pt") as f:
         for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             out[name] = f.get_tensor(name).clone()
-    return out
+        return out, f.metadata() or {}
 
 
 #: Metadata key of a converted copy: rows per block of torch's int4 layout where it was converted.
 TORCH_INT4_BLOCK = "torch_int4_block"
 
 
-def _relayout_torch_int4(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _relayout_torch_int4(tensors: dict[str, torch.Tensor], saved: str | None, copy: str) -> None:
     """Re-lay torch-layout int4 weights converted on another kind of CPU out for this one (in place).
 
-    Copies saved before the block was recorded are read as this CPU's (they were converted where they run).
+    ``saved``: the copy's :data:`TORCH_INT4_BLOCK` record. Copies saved before the block was recorded
+    are read as this CPU's (they were converted where they run).
     """
-    with safe_open(path, framework="pt") as f:
-        saved = (f.metadata() or {}).get(TORCH_INT4_BLOCK)
     if saved is None:
         return
     try:
@@ -170,7 +174,7 @@ def _relayout_torch_int4(tensors: dict[str, torch.Tensor], path: Path) -> None:
             return
     except native.NativeUnavailable as exc:
         raise model_source.ModelSourceError(
-            f"{path.parent.name} holds torch int4 weights in {saved}-row blocks, and {exc}: convert the model here"
+            f"{copy} holds torch int4 weights in {saved}-row blocks, and {exc}: convert the model here"
         ) from exc
     start = time.perf_counter()
     names = [name for name in tensors if name.endswith(".q4")]
@@ -380,8 +384,8 @@ def load(
     target, converted = prepare(source, cache_dir, spec)
     config = json.loads((target / "config.json").read_text())
     shape = ModelShape.from_config(config)
-    tensors = _read_aligned(target / RUNTIME_FILE)
-    _relayout_torch_int4(tensors, target / RUNTIME_FILE)
+    tensors, metadata = _read_aligned(target / RUNTIME_FILE)
+    _relayout_torch_int4(tensors, metadata.get(TORCH_INT4_BLOCK), target.name)
     tokenizer = AutoTokenizer.from_pretrained(target)
     kernel, kernel_name = int4_kernel(cache_dir, spec, int4)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions), kernel)
@@ -420,10 +424,7 @@ def prepare(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSp
     if (target / RUNTIME_FILE).exists():
         return target, False
     if not _writable(target.parent):
-        present = sorted(
-            p.name.removeprefix(f"{source.revision}-").removesuffix(f"-v{model_source.CONVERSION_VERSION}")
-            for p in target.parent.glob(f"{source.revision}-*") if (p / RUNTIME_FILE).exists()
-        )
+        present = [v for v, p in model_source.converted_variants(cache_dir, source).items() if (p / RUNTIME_FILE).exists()]
         raise model_source.ModelSourceError(
             f"{source.model_id} has no converted copy as {spec.name} in {target.parent}, and this process cannot "
             f"write there to convert it; copies present: {', '.join(present) or 'none'}. Prepare it where the cache "

@@ -71,8 +71,7 @@ def assemble_default_gguf(cache_dir: Path) -> Path:
     interrupted run never leaves a half-written model behind.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / DEFAULT_GGUF_NAME
-    marker = target.with_suffix(".sha256")
+    target, marker = _assembled(cache_dir)
     if target.exists() and marker.exists() and marker.read_text().strip() == DEFAULT_GGUF_SHA256:
         if target.stat().st_size == DEFAULT_GGUF_SIZE:
             return target
@@ -113,6 +112,12 @@ def assemble_default_gguf(cache_dir: Path) -> Path:
     return target
 
 
+def _assembled(cache_dir: Path) -> tuple[Path, Path]:
+    """Where :func:`assemble_default_gguf` writes the default GGUF and its verified-hash marker."""
+    target = cache_dir / DEFAULT_GGUF_NAME
+    return target, target.with_suffix(".sha256")
+
+
 def _dir_revision(path: Path) -> str:
     """A revision for a local model directory: hash of its config and weight file names and sizes.
 
@@ -150,15 +155,31 @@ def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
     return ResolvedModel(spec, spec, "hub")
 
 
+def _is_packaged(model: ResolvedModel) -> bool:
+    return model.model_id == DEFAULT_MODEL and model.gguf_file == DEFAULT_GGUF_NAME
+
+
 def materialize(model: ResolvedModel, cache_dir: Path) -> None:
     """Make ``model``'s weights readable before loading them: assembles (once) the default GGUF."""
-    if model.model_id == DEFAULT_MODEL and model.gguf_file == DEFAULT_GGUF_NAME:
+    if _is_packaged(model):
         assemble_default_gguf(cache_dir)
+
+
+def assembled_files(model: ResolvedModel, cache_dir: Path) -> list[Path]:
+    """What :func:`materialize` writes into ``cache_dir`` for ``model`` (nothing for a user's own files)."""
+    return list(_assembled(cache_dir)) if _is_packaged(model) else []
 
 
 def converted_dir(cache_dir: Path, model: ResolvedModel, variant: str) -> Path:
     """Where a converted copy of ``model`` lives: ``variant`` names the format (e.g. ``hf-fp32``)."""
     return cache_dir / "converted" / f"{model.revision}-{variant}-v{CONVERSION_VERSION}"
+
+
+def converted_variants(cache_dir: Path, model: ResolvedModel) -> dict[str, Path]:
+    """The converted copies of ``model`` in ``cache_dir`` by variant: the inverse of :func:`converted_dir`."""
+    head, tail = f"{model.revision}-", f"-v{CONVERSION_VERSION}"
+    found = (cache_dir / "converted").glob(f"{head}*{tail}")
+    return {p.name.removeprefix(head).removesuffix(tail): p for p in sorted(found) if p.is_dir()}
 
 
 def save_converted(model: object, tokenizer: object, target: Path, source: ResolvedModel) -> None:
