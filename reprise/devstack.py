@@ -98,34 +98,59 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class RedisTLS:
+    """PEM files for a TLS-only redis-server (Debian's is built with TLS)."""
+
+    cert: str
+    key: str
+    #: The CA that client certificates must chain to.
+    ca: str
+    #: Refuse clients without a certificate from ``ca`` (mutual TLS), as a managed Redis with mTLS does.
+    client_certs: bool = True
+
+
 class RedisServer:
     """A private redis-server on a free port in a temp dir.
 
     No persistence by default. With ``persist=True`` every write goes to an
     append-only file (fsync always), so :meth:`restart` brings the same
-    entries back, as a StatefulSet's Redis on its volume does.
+    entries back, as a StatefulSet's Redis on its volume does. With ``tls``
+    the port speaks TLS only (the plain port is off) and :attr:`url` is
+    ``rediss://localhost:<port>/0``.
     """
 
     def __init__(
-        self, port: int | None = None, password: str | None = None, *, persist: bool = False, cpus: str = ""
+        self, port: int | None = None, password: str | None = None, *, persist: bool = False, cpus: str = "",
+        tls: RedisTLS | None = None,
     ) -> None:
         self.port = port or free_port()
         self.password = password
         self.persist = persist
         self.cpus = cpus
+        self.tls = tls
         self._dir = tempfile.mkdtemp(prefix="reprise-redis-")
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}localhost:{self.port}/0"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _port_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        t = self.tls
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", t.cert, "--tls-key-file", t.key,
+                "--tls-ca-cert-file", t.ca, "--tls-auth-clients", "yes" if t.client_certs else "no"]
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        args = [exe, *self._port_args(), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--dir", self._dir, "--protected-mode", "no"]
         if self.password:

@@ -1,4 +1,4 @@
-"""Redis Sentinel and Redis Cluster by URL: the same service code, real servers on loopback."""
+"""Redis Sentinel, Redis Cluster and TLS Redis by URL and flags: the same service code, real servers on loopback."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import grpc
 import pytest
 
 from cache_svc.core.embedders import USEEmbedder
-from cache_svc.server import CacheApp
+from cache_svc.server import CacheApp, build_parser, settings_from_args
 from reprise.cache.v1 import cache_pb2 as pb
 from reprise.cache.v1 import cache_pb2_grpc as pb_grpc
 from reprise.common.v1 import common_pb2 as cpb
-from reprise.devstack import RedisServer, free_port
+from reprise.devstack import RedisServer, RedisTLS, free_port
 from reprise.rpc.server import ServerOptions, ServiceHost
+from tests.support.certs import Certs, make_certs
 
 
 def _wait_port(port: int, timeout_s: float = 10) -> None:
@@ -106,8 +107,14 @@ def embedder() -> USEEmbedder:
 
 
 @contextlib.asynccontextmanager
-async def _replica(url: str, prefix: str, embedder: USEEmbedder) -> AsyncIterator[pb_grpc.CacheStub]:
-    host = ServiceHost(CacheApp(url, key_prefix=prefix, embedder=embedder), ServerOptions(port=0))
+async def _replica(redis: str | list[str], prefix: str, embedder: USEEmbedder) -> AsyncIterator[pb_grpc.CacheStub]:
+    """A cache replica on ``redis``: a URL, or the sidecar's command-line flags (parsed as ``python -m cache_svc``)."""
+    if isinstance(redis, str):
+        app = CacheApp(redis, key_prefix=prefix, embedder=embedder)
+    else:
+        settings = settings_from_args(build_parser().parse_args([*redis, "--key-prefix", prefix]))
+        app = CacheApp(settings=settings, embedder=embedder)
+    host = ServiceHost(app, ServerOptions(port=0))
     await asyncio.wait_for(host.start(), 20)
     try:
         async with grpc.aio.insecure_channel(host.address) as channel:
@@ -120,7 +127,7 @@ def _q(text: str, ns: str) -> pb.CacheQuery:
     return pb.CacheQuery(namespace=ns, task="chat", text=text, model_id="m", model_revision="r")
 
 
-async def _exercise(url: str, embedder: USEEmbedder) -> None:
+async def _exercise(url: str | list[str], embedder: USEEmbedder) -> None:
     prefix = f"t{uuid.uuid4().hex[:6]}"
     async with _replica(url, prefix, embedder) as a, _replica(url, prefix, embedder) as b:
         stored = await a.Store(pb.StoreRequest(query=_q("How do I reset my password?", "n1"), answer=cpb.Answer(reply="x")))
@@ -141,3 +148,70 @@ async def test_sentinel_url(sentinel_url: str, embedder: USEEmbedder) -> None:
 
 async def test_cluster_url(cluster_url: str, embedder: USEEmbedder) -> None:
     await _exercise(cluster_url, embedder)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("redis-tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certs: Certs) -> Iterator[RedisServer]:
+    """A redis-server that speaks TLS only and requires a client certificate (mutual TLS)."""
+    server = RedisServer(tls=RedisTLS(certs.server_cert, certs.server_key, certs.ca)).start()
+    yield server
+    server.stop()
+
+
+def _tls_flags(server: RedisServer, certs: Certs) -> list[str]:
+    return ["--redis-url", server.url, "--redis-tls-ca", certs.ca,
+            "--redis-tls-cert", certs.client_cert, "--redis-tls-key", certs.client_key]
+
+
+async def test_tls_with_client_certificates_by_flags(tls_redis: RedisServer, certs: Certs, embedder: USEEmbedder) -> None:
+    """Two replicas on a mutual-TLS Redis, configured as users type it: stores, exact and semantic hits
+    across replicas (the index follows Redis' pub/sub over TLS) and invalidation."""
+    assert tls_redis.url.startswith("rediss://localhost:")
+    await _exercise(_tls_flags(tls_redis, certs), embedder)
+
+
+async def _never_serving(flags: list[str], embedder: USEEmbedder, caplog: pytest.LogCaptureFixture) -> str:
+    """Start a replica with ``flags``; assert it stays NOT_SERVING (calls UNAVAILABLE); return what it logged."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    app = CacheApp(settings=settings_from_args(build_parser().parse_args(flags)), embedder=embedder)
+    host = ServiceHost(app, ServerOptions(port=0))
+    await host.bind()
+    starting = asyncio.create_task(host.start())
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            await asyncio.sleep(1.0)
+            assert not starting.done(), "the replica should keep waiting for Redis, not exit"
+            status = (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_grpc.CacheStub(channel).Lookup(pb.LookupRequest(query=_q("x", "n")))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await host.stop(0)
+    return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("cache_svc"))
+
+
+async def test_tls_refuses_a_redis_certificate_from_another_ca(
+    tls_redis: RedisServer, certs: Certs, embedder: USEEmbedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = make_certs(tmp_path)  # a CA that did not sign the server's certificate
+    flags = _tls_flags(tls_redis, certs)
+    flags[flags.index("--redis-tls-ca") + 1] = other.ca
+    logged = await _never_serving(flags, embedder, caplog)
+    assert "certificate verify failed" in logged, logged
+
+
+async def test_tls_without_a_client_certificate_is_refused_by_redis(
+    tls_redis: RedisServer, certs: Certs, embedder: USEEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    logged = await _never_serving(["--redis-url", tls_redis.url, "--redis-tls-ca", certs.ca], embedder, caplog)
+    assert "certificate required" in logged, logged

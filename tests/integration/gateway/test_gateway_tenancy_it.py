@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from gateway_support import Certs, eventually, make_certs, start_exact_cache, start_gateway_host, unique
+from gateway_support import eventually, start_exact_cache, start_gateway_host, unique
 
 from gateway.auth import TokenFile, TokenTable
 from inference_svc.core.engine import EngineConfig
@@ -18,6 +18,7 @@ from reprise.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from reprise.rpc.server import ServerOptions, ServiceHost
+from tests.support.certs import Certs, make_certs
 from reprise.rpc.tls import ClientTLS, ServerTLS
 
 TOKEN_A = "tenant-a-token-0123456789abcdef"
