@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,12 +159,29 @@ class RedisServer:
         self.proc = subprocess.Popen(pinned(self.cpus, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            if self._answers():
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with code {self.proc.returncode}")
             time.sleep(0.05)
         raise TimeoutError("redis-server did not start")
+
+    def _answers(self) -> bool:
+        """The port accepts and, without TLS, a PING is answered: a server still loading its append-only file
+        accepts connections but refuses commands (LOADING). A TLS server counts as up once its port accepts (the
+        handshake needs a client certificate this process may not hold)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                pass
+        except OSError:
+            return False
+        if self.tls is not None:
+            return True
+        try:
+            with redis.Redis(port=self.port, password=self.password, socket_timeout=1.0) as client:
+                return bool(client.ping())
+        except redis.ConnectionError:  # BusyLoadingError (LOADING) included
+            return False
 
     def _terminate(self) -> None:
         if self.proc and self.proc.poll() is None:
