@@ -33,6 +33,7 @@ from inference_svc.core import loader, model_source, native, placement, precisio
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.kv import PrefixIndex
+from inference_svc.core.weights import WeightFormat
 from reprise.domain import Decoding, Role, Turn
 
 log = logging.getLogger("bench.inference")
@@ -378,6 +379,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if serving.loaded.int4_kernel.endswith("-vnni"):
         results["vnni_effect"] = vnni_effect(serving, sets)
         log.info("vnni %s", results["vnni_effect"])
+    if serving.loaded.spec.dtype == torch.bfloat16 and serving.loaded.spec.weights is WeightFormat.INT4:
+        results["bf16_vs_int8_effect"] = bf16_vs_int8_effect(serving, cache, sets)
+        log.info("bf16 vs int8 activations %s", results["bf16_vs_int8_effect"])
     del serving
     gc.collect()
 
@@ -463,6 +467,23 @@ def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Sp
     )
     out["greedy_vs_fp32_activations"] = agreement(greedy_replies(other), greedy_replies(serving))
     out["fp32_weights_mb"] = other.loaded.weight_bytes / 1e6
+    del other
+    gc.collect()
+    return out
+
+
+def bf16_vs_int8_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Split]) -> dict[str, Any]:
+    """On a CPU with native bf16, what auto serves (int4 weights, bf16 activations: AMX for prefill) vs int4 with
+    int8 activations (what auto serves on CPUs without bf16), alternating in one process: prefill at 64 and 512
+    tokens, one classify request at a time (p50 over 40 texts per language), decode; weights in memory."""
+    other = make_engine("fp32", "int4", cache, activations="int8")
+    examples = [e for s in sets.values() for e in s.test[:40]]
+    out: dict[str, Any] = alternating(
+        {"bf16": lambda: prompt_speeds(serving, examples, decode=True), "int8": lambda: prompt_speeds(other, examples, decode=True)}
+    )
+    out["int8_kernel"] = other.loaded.int4_kernel
+    out["int8_weights_mb"] = other.loaded.weight_bytes / 1e6
+    out["greedy_vs_int8"] = agreement(greedy_replies(other), greedy_replies(serving))
     del other
     gc.collect()
     return out

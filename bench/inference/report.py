@@ -128,24 +128,24 @@ def markdown(r: dict[str, Any]) -> str:
         )
     acts = r.get("activations_effect")
     if acts:
-        a, b = acts["int8"], acts["fp32"]
-        lines.append(
-            f"- int8 activations ({r['int4_kernel']}, every row count) vs fp32 activations (the kernel for 1-31 rows, "
-            f"an fp16 copy through fbgemm for more), alternating in one process: {_prompt_speeds(a, b)}; "
-            f"decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s; "
-            f"{serving.get('weights_mb', 0):.0f} vs {acts['fp32_weights_mb']:.0f} MB of weights in memory; greedy replies "
-            f"identical: {acts['greedy_vs_fp32_activations']['identical']:.0%}."
-        )
+        lines.append(_ab(
+            f"int8 activations ({r['int4_kernel']}, every row count) vs fp32 activations (the kernel for 1-31 rows, "
+            f"an fp16 copy through fbgemm for more)", acts["int8"], acts["fp32"],
+            acts["greedy_vs_fp32_activations"], (serving.get("weights_mb", 0), acts["fp32_weights_mb"]),
+        ))
     vnni = r.get("vnni_effect")
     if vnni:
-        a, b = vnni["vnni"], vnni["avx2"]
-        lines.append(
-            f"- AVX512-VNNI for int8 rows ({r['int4_kernel']}) vs the AVX2 paths, alternating in one process: "
-            f"{_prompt_speeds(a, b)}; "
-            + (f"decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s ({a['decode'] / b['decode']:.2f}x); " if "decode" in a else "")
-            + f"greedy replies identical: "
-            f"{vnni['greedy_vs_avx2']['identical']:.0%} (the same bits by construction)."
-        )
+        lines.append(_ab(
+            f"AVX512-VNNI for int8 rows ({r['int4_kernel']}) vs the AVX2 paths", vnni["vnni"], vnni["avx2"],
+            vnni["greedy_vs_avx2"], note=" (the same bits by construction)",
+        ))
+    both = r.get("bf16_vs_int8_effect")
+    if both:
+        lines.append(_ab(
+            f"bf16 activations (served: AVX512-BF16/AMX, a dense bf16 copy for prefill) vs int8 activations "
+            f"({both['int8_kernel']}, no dense copy), int4 weights both", both["bf16"], both["int8"],
+            both["greedy_vs_int8"], (serving.get("weights_mb", 0), both["int8_weights_mb"]),
+        ))
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
             f"- Dense {'fp16' if fp32 else 'bf16'} copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
@@ -183,6 +183,19 @@ def markdown(r: dict[str, Any]) -> str:
             f"converted copy {s['start_from_converted_s']:.1f} s (load {s['start_from_converted_load_s']:.1f} s + warm-up).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _ab(
+    title: str, a: dict[str, float], b: dict[str, float], greedy: dict[str, float],
+    weights_mb: tuple[float, float] | None = None, note: str = "",
+) -> str:
+    """One A/B line: ``a`` against ``b``, measured alternating in one process."""
+    decode = f"decode {a['decode']:.1f} vs {b['decode']:.1f} tok/s ({a['decode'] / b['decode']:.2f}x); " if "decode" in a else ""
+    memory = f"{weights_mb[0]:.0f} vs {weights_mb[1]:.0f} MB of weights in memory; " if weights_mb else ""
+    return (
+        f"- {title}, alternating in one process: {_prompt_speeds(a, b)}; {decode}{memory}"
+        f"greedy replies identical: {greedy['identical']:.0%}{note}."
+    )
 
 
 def _prompt_speeds(a: dict[str, float], b: dict[str, float]) -> str:
