@@ -178,7 +178,7 @@ class RedisServer:
         if self.tls is not None:
             return True
         try:
-            with redis.Redis(port=self.port, password=self.password, socket_timeout=1.0) as client:
+            with redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0) as client:
                 return bool(client.ping())
         except redis.ConnectionError:  # BusyLoadingError (LOADING) included
             return False
