@@ -90,3 +90,19 @@ def connect(opts: RedisOptions) -> Any:
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
         return RedisCluster(startup_nodes=nodes, password=password, username=user, ssl=tls, **common)
     raise ValueError(f"unsupported redis URL scheme {scheme!r}")
+
+
+def hint(opts: RedisOptions, error: str) -> str:
+    """A likely cause of a failed connection that ``error`` alone does not name ("" when none applies).
+
+    A connection reset (or closed) is what a TLS port gives a plain client, and (depending on timing, in
+    TLS 1.3) what a Redis that requires client certificates gives a client without one.
+    """
+    if not any(s in error for s in ("reset by peer", "Connection closed by server", "certificate required")):
+        return ""
+    if not urlsplit(opts.url).scheme.startswith("rediss"):
+        return "if that port speaks TLS, use a rediss:// URL"
+    if not opts.tls_cert:
+        return "if that Redis requires client certificates, pass --redis-tls-cert and --redis-tls-key"
+    return ""
+

@@ -17,7 +17,7 @@ from cache_svc.core.index import IndexConfig, VectorIndex
 from cache_svc.core.normalize import Normalization
 from cache_svc.core.service import CacheConfig, CacheService
 from cache_svc.core.store import RedisStore
-from cache_svc.redis_conn import RedisOptions, connect
+from cache_svc.redis_conn import RedisOptions, connect, hint
 from cache_svc.servicer import CacheServicer
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.errors import Unavailable
@@ -102,7 +102,8 @@ class CacheApp:
                 await service.start()
                 break
             except Unavailable as exc:
-                log.warning("waiting for redis: %s", exc)
+                why = hint(self.settings.redis, str(exc))
+                log.warning("waiting for redis: %s%s", exc, f" ({why})" if why else "")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.service = service

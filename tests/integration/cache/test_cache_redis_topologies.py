@@ -214,4 +214,12 @@ async def test_tls_without_a_client_certificate_is_refused_by_redis(
     tls_redis: RedisServer, certs: Certs, embedder: USEEmbedder, caplog: pytest.LogCaptureFixture
 ) -> None:
     logged = await _never_serving(["--redis-url", tls_redis.url, "--redis-tls-ca", certs.ca], embedder, caplog)
-    assert "certificate required" in logged, logged
+    assert "pass --redis-tls-cert and --redis-tls-key" in logged, logged  # the reset or the TLS alert, and the hint
+
+
+async def test_a_plain_url_on_a_tls_port_is_told_to_use_rediss(
+    tls_redis: RedisServer, embedder: USEEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = tls_redis.url.replace("rediss://", "redis://", 1)
+    logged = await _never_serving(["--redis-url", plain], embedder, caplog)
+    assert "use a rediss:// URL" in logged, logged

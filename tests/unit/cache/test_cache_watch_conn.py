@@ -11,7 +11,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from cache_svc.core.store import Event
 from cache_svc.core.types import Invalidation, InvalidationKind
 from cache_svc.core.watch import InvalidationHub
-from cache_svc.redis_conn import RedisOptions, connect
+from cache_svc.redis_conn import RedisOptions, connect, hint
 from reprise.errors import ResourceExhausted, Unavailable
 
 INV = Invalidation(InvalidationKind.KEY, "k1")
@@ -96,3 +96,12 @@ async def test_redis_urls() -> None:
         connect(RedisOptions("memcached://x"))
     for client in (plain, override, tls, sentinel):
         await client.aclose()
+
+
+def test_connection_reset_hints_name_the_likely_tls_mistake() -> None:
+    reset = "redis is unreachable: Error while reading from r:6380 : (104, 'Connection reset by peer')"
+    assert "use a rediss:// URL" in hint(RedisOptions("redis://r:6380/0"), reset)
+    no_cert = hint(RedisOptions("rediss://r:6380/0", tls_ca="/ca.pem"), reset)
+    assert "--redis-tls-cert and --redis-tls-key" in no_cert
+    assert hint(RedisOptions("rediss://r:6380/0", tls_ca="/ca.pem", tls_cert="/c.pem", tls_key="/c.key"), reset) == ""
+    assert hint(RedisOptions("redis://r:6380/0"), "Error 111 connecting to r:6380. Connection refused.") == ""
