@@ -38,23 +38,23 @@ def main() -> None:
     log.info("placement: %s", where.describe())
     start = time.perf_counter()
     config = engine_config(args)
+    source = model_source.resolve(config.model, config.cache_dir)  # once: a user's GGUF is hashed to resolve it
     if args.all_formats:
-        prepare_all_formats(config)
+        prepare_all_formats(config, source)
     engine = Engine(config)
     engine.load()  # this CPU's choice, loaded end to end: it also builds the native kernels
     log.info("model ready in %.1fs: %s", time.perf_counter() - start, engine.describe())
     if args.prune:
-        prune(model_source.resolve(config.model, config.cache_dir), config.cache_dir)
+        prune(source, config.cache_dir)
 
 
-def prepare_all_formats(config: EngineConfig) -> None:
-    """Convert ``config``'s model to every format its flags can resolve to on any CPU."""
-    source = model_source.resolve(config.model, config.cache_dir)
+def prepare_all_formats(config: EngineConfig, source: model_source.ResolvedModel) -> None:
+    """Convert ``source`` (``config``'s model) to every format its flags can resolve to on any CPU."""
     formats = precision.anywhere(config.dtype, config.weights, config.activations)
     if not formats:
         raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
     for chosen, activations in formats:
-        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, config.dense_prefill, config.tie_embeddings, activations)
+        spec = config.runtime_spec(chosen, activations)
         target, converted = loader.prepare(source, config.cache_dir, spec)
         log.info("format %s: %s %s", spec.name, "converted to" if converted else "found in", target)
 

@@ -167,16 +167,13 @@ class RedisServer:
         raise TimeoutError("redis-server did not start")
 
     def _answers(self) -> bool:
-        """The port accepts and, without TLS, a PING is answered: a server still loading its append-only file
-        accepts connections but refuses commands (LOADING). A TLS server counts as up once its port accepts (the
-        handshake needs a client certificate this process may not hold)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                pass
-        except OSError:
-            return False
+        """Without TLS, a PING is answered: a server still loading its append-only file accepts connections
+        but refuses commands (LOADING). With TLS, the port accepts (the handshake needs a client certificate
+        this process may not hold)."""
         if self.tls is not None:
-            return True
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+            return False
         try:
             with redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0) as client:
                 return bool(client.ping())

@@ -60,6 +60,10 @@ class EngineConfig:
     sentiment: prompts.SentimentPrompt = field(default_factory=lambda: prompts.SENTIMENT)
     chat_system_prompt: str = prompts.CHAT_SYSTEM_PROMPT
 
+    def runtime_spec(self, chosen: precision.Precision, activations: str) -> loader.RuntimeSpec:
+        """The converted format this config serves once its precision and activations are resolved."""
+        return loader.RuntimeSpec(chosen.dtype, chosen.weights, self.dense_prefill, self.tie_embeddings, activations)
+
 
 @dataclass(frozen=True)
 class ChatChunk:
@@ -144,7 +148,7 @@ class Engine:
         activations = precision.activations(cfg.activations, chosen)
         self.precision_reason = chosen.reason
         log.info("precision: %s, %s weights, %s activations (%s)", chosen.dtype, chosen.weights.value, activations, chosen.reason)
-        spec = loader.RuntimeSpec(chosen.dtype, chosen.weights, cfg.dense_prefill, cfg.tie_embeddings, activations)
+        spec = cfg.runtime_spec(chosen, activations)
         self.loaded = loader.load(
             self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
             self.config.decode_ops,
