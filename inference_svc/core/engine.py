@@ -27,7 +27,7 @@ from inference_svc.core import loader, model_source, placement, precision, promp
 from inference_svc.core.decoding import TextStream, pick_token
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
-from reprise.domain import Decoding, Finish, Label, Role, SentimentResult, Turn, Usage
+from reprise.domain import Decoding, Finish, Label, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, ServiceError
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,8 @@ class Engine:
     # -- prompts -------------------------------------------------------------
 
     def _template(self, messages: list[dict[str, str]], generation: bool) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation, return_dict=False)
-        return list(ids)
+        # Contents as plain text: a control token a caller types is not obeyed (prompts.template_ids).
+        return prompts.template_ids(self.tokenizer, messages, generation)[0]
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -238,11 +238,8 @@ class Engine:
         """Replace the sentiment prompt (recomputes its cached KV); used by prompt tuning."""
         self._sentiment = self._build_sentiment_prefix(spec)
 
-    def _chat_ids(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> list[int]:
-        messages = [{"role": "system", "content": system_prompt or self.config.chat_system_prompt}]
-        messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in history]
-        messages.append({"role": "user", "content": text})
-        return self._template(messages, generation=True)
+    def _chat_prompt(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> prompts.ChatPrompt:
+        return prompts.chat_prompt(self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text)
 
     # -- sentiment -------------------------------------------------------------
 
@@ -255,7 +252,7 @@ class Engine:
         rows: dict[str, list[int]] = {}
         limit = self.model.max_context - len(prefix.ids)
         for text in unique:
-            row = self._encode(text) + prefix.suffix_ids
+            row = prompts.encode_plain(self.tokenizer, text) + prefix.suffix_ids  # the caller's text: plain text
             if len(row) > limit:
                 outcome[text] = InvalidArgument("text", f"is {len(row)} tokens; the limit is {limit}")
             else:
@@ -316,10 +313,11 @@ class Engine:
         remember: bool = True,
     ) -> Iterator[ChatChunk]:
         """Stream one reply. Reuses the longest cached KV prefix; stores the turn's KV when done."""
-        ids = self._chat_ids(history, text, system_prompt)
+        prompt = self._chat_prompt(history, text, system_prompt)
+        ids = prompt.ids
         limit = self.model.max_context
         if len(ids) >= limit:
-            raise InvalidArgument("text", f"the conversation is {len(ids)} tokens; the limit is {limit - 1}")
+            raise prompt.too_long(limit)  # names the field to shorten: text, history or system_prompt
         max_new = min(decoding.max_new_tokens or self.config.max_new_tokens, limit - len(ids))
         start = time.perf_counter()
         match = self.index.lookup(ids)

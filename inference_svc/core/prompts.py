@@ -3,15 +3,24 @@
 The system prompts (and the sentiment few-shot examples) are static, so
 their KV is computed once at start and every request continues from it:
 examples in the prompt cost memory, not time.
+
+Every string a caller sends (text, history, system prompt) is tokenized as
+plain text: ``<|im_end|>`` typed by a user is ten characters, never the
+control token that ends a turn (see :func:`encode_plain`). Only the chat
+template's own markup is tokenized with its control tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from reprise.domain import Label
+from reprise.domain import Label, Role, Turn
+from reprise.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -128,3 +137,95 @@ def revision(sentiment: SentimentPrompt, chat_system_prompt: str) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# -- tokenization: caller strings are plain text ------------------------------------------------
+
+#: Stands in for a message's content while the chat template renders; NUL is in no template or role name.
+_SLOT = "\x00reprise-slot-{}\x00"
+_SLOT_RE = re.compile("\x00reprise-slot-(\\d+)\x00")
+
+
+def _unsplit_literals(tokenizer: Any) -> tuple[str, ...]:
+    """Added tokens that ``split_special_tokens`` leaves matched: those not flagged special.
+
+    Qwen2.5 adds ``<tool_call>``, ``<|fim_prefix|>`` and others as non-special added tokens;
+    the tokenizer still turns their spelling into the single token.
+    """
+    return tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.content and not t.special)
+
+
+def encode_plain(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` read as plain text: no control token can come out of it.
+
+    Special tokens are split by the tokenizer (``split_special_tokens``); the
+    spelling of any other added token is cut after its first character, so it
+    is encoded as ordinary pieces. Text without such spellings (all real
+    traffic) tokenizes exactly as before.
+    """
+    found = [lit for lit in _unsplit_literals(tokenizer) if lit in text]
+    cuts = sorted({m.start() + 1 for lit in found for m in re.finditer(f"(?={re.escape(lit)})", text)})
+    ids: list[int] = []
+    for start, end in zip([0, *cuts], [*cuts, len(text)]):
+        ids += tokenizer.encode(text[start:end], add_special_tokens=False, split_special_tokens=True)
+    return ids
+
+
+def template_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation: bool) -> tuple[list[int], list[int]]:
+    """The chat template's ids for ``messages``, each content encoded with :func:`encode_plain`.
+
+    The template renders with a slot in place of every content; the markup
+    between slots is encoded with its control tokens, the contents as plain
+    text. Returns the ids and, per message, how many of them its content is
+    (to name the field that overflows the context).
+    """
+    slotted = [{**m, "content": _SLOT.format(i)} for i, m in enumerate(messages)]
+    rendered = tokenizer.apply_chat_template(slotted, add_generation_prompt=generation, tokenize=False)
+    parts = _SLOT_RE.split(rendered)  # markup, index, markup, index, ..., markup
+    ids: list[int] = list(tokenizer.encode(parts[0], add_special_tokens=False))
+    sizes = [0] * len(messages)
+    for at in range(1, len(parts), 2):
+        i = int(parts[at])
+        content = encode_plain(tokenizer, messages[i]["content"])
+        ids += content
+        sizes[i] += len(content)
+        ids += tokenizer.encode(parts[at + 1], add_special_tokens=False)
+    return ids, sizes
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A chat request's prompt ids and the size of its parts, to say which one is too long."""
+
+    ids: list[int]
+    system_tokens: int
+    text_tokens: int
+    #: False when the service's default system prompt is used (the caller cannot shorten it).
+    custom_system: bool
+
+    def too_long(self, limit: int) -> InvalidArgument:
+        """The error for a prompt of ``limit`` ids or more, naming the field to shorten.
+
+        The new text is blamed only when the conversation would fit without it;
+        otherwise the system prompt (when the caller sent one that alone is too
+        long) or the history is.
+        """
+        n, most = len(self.ids), limit - 1
+        if n - self.text_tokens < limit:
+            return InvalidArgument("text", f"the conversation is {n} tokens; the limit is {most}")
+        if self.custom_system and self.system_tokens >= most:
+            return InvalidArgument("system_prompt", f"is {self.system_tokens} tokens; the limit is {most}")
+        return InvalidArgument(
+            "history", f"the conversation is {n - self.text_tokens} tokens without the new text; the limit is {most}"
+        )
+
+
+def chat_prompt(
+    tokenizer: Any, system_prompt: str | None, default_system: str, history: Sequence[Turn], text: str
+) -> ChatPrompt:
+    """The prompt of one chat turn: system, history, the new user text, then the reply's header."""
+    messages = [{"role": "system", "content": system_prompt or default_system}]
+    messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in history]
+    messages.append({"role": "user", "content": text})
+    ids, sizes = template_ids(tokenizer, messages, generation=True)
+    return ChatPrompt(ids, sizes[0], sizes[-1], bool(system_prompt))
