@@ -18,7 +18,7 @@ import grpc
 from grpc.aio import AbortError
 
 from reprise.rpc import metrics
-from reprise.errors import ServiceError
+from reprise.errors import InvalidArgument, ServiceError
 from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,47 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
         if key == REQUEST_ID_HEADER and value:
             return value if isinstance(value, str) else value.decode("ascii", "replace")
     return uuid.uuid4().hex[:16]
+
+
+class _Undecodable:
+    """What the request deserializer hands over instead of raising on bytes it cannot parse.
+
+    A raising deserializer makes grpc answer UNKNOWN ("Unexpected DecodeError")
+    and log a traceback per call; this value lets the handler answer
+    INVALID_ARGUMENT with one log line instead.
+    """
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            "request", f"is not a valid {self.type_name} (string fields must be valid UTF-8): {self.reason}"
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)  # Message.FromString is bound to its class
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "message")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # DecodeError, or whatever a custom deserializer raises
+            return _Undecodable(type_name, str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+    return parse
+
+
+def _reject_undecodable(method: str, request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        err = request.error()
+        log.warning("%s: %s", method, err.message)  # one line, no traceback: the caller's bytes, not our bug
+        raise err
 
 
 def _final_code(context: grpc.aio.ServicerContext, raised: grpc.StatusCode | None) -> str:
@@ -66,13 +107,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(short, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(short, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -87,6 +128,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             raised: grpc.StatusCode | None = None
             try:
+                _reject_undecodable(method, request)
                 return await behavior(request, context)
             except ServiceError as err:
                 raised = grpc.StatusCode[err.code]
@@ -116,6 +158,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             raised: grpc.StatusCode | None = None
             try:
+                _reject_undecodable(method, request)
                 async for item in behavior(request, context):
                     yield item
             except ServiceError as err:
