@@ -25,16 +25,16 @@ def add_model_options(parser: EnvArgumentParser) -> None:
     parser.add_option("--cpus", default="", help="pin to these CPUs, e.g. 0-3 or 0,2 (empty: the inherited affinity)")
     parser.add_option(
         "--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX and it measures faster, else fp32 activations (int4 weights through Reprise's AVX2 kernel, or fp16 through fbgemm; see --weights)",
+        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX, else fp32 activations (int4 weights through Reprise's AVX2 kernel, or fp16 through fbgemm; see --weights); decided from CPU features, never timed, so every start on a machine serves the same format",
     )
     parser.add_option(
         "--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"),
-        help="weight format; auto = int4 (group 32) under bf16; when --dtype auto picks fp32, int4 through Reprise's AVX2 kernel where it builds and wins a start-up race against fbgemm's fp16, else fp16 (fbgemm); dense under an explicit --dtype fp32; int8 needs bf16, fp16 needs fp32",
+        help="weight format; auto = int4 (group 32) under bf16; when --dtype auto picks fp32, int4 through Reprise's AVX2 kernel where it builds and runs (AVX2, FMA, F16C, a C compiler), else fp16 (fbgemm); dense under an explicit --dtype fp32; int8 needs bf16, fp16 needs fp32",
     )
     parser.add_flag("--no-dense-prefill", help="drop the dense copy of int4/int8 weights used for prefill (bf16; fp16 under fp32 with --activations fp32; int8 activations keep none): saves memory, slower prefill")
     parser.add_option(
         "--int4-kernel", default="auto", choices=("auto", "torch"),
-        help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds, the CPU has AVX512-BF16 and torch's is not over 1.1x faster in a start-up race (else torch's); torch = always torch's. Under fp32, int4 weights always use Reprise's AVX2 kernel (torch here means no int4)",
+        help="int4 decode rows (and 2-31 rows on AMX): auto = Reprise's AVX512-BF16 kernel, compiled with the system C compiler into <model-cache>/native at first start, where it builds and the CPU has AVX512-BF16 (else torch's); torch = always torch's. Under fp32, int4 weights always use Reprise's AVX2 kernel (torch here means no int4)",
     )
     parser.add_option(
         "--decode-ops", default="auto", choices=("auto", "torch"),
@@ -44,7 +44,7 @@ def add_model_options(parser: EnvArgumentParser) -> None:
         "--activations", default="auto", choices=("auto", "int8", "fp32"),
         help="activations of int4 layers under fp32 (CPUs without bf16): auto = int8, each row quantized per 32 inputs (like llama.cpp's Q8_0) and multiplied in integers by Reprise's AVX2 kernel for every row count, with no fp16 prefill copy; fp32 = fp32 activations (the AVX2 kernel for 1-31 rows, the fp16 copy through fbgemm for more); int8 elsewhere is an error",
     )
-    parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding instead of reusing the LM head")
+    parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding even where the model's config ties it to the LM head (an untied model always keeps its own)")
 
 
 def engine_config(args: argparse.Namespace, **serving: Any) -> EngineConfig:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from inference_svc.core import loader, model_source, placement, precision, prompts
+from inference_svc.core.architecture import ModelShape
 from inference_svc.core.decoding import TextStream, pick_token
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
@@ -60,9 +61,18 @@ class EngineConfig:
     sentiment: prompts.SentimentPrompt = field(default_factory=lambda: prompts.SENTIMENT)
     chat_system_prompt: str = prompts.CHAT_SYSTEM_PROMPT
 
-    def runtime_spec(self, chosen: precision.Precision, activations: str) -> loader.RuntimeSpec:
-        """The converted format this config serves once its precision and activations are resolved."""
-        return loader.RuntimeSpec(chosen.dtype, chosen.weights, self.dense_prefill, self.tie_embeddings, activations)
+    def runtime_spec(self, chosen: precision.Precision, activations: str, tied: bool = True) -> loader.RuntimeSpec:
+        """The converted format this config serves once its precision and activations are resolved.
+
+        ``tied``: the model's config ties its LM head and embedding. Only then does one matrix serve
+        both (unless ``tie_embeddings`` is off); an untied model always keeps its own embedding.
+        """
+        return loader.RuntimeSpec(chosen.dtype, chosen.weights, self.dense_prefill, self.tie_embeddings and tied, activations)
+
+    def resolve(self) -> tuple[model_source.ResolvedModel, ModelShape]:
+        """The model and its shape, read from its config: refuses (naming the field) what the runtime does not implement."""
+        source = model_source.resolve(self.model, self.cache_dir)
+        return source, ModelShape.from_config(loader.source_config(source, self.cache_dir))
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Classification:
 @dataclass(frozen=True)
 class ModelDescription:
     model_id: str
+    #: The weights' content revision and the serving format (:attr:`.loader.LoadedModel.revision`).
     revision: str
     dtype: str
     weights: str
@@ -143,14 +154,15 @@ class Engine:
 
     def load(self) -> None:
         cfg = self.config
-        precision.check_activations(cfg.activations)  # before the precision race and the load
-        chosen = precision.choose(cfg.dtype, cfg.weights, lambda race: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel, race))
+        precision.check_activations(cfg.activations)  # before anything is read
+        source, shape = cfg.resolve()  # an unsupported model is refused here, before any format is chosen
+        chosen = precision.choose(cfg.dtype, cfg.weights, lambda: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel))
         activations = precision.activations(cfg.activations, chosen)
         self.precision_reason = chosen.reason
         log.info("precision: %s, %s weights, %s activations (%s)", chosen.dtype, chosen.weights.value, activations, chosen.reason)
-        spec = cfg.runtime_spec(chosen, activations)
+        spec = cfg.runtime_spec(chosen, activations, shape.tied)
         self.loaded = loader.load(
-            self.config.model, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
+            source, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
             self.config.decode_ops,
         )
         tok = self.loaded.tokenizer
@@ -176,7 +188,7 @@ class Engine:
         where = placement.current()
         return ModelDescription(
             model_id=self.loaded.source.model_id,
-            revision=self.loaded.source.revision,
+            revision=self.loaded.revision,
             dtype=str(self.model.dtype).removeprefix("torch."),
             weights=self.loaded.spec.weights.value,
             cpus=where.cpus,

@@ -15,6 +15,7 @@ interrupted conversion never leaves a half-written copy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +48,9 @@ from inference_svc.core.weights import (
 log = logging.getLogger(__name__)
 
 RUNTIME_FILE = "runtime.safetensors"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+_COPIED_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,19 @@ class LoadedModel:
     int4_kernel: str = ""
     #: Who runs a one-token step's small operations: ``native.DECODE_OPS_NAME`` or "torch".
     decode_ops: str = "torch"
+
+    @property
+    def serving_format(self) -> str:
+        """Everything a start decides that can move an answer's bits: the converted format (dtype, weights,
+        copies), the activations, the int4 kernel and who runs a decode step's small operations."""
+        return f"{self.spec.name}/{self.spec.activations}/{self.int4_kernel or '-'}/{self.decode_ops}"
+
+    @property
+    def revision(self) -> str:
+        """The model's identity as reported to the gateway, which keys cached answers on it: the content
+        revision of the weights, then a digest of :attr:`serving_format` (replicas serving another format
+        answer differently in the last bits, so they must not share answers)."""
+        return f"{self.source.revision}.{hashlib.sha256(self.serving_format.encode()).hexdigest()[:8]}"
 
 
 def fp32_copy_dir(source: model_source.ResolvedModel, cache_dir: Path) -> Path:
@@ -186,14 +202,39 @@ def _relayout_torch_int4(tensors: dict[str, torch.Tensor], saved: str | None, co
     )
 
 
+class UnusedWeights(model_source.ModelSourceError):
+    """The checkpoint holds tensors the fast forward would not read: serving it would silently drop them."""
+
+
 def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec) -> dict[str, torch.Tensor]:
-    """Fuse, quantize and rename a Hugging Face Llama/Qwen2 state dict into the runtime layout."""
-    get = lambda name: state[name].float()  # noqa: E731
+    """Fuse, quantize and rename a Hugging Face Llama/Qwen2/Qwen3/Mistral state dict into the runtime layout.
+
+    Every tensor of ``state`` must be read (biases wherever the checkpoint has them, Qwen3's head
+    norms), or the model is refused naming the ones left over: a weight the forward skipped would
+    change its answers without a word. The embedding is the LM head's only where the config ties them.
+    """
+    if spec.tie_embeddings and not shape.tied:
+        raise ValueError(f"{spec.name} reuses the LM head as the embedding, but this model's config does not tie them")
+    used: set[str] = set()
+
+    def get(name: str) -> torch.Tensor:
+        if name not in state:
+            raise model_source.ModelSourceError(f"the checkpoint has no tensor {name!r}, which its config implies")
+        used.add(name)
+        return state[name].float()
+
+    def maybe(name: str, expected: bool) -> torch.Tensor | None:
+        return get(name) if expected or name in state else None
+
     fmt, dtype, pf = spec.weights, spec.dtype, spec.prefill_copy
     head_fmt = WeightFormat.DENSE if fmt is WeightFormat.DENSE else WeightFormat.INT8
     out: dict[str, torch.Tensor] = {}
     embed = get("model.embed_tokens.weight")
-    head_w = get("lm_head.weight") if "lm_head.weight" in state else embed
+    if shape.tied:
+        used.add("lm_head.weight")  # transformers ties it to the embedding on load, whatever the file holds
+        head_w = embed
+    else:
+        head_w = get("lm_head.weight")
     head = make_linear(head_w, None, head_fmt, dtype, dense_copy=False)
     if spec.head_shortlist and dtype == torch.float32 and int4_fp32_supported(tuple(head_w.shape)):
         head.native, _ = quantize_int4_fp32(head_w)  # the fp32 kernel's layout, saved as converted
@@ -206,16 +247,39 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     for i in range(shape.layers):
         p = f"model.layers.{i}."
         qkv_w = torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        qkv_b = torch.cat([get(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if shape.attn_bias else None
-        o_b = state.get(p + "self_attn.o_proj.bias")
+        qkv_bs = [maybe(p + f"self_attn.{n}_proj.bias", shape.attn_bias) for n in "qkv"]
+        qkv_b = None if all(b is None for b in qkv_bs) else torch.cat([_or_zeros(b, n) for b, n in zip(qkv_bs, _rows(shape))])
+        o_b = maybe(p + "self_attn.o_proj.bias", shape.o_bias)
         gu_w = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        gu_bs = [maybe(p + f"mlp.{n}_proj.bias", shape.mlp_bias) for n in ("gate", "up")]
+        gu_b = None if all(b is None for b in gu_bs) else torch.cat([_or_zeros(b, shape.intermediate) for b in gu_bs])
+        down_b = maybe(p + "mlp.down_proj.bias", shape.mlp_bias)
         out.update(make_linear(qkv_w, qkv_b, fmt, dtype, pf).tensors(f"L{i}.qkv"))
         out.update(make_linear(get(p + "self_attn.o_proj.weight"), o_b, fmt, dtype, pf).tensors(f"L{i}.o"))
-        out.update(make_linear(gu_w, None, fmt, dtype, pf).tensors(f"L{i}.gu"))
-        out.update(make_linear(get(p + "mlp.down_proj.weight"), None, fmt, dtype, pf).tensors(f"L{i}.down"))
+        out.update(make_linear(gu_w, gu_b, fmt, dtype, pf).tensors(f"L{i}.gu"))
+        out.update(make_linear(get(p + "mlp.down_proj.weight"), down_b, fmt, dtype, pf).tensors(f"L{i}.down"))
         out[f"L{i}.ln1"] = get(p + "input_layernorm.weight")
         out[f"L{i}.ln2"] = get(p + "post_attention_layernorm.weight")
+        if shape.qk_norm:
+            out[f"L{i}.q_norm"] = get(p + "self_attn.q_norm.weight")
+            out[f"L{i}.k_norm"] = get(p + "self_attn.k_norm.weight")
+    unused = sorted(k for k in state if k not in used and not k.endswith("rotary_emb.inv_freq"))
+    if unused:
+        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        raise UnusedWeights(
+            f"the fast forward would not read these tensors of the checkpoint: {', '.join(unused[:5])}{more}"
+        )
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _rows(shape: ModelShape) -> tuple[int, int, int]:
+    """Output rows of the q, k and v projections."""
+    return shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.kv_heads * shape.head_dim
+
+
+def _or_zeros(bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """A fused layer's bias where only some of its parts have one: zeros for the others (as without one)."""
+    return bias if bias is not None else torch.zeros(rows)
 
 
 def build_transformer(
@@ -227,7 +291,10 @@ def build_transformer(
 ) -> Transformer:
     lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
     layers = [
-        Layer(tensors[f"L{i}.ln1"], lin(f"L{i}.qkv"), lin(f"L{i}.o"), tensors[f"L{i}.ln2"], lin(f"L{i}.gu"), lin(f"L{i}.down"))
+        Layer(
+            tensors[f"L{i}.ln1"], lin(f"L{i}.qkv"), lin(f"L{i}.o"), tensors[f"L{i}.ln2"], lin(f"L{i}.gu"), lin(f"L{i}.down"),
+            tensors.get(f"L{i}.q_norm"), tensors.get(f"L{i}.k_norm"),
+        )
         for i in range(shape.layers)
     ]
     head = lin("head")
@@ -300,26 +367,17 @@ def int4_kernel(
     if kernel is None:
         log.info("int4 decode rows use torch's kernel: %s", why_not)
         return None, "torch"
-    ours, torchs = race_int4_kernels(kernel)
-    timing = f"one row of a 2048x896 int4 layer: {ours * 1e6:.0f} us vs {torchs * 1e6:.0f} us with torch's"
-    if ours > torchs * RACE_MARGIN:
-        log.info("int4 decode rows use torch's kernel: it measured faster on this CPU (%s)", timing)
-        return None, "torch"
-    log.info("int4 decode rows use Reprise's kernel%s (%s)", " and AMX for 2-31 rows" if kernel.amx else "", timing)
+    # Decided by what builds and runs here (AVX512-BF16, a compiler), never by a start-up timing: the two
+    # kernels round differently, so a race on a busy machine would let replicas answer differently.
+    log.info("int4 decode rows use Reprise's kernel%s", " and AMX for 2-31 rows" if kernel.amx else "")
     return kernel, native.NAME
-
-
-#: torch's int4 kernel replaces Reprise's only when it measures this much faster: a start on a busy
-#: machine must not flip the choice on noise (the kernel is ~1.5x faster where it was tuned).
-RACE_MARGIN = 1.1
 
 
 def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
     """Best time of one decode row through ``kernel`` and through torch's int4 kernel, on a probe layer.
 
-    The kernel was written and tuned on an Intel Xeon VM; on a CPU where it loses
-    (512-bit instructions cost differently across generations, e.g. AMD Zen 4
-    runs them on 256-bit units), torch's serves. Best of 31 each; 0.05-0.3 s at start.
+    For the benchmark and for a user weighing ``--int4-kernel torch``; a start never times (see
+    :func:`int4_kernel`). Best of 31 each, alternating; 0.05-0.3 s.
     """
     g = torch.Generator().manual_seed(0)
     q4, sz4, _ = quantize_int4(torch.randn(2048, 896, generator=g) * 0.05, INT4_GROUP, torch.bfloat16)
@@ -340,33 +398,46 @@ def _fp32_kernel(cache_dir: Path, choice: str, activations: str = "fp32") -> tup
     return native.load_fp32(cache_dir / "native", activations)
 
 
-def fp32_int4(cache_dir: Path, choice: str, race: bool = True) -> tuple[bool, str]:
+def fp32_int4(cache_dir: Path, choice: str) -> tuple[bool, str]:
     """Whether int4 weights can serve fp32 activations here, and why (a :data:`.precision.Int4Probe`).
 
-    They can where Reprise's AVX2 kernel builds and runs, ``choice`` (``--int4-kernel``) is "auto", and
-    (with ``race``) one row through it is not slower than through fbgemm's fp16 kernel by more than
-    ``RACE_MARGIN``: best of 31 each, 0.1-0.3 s at start.
+    They can where Reprise's AVX2 kernel builds and runs (AVX2, FMA, F16C and a C compiler) and
+    ``choice`` (``--int4-kernel``) is "auto": a fact about this CPU and image, the same at every start.
     """
     kernel, why_not = _fp32_kernel(cache_dir, choice)
     if kernel is None:
         return False, why_not
-    if not race:
-        return True, "asked for"
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(4864, 896, generator=g) * 0.05
-    packed, _ = quantize_int4_fp32(w)
-    fp16, x = FbgemmKernels(fp16=w.half()), torch.randn(1, 896, generator=g)
-    ours, theirs = precision.race(lambda: kernel(x, packed, 4864), lambda: fp16(x), repeat=31)
-    timing = f"one row of a 4864x896 layer: {ours * 1e6:.0f} us vs {theirs * 1e6:.0f} us through fbgemm's fp16"
-    if ours > theirs * RACE_MARGIN:
-        return False, f"Reprise's AVX2 kernel measured slower ({timing})"
-    return True, timing
+    return True, f"{kernel.name} builds and runs here"
+
+
+def source_config(source: model_source.ResolvedModel, cache_dir: Path) -> dict[str, Any]:
+    """``source``'s ``config.json``, read before any format is chosen (to refuse a model first, and tie by it).
+
+    A local directory has it; a GGUF or hub model has it in any converted copy already made, else it
+    is converted to the fp32 copy now (which the start would do anyway, and which later starts read).
+    """
+    if source.gguf_file is None and Path(source.location).is_dir():
+        return json.loads((Path(source.location) / "config.json").read_text())
+    for path in (fp32_copy_dir(source, cache_dir), *model_source.converted_variants(cache_dir, source).values()):
+        if (path / "config.json").exists():
+            return json.loads((path / "config.json").read_text())
+    if not _writable(cache_dir / "converted"):
+        raise model_source.ModelSourceError(
+            f"{source.model_id} has no converted copy in {cache_dir / 'converted'}, and this process cannot write "
+            "there to convert it: prepare it where the cache is writable (python -m inference_svc.prepare)"
+        )
+    return json.loads((_hf_dir(source, cache_dir) / "config.json").read_text())
 
 
 def load(
-    model: str, cache_dir: Path, spec: RuntimeSpec, max_context: int, int4: str = "auto", decode_ops: str = "auto"
+    model: str | model_source.ResolvedModel,
+    cache_dir: Path,
+    spec: RuntimeSpec,
+    max_context: int,
+    int4: str = "auto",
+    decode_ops: str = "auto",
 ) -> LoadedModel:
-    """Resolve ``model``, convert it to ``spec`` once (cached under ``cache_dir``), and load it.
+    """Resolve ``model`` (unless given resolved), convert it to ``spec`` once (cached under ``cache_dir``), and load it.
 
     ``int4``: "auto" multiplies int4 decode rows with Reprise's kernel where it builds and the
     CPU has AVX512-BF16 (:mod:`.native`), "torch" always with torch's. Under fp32, int4 weights
@@ -380,7 +451,7 @@ def load(
     if spec.activations not in native.ACTIVATIONS:
         raise ValueError(f"activations {spec.activations!r}: expected one of {native.ACTIVATIONS}")
     start = time.perf_counter()
-    source = model_source.resolve(model, cache_dir)
+    source = model if isinstance(model, model_source.ResolvedModel) else model_source.resolve(model, cache_dir)
     target, converted = prepare(source, cache_dir, spec)
     config = json.loads((target / "config.json").read_text())
     shape = ModelShape.from_config(config)
@@ -402,16 +473,17 @@ def load(
     weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
     ops_name = native.DECODE_OPS_NAME if transformer.ops is not None else "torch"
+    loaded = LoadedModel(
+        tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name, ops_name
+    )
     log.info(
-        "loaded %s (%s, revision %s) as %s in %.1fs%s: %.0f MB in memory, %.0f MB read per decoded token%s, "
-        "decode step ops %s",
-        source.model_id, shape.architecture, source.revision, spec.name, seconds,
+        "loaded %s (%s, revision %s: weights %s served as %s) in %.1fs%s: %.0f MB in memory, %.0f MB read per "
+        "decoded token%s, decode step ops %s",
+        source.model_id, shape.architecture, loaded.revision, source.revision, loaded.serving_format, seconds,
         " (converted this start)" if converted else "", weight_bytes / 1e6, decode_bytes / 1e6,
         f", int4 decode kernel {kernel_name}" if kernel_name else "", ops_name,
     )
-    return LoadedModel(
-        tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name, ops_name
-    )
+    return loaded
 
 
 def prepare(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeSpec) -> tuple[Path, bool]:
@@ -459,7 +531,7 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
                 pass
         save_file(tensors, str(tmp / RUNTIME_FILE), metadata=metadata)
         shutil.copy(hf / "config.json", tmp / "config.json")
-        for name in _TOKENIZER_FILES:
+        for name in _COPIED_FILES:
             if (hf / name).exists():
                 shutil.copy(hf / name, tmp / name)
         if target.exists():

@@ -30,69 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from inference_svc.core.architecture import SUPPORTED_MODEL_TYPES, ModelShape, UnsupportedModel
 from inference_svc.core.kv import KVBuffer
 from inference_svc.core.native import DecodeOps, StepPlan, plan_step
 from inference_svc.core.weights import Linear
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral")
 #: Candidates an approximate (int4) LM head passes on to be rescored from its exact int8 rows.
 SHORTLIST = 64
-
-
-class UnsupportedModel(ValueError):
-    """The checkpoint's architecture is not one this runtime implements."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    eps: float
-    rope_theta: float
-    max_positions: int
-    attn_bias: bool
-    tied: bool
-    architecture: str
-
-    @property
-    def group(self) -> int:
-        return self.heads // self.kv_heads
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
-        """Read a Hugging Face ``config.json``; refuse what this runtime would compute wrongly."""
-        model_type = cfg.get("model_type", "")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModel(f"model_type {model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise UnsupportedModel(f"hidden_act {cfg.get('hidden_act')!r} is not supported (only silu)")
-        if cfg.get("use_sliding_window") or (model_type == "mistral" and cfg.get("sliding_window")):
-            raise UnsupportedModel("sliding-window attention is not supported")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise UnsupportedModel(f"rope scaling {rope.get('rope_type')!r} is not supported")
-        heads = cfg["num_attention_heads"]
-        hidden = cfg["hidden_size"]
-        return cls(
-            vocab=cfg["vocab_size"],
-            hidden=hidden,
-            layers=cfg["num_hidden_layers"],
-            heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or hidden // heads,
-            intermediate=cfg["intermediate_size"],
-            eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-            max_positions=int(cfg.get("max_position_embeddings", 4096)),
-            attn_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-            tied=bool(cfg.get("tie_word_embeddings", False)),
-            architecture=(cfg.get("architectures") or ["?"])[0],
-        )
 
 
 @dataclass
@@ -103,6 +47,9 @@ class Layer:
     ln2: torch.Tensor
     gate_up: Linear
     down: Linear
+    #: Qwen3's RMSNorm weights of each query and key head ``[head_dim]`` (fp32), applied before RoPE; None elsewhere.
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
 
     @property
     def linears(self) -> tuple[Linear, ...]:
@@ -148,7 +95,7 @@ class Transformer:
         self.max_context = max_context
         s = shape
         self._q, self._kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        inv = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float64) / s.head_dim))
+        inv = s.inv_freq()  # float64; RoPE scaling (Llama 3's, linear) changes only these frequencies
         angles = torch.outer(torch.arange(max_context, dtype=torch.float64), inv)
         angles = torch.cat([angles, angles], dim=-1)
         # Computed in float64 then rounded once, like the reference implementation's fp32 tables.
@@ -162,7 +109,9 @@ class Transformer:
     def use_decode_ops(self, ops: DecodeOps | None) -> None:
         """Run one-token steps through ``ops`` (where they support this model's dtype and head size)."""
         self.ops = ops if ops is not None and ops.supports(self.dtype, self.shape.head_dim) else None
-        self.step_plan = plan_step(self.layers, self.dtype) if self.ops is not None else None
+        # The whole-step C call has no per-head norms: models with them take the per-operation step.
+        whole = self.ops is not None and not self.shape.qk_norm
+        self.step_plan = plan_step(self.layers, self.dtype) if whole else None
 
     # -- building blocks ---------------------------------------------------
 
@@ -200,10 +149,20 @@ class Transformer:
         """Rotated q ``[*lead, heads, D]`` and k, v ``[*lead, kv_heads, D]`` for the 2-D residual rows ``x``."""
         s = self.shape
         qkv = layer.qkv(self._norm(x, layer.ln1).to(self.dtype)).view(*lead, -1)
-        qk = self._rope(qkv[..., : self._q + self._kv].view(*lead, s.heads + s.kv_heads, s.head_dim), cos, sin)
+        qk = qkv[..., : self._q + self._kv].view(*lead, s.heads + s.kv_heads, s.head_dim)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            qk = self._head_norms(layer, qk)
+        qk = self._rope(qk, cos, sin)
         q, k = qk[..., : s.heads, :], qk[..., s.heads :, :]
         v = qkv[..., self._q + self._kv :].view(*lead, s.kv_heads, s.head_dim)
         return q, k, v
+
+    def _head_norms(self, layer: Layer, qk: torch.Tensor) -> torch.Tensor:
+        """Qwen3's per-head RMSNorm of queries and keys ``[..., heads + kv_heads, D]``, in fp32 like transformers'."""
+        h = self.shape.heads
+        q = self._norm(qk[..., :h, :].float(), layer.q_norm)  # type: ignore[arg-type]
+        k = self._norm(qk[..., h:, :].float(), layer.k_norm)  # type: ignore[arg-type]
+        return torch.cat([q, k], dim=-2).to(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary fp32 logits for final hidden states ``[rows, hidden]`` (already normed).
@@ -289,6 +248,9 @@ class Transformer:
         delta = None
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(ops.add_rmsnorm(x, delta, layer.ln1, s.eps, self.dtype))
+            if layer.q_norm is not None:  # Qwen3: norm the query and key heads before the fused RoPE + attention
+                qk = qkv[:, : self._q + self._kv].view(s.heads + s.kv_heads, s.head_dim)
+                qkv = torch.cat([self._head_norms(layer, qk).view(1, -1), qkv[:, self._q + self._kv :]], dim=-1)
             o = ops.attention(qkv, cos, sin, kv.k[i], kv.v[i], pos, s.heads, scores)
             gu = layer.gate_up(ops.add_rmsnorm(x, layer.o(o), layer.ln2, s.eps, self.dtype))
             delta = layer.down(ops.silu_mul(gu))

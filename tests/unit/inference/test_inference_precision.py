@@ -1,4 +1,4 @@
-"""Choosing the compute dtype: the timing that decides it must not be decided by other work."""
+"""Choosing the compute dtype: from facts about the CPU, never from a timing at start."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_explicit_choices_need_no_measurement() -> None:
 
 def test_auto_without_native_bf16_serves_fp16_through_fbgemm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("no bf16: nothing to time"))
+    monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times"))
     chosen = precision.choose("auto", "auto")
     assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16)
     assert chosen.reason == "auto: no AVX512-BF16/AMX on this CPU; fp16 weights through fbgemm"
@@ -54,27 +54,26 @@ def test_auto_without_native_bf16_serves_fp16_through_fbgemm(monkeypatch: pytest
         precision.choose("auto", "int8")
 
 
-def test_fp32_serves_int4_where_the_avx2_kernel_builds_and_wins_its_race(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_serves_int4_where_the_avx2_kernel_builds_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    races: list[bool] = []
+    asks: list[bool] = []
 
     def probe(usable: bool, detail: str):  # type: ignore[no-untyped-def]
-        return lambda race: races.append(race) or (usable, detail)
+        return lambda: asks.append(usable) or (usable, detail)
 
-    chosen = precision.choose("auto", "auto", probe(True, "12 us vs 38 us"))
+    chosen = precision.choose("auto", "auto", probe(True, "reprise-avx2 builds and runs here"))
     assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.INT4)
-    assert "Reprise's AVX2 kernel" in chosen.reason and "12 us vs 38 us" in chosen.reason and races == [True]
-    chosen = precision.choose("auto", "auto", probe(False, "it measured slower"))
-    assert chosen.weights is precision.WeightFormat.FP16 and "int4 not served (it measured slower)" in chosen.reason
-    # Asked for by name: no race, only whether the kernel is here.
-    assert precision.choose("fp32", "int4", probe(True, "asked for")).weights is precision.WeightFormat.INT4
-    assert precision.choose("auto", "int4", probe(True, "asked for")).dtype == torch.float32 and races[-2:] == [False] * 2
+    assert "Reprise's AVX2 kernel" in chosen.reason and "builds and runs here" in chosen.reason
+    chosen = precision.choose("auto", "auto", probe(False, "no C compiler"))
+    assert chosen.weights is precision.WeightFormat.FP16 and "int4 not served (no C compiler)" in chosen.reason
+    assert precision.choose("fp32", "int4", probe(True, "")).weights is precision.WeightFormat.INT4
+    assert precision.choose("auto", "int4", probe(True, "")).dtype == torch.float32
     with pytest.raises(ValueError, match="needs Reprise's AVX2 int4 kernel: no C compiler"):
         precision.choose("fp32", "int4", probe(False, "no C compiler"))
     # The exact reference and fp16 never ask.
     assert precision.choose("fp32", "auto", probe(True, "")).weights is precision.WeightFormat.DENSE
     assert precision.choose("auto", "fp16", probe(True, "")).weights is precision.WeightFormat.FP16
-    assert len(races) == 5  # the two auto races and the three named asks
+    assert len(asks) == 5
     monkeypatch.setattr(precision, "fbgemm_available", lambda: False)  # the prefill copy runs on fbgemm
     with pytest.raises(ValueError, match="needs fbgemm for its prefill copy"):
         precision.choose("fp32", "int4", probe(True, ""))
@@ -82,7 +81,6 @@ def test_fp32_serves_int4_where_the_avx2_kernel_builds_and_wins_its_race(monkeyp
 
 def test_auto_with_fp16_weights_asked_for_needs_no_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("fp16 is fp32-only: nothing to time"))
     assert precision.choose("auto", "fp16").weights is precision.WeightFormat.FP16
 
 
@@ -95,13 +93,13 @@ def test_without_fbgemm_fp32_falls_back_to_dense(monkeypatch: pytest.MonkeyPatch
         precision.choose("fp32", "fp16")
 
 
-def test_bf16_that_measures_slower_falls_back_to_fbgemm_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_bf16_serves_bf16_without_timing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: (False, "timings"))
-    chosen = precision.choose("auto", "auto")
-    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.FP16)
-    assert chosen.reason.startswith("auto: bf16 measured slower (timings)")
-    for weights in ("int4", "int8"):  # exist only under bf16
+    monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times"))
+    chosen = precision.choose("auto", "auto", lambda: pytest.fail("under bf16 the AVX2 kernel is not asked"))
+    assert (chosen.dtype, chosen.weights) == (torch.bfloat16, precision.WeightFormat.INT4)
+    assert "natively" in chosen.reason
+    for weights in ("int4", "int8"):
         assert precision.choose("auto", weights).dtype == torch.bfloat16
 
 
@@ -129,12 +127,12 @@ def _formats(dtype: str, weights: str, activations: str = "auto") -> list[tuple[
 def test_anywhere_lists_what_each_kind_of_cpu_would_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an image must carry to serve `--dtype auto` on every node, asked without measuring this one."""
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: pytest.fail("anywhere() must not ask this CPU"))
-    monkeypatch.setattr(precision, "bf16_measures_faster", lambda _: pytest.fail("nor time it"))
+    monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("nor time it"))
     bf16, fp32 = torch.bfloat16, torch.float32
     assert _formats("auto", "auto") == [
-        (bf16, "int4", "fp32"),  # AVX512-BF16/AMX where bf16 wins its race
-        (fp32, "int4", "int8"),  # elsewhere (and where bf16 loses), the AVX2 kernel serving
-        (fp32, "fp16", "fp32"),  # where the AVX2 kernel cannot serve or loses its race
+        (bf16, "int4", "fp32"),  # AVX512-BF16/AMX
+        (fp32, "int4", "int8"),  # elsewhere, the AVX2 kernel serving
+        (fp32, "fp16", "fp32"),  # where the AVX2 kernel cannot serve
     ]
     assert _formats("auto", "auto", "fp32") == [(bf16, "int4", "fp32"), (fp32, "int4", "fp32"), (fp32, "fp16", "fp32")]
     assert _formats("auto", "int4") == [(bf16, "int4", "fp32"), (fp32, "int4", "int8")]
@@ -151,6 +149,6 @@ def test_anywhere_lists_what_each_kind_of_cpu_would_serve(monkeypatch: pytest.Mo
 
 def test_anywhere_agrees_with_choose_on_this_cpu() -> None:
     """Whatever this machine picks is among the formats listed for every machine."""
-    chosen = precision.choose("auto", "auto", lambda race: (True, "probe"))
+    chosen = precision.choose("auto", "auto", lambda: (True, "probe"))
     acts = precision.activations("auto", chosen)
     assert (chosen.dtype, chosen.weights.value, acts) in _formats("auto", "auto")
