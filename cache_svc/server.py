@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from cache_svc.core.embedders import Embedder, load_embedder
-from cache_svc.core.guard import LexicalGuard
 from cache_svc.core.index import IndexConfig, VectorIndex
 from cache_svc.core.normalize import Normalization
 from cache_svc.core.service import CacheConfig, CacheService
 from cache_svc.core.store import RedisStore
+from cache_svc.core.verify import RequestVerifier
 from cache_svc.redis_conn import RedisOptions, connect, hint
 from cache_svc.servicer import CacheServicer
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
@@ -90,7 +90,7 @@ class CacheApp:
             # Loading weights takes a second or more: keep the event loop (and health) responsive.
             embedder = await asyncio.to_thread(load_embedder, sem.embedder, sem.threads)
         index = VectorIndex(embedder.dim, sem.index) if embedder is not None else None
-        guard = await asyncio.to_thread(LexicalGuard) if (sem.guard and embedder is not None) else None
+        guard = await asyncio.to_thread(RequestVerifier, embedder) if (sem.guard and embedder is not None) else None
         service = CacheService(
             RedisStore(self._redis, self._prefix), self._config,
             embedder=embedder, index=index, guard=guard, normalize=self.settings.normalization,
@@ -179,7 +179,9 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--thresholds", default="", help="per-task thresholds, e.g. 'sentiment=0.84,chat=0.9'")
     p.add_option("--semantic-tasks", default="", help="comma-separated tasks eligible for semantic hits (empty: all)")
     p.add_flag("--semantic-with-history", help="let requests with history use the semantic tier")
-    p.add_flag("--no-guard", help="turn the false-hit guard off (threshold only, like GPTCache)")
+    p.add_option("--min-similarity-floor", default=0.8, type=float,
+                 help="lowest min_similarity a request may ask for (lower asks get this floor)")
+    p.add_flag("--no-guard", help="turn verification of semantic candidates off (threshold only, like GPTCache)")
     p.add_flag("--no-nfkc", help="normalization: skip Unicode NFKC")
     p.add_flag("--no-collapse-whitespace", help="normalization: keep whitespace as sent")
     p.add_flag("--no-casefold", help="normalization: keep letter case")
@@ -196,6 +198,7 @@ def settings_from_args(a: argparse.Namespace) -> CacheSettings:
         config=CacheConfig(
             default_ttl_s=a.default_ttl, max_ttl_s=a.max_ttl,
             thresholds=_thresholds(a.thresholds), default_threshold=a.threshold,
+            min_similarity_floor=a.min_similarity_floor,
             semantic_tasks=frozenset(filter(None, a.semantic_tasks.split(","))),
             semantic_with_history=a.semantic_with_history,
             local_max_entries=a.local_max_entries, local_max_staleness_s=a.local_max_staleness,

@@ -136,9 +136,15 @@ class Authenticator:
     ``required`` keeps auth on even when the table is empty (a tokens file is configured).
     """
 
-    def __init__(self, tokens: TokenTable | None = None, *, required: bool = False) -> None:
+    def __init__(
+        self, tokens: TokenTable | None = None, *, required: bool = False, operator_tokens: Iterable[str] = ()
+    ) -> None:
         self._enabled = required or (tokens is not None and len(tokens) > 0)
         self._tokens = tokens if tokens is not None else TokenTable()
+        self._operators = frozenset(_digest(t) for t in operator_tokens)
+        for token in operator_tokens:
+            if len(token) < MIN_TOKEN_CHARS:
+                raise ValueError(f"operator token is shorter than {MIN_TOKEN_CHARS} characters")
 
     @property
     def enabled(self) -> bool:
@@ -148,9 +154,26 @@ class Authenticator:
         """Swap in a new table (one assignment: calls see the old or the new one, never a mix)."""
         self._tokens = tokens
 
+    def is_operator(self, metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str] | None) -> bool:
+        """Whether the call carries an operator token (global Stats); never raises."""
+        if not self._operators:
+            return False
+        try:
+            token = self._bearer(metadata)
+        except Unauthenticated:
+            return False
+        return _digest(token) in self._operators
+
     def tenant(self, metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str] | None) -> str:
         if not self._enabled:
             return PUBLIC_TENANT
+        tenant = self._tokens.tenant(self._bearer(metadata))
+        if tenant is None:
+            raise Unauthenticated("unknown token")
+        return tenant
+
+    @staticmethod
+    def _bearer(metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str] | None) -> str:
         value = None
         for key, v in (metadata.items() if isinstance(metadata, Mapping) else metadata or ()):
             if key == AUTH_HEADER:
@@ -161,7 +184,4 @@ class Authenticator:
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
-        tenant = self._tokens.tenant(token.strip())
-        if tenant is None:
-            raise Unauthenticated("unknown token")
-        return tenant
+        return token.strip()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import grpc
 
 from gateway import metrics
-from gateway.auth import Authenticator, TokenFile, TokenTable
+from gateway.auth import MIN_TOKEN_CHARS, Authenticator, TokenFile, TokenTable
 from gateway.clients import GrpcCache, GrpcInference
 from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import Gateway, GatewayConfig
@@ -74,6 +74,7 @@ class GatewayApp:
         tokens: TokenTable | None = None,
         token_file: TokenFile | None = None,
         tokens_reload_s: float = 10.0,
+        operator_tokens: Sequence[str] = (),
     ) -> None:
         self._cache_channel = backend_channel(cache_target, cache_tls)
         # Retries on UNAVAILABLE happen inside gRPC, before any reply byte reached us: safe.
@@ -87,7 +88,7 @@ class GatewayApp:
             metrics.PrometheusObserver(),
         )
         metrics.track(self.gateway)
-        self.auth = Authenticator(tokens, required=token_file is not None)
+        self.auth = Authenticator(tokens, required=token_file is not None, operator_tokens=operator_tokens)
         self._token_file = token_file
         self._tokens_reload_s = tokens_reload_s
         self._token_watch: asyncio.Task[None] | None = None
@@ -172,6 +173,10 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--tokens-reload", default=10.0, type=float, help="seconds between checks of --tokens-file for changes (0: read once)")
     # "%(default).0s" keeps argparse from printing the tokens in --help.
     p.add_option("--tokens", default="", help="token=tenant[,token=tenant...]; enables bearer-token auth%(default).0s")
+    p.add_option(
+        "--operator-tokens", default="",
+        help="token[,token...] whose Stats show the replica's totals over all tenants (tenants see only their own)%(default).0s",
+    )
     # Per-task cache defaults.
     for task in TASKS:
         d = TaskDefaults(exact_only=task == TASK_SENTIMENT)
@@ -242,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokens = token_file.load() if token_file else TokenTable.load([], args.tokens)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tokens: {exc}") from None
+    operators = [t.strip() for t in args.operator_tokens.split(",") if t.strip()]
+    if any(len(t) < MIN_TOKEN_CHARS for t in operators):
+        raise SystemExit(f"--operator-tokens: each token needs at least {MIN_TOKEN_CHARS} characters")
     log.info("auth %s (%d tenants)", "on" if len(tokens) else "off: every call is tenant 'public'", len(tokens.tenants))
     options = server_options(args, max_concurrent_rpcs=args.max_concurrent_rpcs or None)
 
@@ -255,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             inference_tls=_peer_tls(args, "inference"),
             tokens=tokens,
             token_file=token_file,
+            operator_tokens=operators,
             tokens_reload_s=args.tokens_reload,
         )
         await run_until_signal(app, options)

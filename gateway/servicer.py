@@ -75,5 +75,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         return wire.analyze_response(out)
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        # An operator token sees the replica's totals (tenant "*"); anyone else only their own tenant.
+        if self._auth.is_operator(context.invocation_metadata()):
+            return wire.stats_response(await self._gw.stats(None))
         tenant = self._tenant(request, context)
         return wire.stats_response(await self._gw.stats(tenant))

@@ -138,7 +138,9 @@ def _tokens_en(segment: str, sentence_start: bool) -> list[_Token]:
             start = True
             continue
         low = raw.casefold()
-        if low in _CONTRACTIONS:
+        if low in lx.CASUAL_EN:
+            out += [_Token(w) for w in lx.CASUAL_EN[low]]
+        elif low in _CONTRACTIONS:
             out += [_Token(w) for w in _CONTRACTIONS[low]]
         elif low.endswith("n't"):
             out += [_Token(low[:-3]), _Token("not")]
@@ -188,15 +190,29 @@ def tokenize(text: str) -> list[_Token]:
     return out
 
 
+_A_NOT_A = re.compile(r"(.+)[不没]\1")  # 能不能, 是不是, 有没有: a yes/no question, not a negation
+
+
+def _zh_negates(word: str) -> bool:
+    """Whether a Chinese word negates: 不好, 没有, 看不清; not 不错/真不错 (praise) or 能不能 (a question)."""
+    if _A_NOT_A.search(word) or any(e in word for e in lx.NEGATION_ZH_EXCEPTIONS if len(e) > 1 and e[0] in "不没无非未"):
+        return False
+    if word in lx.NEGATION_ZH_EXCEPTIONS:
+        return False
+    word = word.lstrip("很挺真太也都还就又")
+    if any(word.startswith(cue) or (cue in word and len(cue) > 1) for cue in lx.NEGATION_ZH):
+        return True
+    return "不" in word[1:]  # 看不清, 吃不下
+
+
 def _negations(tokens: list[_Token]) -> int:
     n = 0
-    for t in tokens:
+    for i, t in enumerate(tokens):
         if t.text in lx.NEGATION_EN:
             n += 1
-        elif _CJK.match(t.text) and t.text not in lx.NEGATION_ZH_EXCEPTIONS:
-            if any(t.text.startswith(cue) or (cue in t.text and len(cue) > 1) for cue in lx.NEGATION_ZH):
-                n += 1
-            elif "不" in t.text[1:] and t.text not in lx.NEGATION_ZH_EXCEPTIONS:  # 看不清, 吃不下
+        elif _CJK.match(t.text) and _zh_negates(t.text):
+            # 会 + 不会, 是 + 不是: jieba cut an A-not-A question in two.
+            if not (i and t.text[1:] == tokens[i - 1].text and t.text[0] in "不没"):
                 n += 1
     return n
 
@@ -238,9 +254,10 @@ class LexicalGuard:
 
     @staticmethod
     def _numbers(mine: list[_Token], other: list[_Token]) -> Counter[float]:
-        other_has_number = any(t.number is not None and not t.article for t in other)
+        """Quantities; an article-like "one"/"一封" counts only where the other side says 1 outright."""
+        other_says_one = any(t.number == 1 and not t.article for t in other)
         return Counter(
-            t.number for t in mine if t.number is not None and (not t.article or other_has_number)
+            t.number for t in mine if t.number is not None and (not t.article or other_says_one)
         )
 
     @staticmethod
@@ -250,13 +267,21 @@ class LexicalGuard:
             for p, q in ((x, y), (y, x)):
                 if p in only_a and q in only_b:
                     return f"antonym: {p} / {q}"
-        diff_a, diff_b = "".join(w for w in only_a if _CJK.match(w)), "".join(w for w in only_b if _CJK.match(w))
-        if diff_a or diff_b:
+        zh_a, zh_b = [w for w in only_a if _CJK.match(w)], [w for w in only_b if _CJK.match(w)]
+        if zh_a and zh_b:
             for x, y in lx.ANTONYMS_ZH:
                 for p, q in ((x, y), (y, x)):
-                    if p in diff_a and q in diff_b and p not in text_b and q not in text_a:
+                    if _has(zh_a, p) and _has(zh_b, q) and p not in text_b and q not in text_a:
                         return f"antonym: {p} / {q}"
         return None
+
+
+def _has(words: list[str], antonym: str) -> bool:
+    """A word of the list holds this antonym. One character must be the word itself, give or take a
+    degree word or particle (快, 很快, 快了), or inside 晚上 and 在室温下 上/下 would read as opposites."""
+    if len(antonym) > 1:
+        return any(antonym in w for w in words)
+    return any(w.lstrip("很挺真太更最比较").rstrip("的了吗呢吧啊呀点些") == antonym for w in words)
 
 
 def _entities(tokens: list[_Token], other_words: Counter[str]) -> set[str]:
@@ -266,8 +291,11 @@ def _entities(tokens: list[_Token], other_words: Counter[str]) -> set[str]:
     the other side has 精彩, the phrase is not a different name.
     """
     out = set()
+    joined = "".join(other_words)
     for t in tokens:
-        if not t.entity:
+        if not t.entity or t.text in other_words or t.text in lx.FUNCTION_WORDS_ZH or t.text in lx.EN_NOT_ENTITIES:
+            continue  # the same word on the other side, only not capitalised there ("Lisbon" / "lisbon")
+        if t.text.startswith("《") and t.text.strip("《》") in joined:
             continue
         if _CJK.match(t.text) and t.text not in other_words and any(
             len(w) >= 2 and _CJK.match(w) and (w in t.text or t.text in w) for w in other_words

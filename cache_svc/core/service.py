@@ -1,7 +1,10 @@
 """The cache service's domain API: the lookup pipeline, store, invalidation, stats, replication.
 
 Lookup is a pipeline of small stages, each timed (``stage_ms``):
-normalize -> exact (local tier, then Redis) -> embed -> search -> fetch -> guard.
+normalize -> exact (local tier, then Redis) -> embed -> search -> fetch -> guard (verification).
+A semantic candidate is served only once :mod:`.verify` has confirmed it is the
+same request; the similarity threshold only decides which candidates are worth
+verifying.
 Redis is the source of truth: a semantic candidate is always re-read from Redis
 before it is served, and the local exact tier is kept coherent by the pub/sub
 events every replica publishes (see :mod:`.local` for the staleness bound).
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 
 from cache_svc import metrics
 from cache_svc.core.embedders import Embedder
-from cache_svc.core.guard import Guard
 from cache_svc.core.index import PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.local import LocalTier
@@ -37,6 +39,7 @@ from cache_svc.core.types import (
     Stats,
     Tier,
 )
+from cache_svc.core.verify import Verifier
 from cache_svc.core.watch import InvalidationHub, Watcher
 from reprise.domain import Answer
 from reprise.errors import InvalidArgument, Unavailable
@@ -52,6 +55,9 @@ class CacheConfig:
     #: Cosine similarity a semantic candidate must reach, per task; ``default_threshold`` otherwise.
     thresholds: Mapping[str, float] = field(default_factory=dict)
     default_threshold: float = 0.86
+    #: Lowest similarity a request's own ``min_similarity`` may ask for: below it the floor applies,
+    #: so no caller can turn the semantic tier into "serve anything".
+    min_similarity_floor: float = 0.8
     #: Tasks whose requests may be answered semantically (empty: every task).
     semantic_tasks: frozenset[str] = frozenset()
     #: Requests with history are exact-only unless this is set: a paraphrase means
@@ -106,7 +112,7 @@ class CacheService:
         *,
         embedder: Embedder | None = None,
         index: VectorIndex | None = None,
-        guard: Guard | None = None,
+        guard: Verifier | None = None,
         normalize: Normalization = Normalization(),
         replica_id: str | None = None,
     ) -> None:
@@ -311,7 +317,9 @@ class CacheService:
         now = time.time()
         candidates = await asyncio.to_thread(self._index.search, partition, vector, self._config.top_k, now)
         clock.lap("search")
-        threshold = options.min_similarity if options.min_similarity is not None else self.threshold(query.task)
+        threshold = self.threshold(query.task)
+        if options.min_similarity is not None:
+            threshold = max(options.min_similarity, self._config.min_similarity_floor)
         above = [c for c in candidates if c.similarity >= threshold]
         if not above:
             reason = f"best candidate {candidates[0].similarity:.3f} below threshold {threshold:.2f}" if candidates else ""
@@ -331,7 +339,11 @@ class CacheService:
                 clock.lap("guard")
                 self._count("exact_hits", Tier.EXACT)
                 return LookupResult(Tier.EXACT, key, 1.0, entry, stage_ms=clock.stages)
-            why = self._guard.check(query.text, entry.text) if self._guard is not None else None
+            why = (
+                await asyncio.to_thread(self._guard.check, query.text, entry.text, query.task)
+                if self._guard is not None
+                else None
+            )
             if why is None:
                 clock.lap("guard")
                 self._count("semantic_hits", Tier.SEMANTIC)

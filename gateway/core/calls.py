@@ -58,13 +58,13 @@ class ModelCalls:
             if flight is not None:
                 self._observer.coalesced(task)
                 return flight, replace(found.info, coalesced=True)
-        self._admission.acquire()
+        tenant = request.namespace
+        self._admission.acquire(tenant)
         t = time.perf_counter()
         flight = self._flights.start(key, source()) if plan.coalesce else Flight(source())
-        tenant = request.namespace
 
         def done(f: Flight[object]) -> None:
-            self._admission.release()
+            self._admission.release(tenant)
             self._counters.model_call(tenant)
             self._observer.model_call(task, time.perf_counter() - t)
             if not plan.coalesce:

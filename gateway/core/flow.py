@@ -24,6 +24,7 @@ from gateway.core.ports import CachePort, InferencePort, NullObserver, Observer
 from gateway.core.singleflight import Flight
 from gateway.core.stats import Counters
 from gateway.core.types import (
+    ALL_TENANTS,
     TASK_CHAT,
     TASK_SENTIMENT,
     AnalyzeOutcome,
@@ -153,7 +154,7 @@ class Gateway:
     # -- public API (each call holds one admission slot) -----------------------------------
 
     async def classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None = None) -> ClassifyOutcome:
-        with self.requests.slot():
+        with self.requests.slot(tenant):
             self.validate.text(text)
             self.validate.policy(policy)
             return await self._classify(tenant, text, policy, timeout_s)
@@ -168,7 +169,7 @@ class Gateway:
         policy: Policy,
         timeout_s: float | None = None,
     ) -> ChatOutcome:
-        with self.requests.slot():
+        with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
             return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s)
@@ -183,7 +184,7 @@ class Gateway:
         policy: Policy,
         timeout_s: float | None = None,
     ) -> AsyncIterator[ChatDelta]:
-        with self.requests.slot():
+        with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
             async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s):
@@ -198,7 +199,7 @@ class Gateway:
         tasks: tuple[str, ...] = (),
         timeout_s: float | None = None,
     ) -> AnalyzeOutcome:
-        with self.requests.slot():
+        with self.requests.slot(tenant):
             wanted = self.validate.tasks(tasks)
             self.validate.text(text)
             self.validate.decoding(decoding)
@@ -222,18 +223,36 @@ class Gateway:
                 jobs[TASK_CHAT].result() if TASK_CHAT in jobs else None,  # type: ignore[arg-type]
             )
 
-    async def stats(self, tenant: str) -> GatewayStats:
+    async def stats(self, tenant: str | None) -> GatewayStats:
+        """The figures of ``tenant`` only; ``None`` (an operator) gets this replica's totals over all tenants.
+
+        A tenant must not learn its neighbours' traffic, hot entries or overload
+        from Stats; the breaker and hot-layer state are the replica's, not anyone's data.
+        """
+        if tenant is None:
+            return GatewayStats(
+                tenant=ALL_TENANTS,
+                counters=self._counters.total(),
+                breaker_state=self.front.breaker.state.value,
+                hot_active=self.front.hot.active,
+                hot_entries=len(self.front.hot),
+                in_flight=self.requests.in_flight,
+                model_in_flight=self.model_calls.in_flight,
+                cache_entries=await self.front.entries(""),
+                model=self._model,
+                rejected_overload=self.requests.rejected + self.model_calls.rejected,
+            )
         return GatewayStats(
             tenant=tenant,
             counters=self._counters.of(tenant),
             breaker_state=self.front.breaker.state.value,
             hot_active=self.front.hot.active,
-            hot_entries=len(self.front.hot),
-            in_flight=self.requests.in_flight,
-            model_in_flight=self.model_calls.in_flight,
+            hot_entries=self.front.hot.count(tenant),
+            in_flight=self.requests.in_flight_by.get(tenant, 0),
+            model_in_flight=self.model_calls.in_flight_by.get(tenant, 0),
             cache_entries=await self.front.entries(tenant),
             model=self._model,
-            rejected_overload=self.requests.rejected + self.model_calls.rejected,
+            rejected_overload=self.requests.rejected_by.get(tenant, 0) + self.model_calls.rejected_by.get(tenant, 0),
         )
 
     # -- the flow ---------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class HotLayer:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def count(self, namespace: str) -> int:
+        """Entries of one tenant (a scan: for Stats, not for the request path)."""
+        return sum(r.namespace == namespace for r in self._slots)
+
     def activate(self) -> None:
         """The invalidation stream is connected: start serving (from empty)."""
         self.clear()

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway.core.types import TASKS, Policy
-from reprise.domain import Decoding, Role, Turn
+from reprise.domain import Decoding, Turn
 from reprise.errors import InvalidArgument, ResourceExhausted
+from reprise.text import check_turns, check_visible
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ class Validator:
             raise InvalidArgument("request", f"is {size} bytes; the limit is {self.limits.max_request_bytes}")
 
     def text(self, text: str, field: str = "text") -> None:
-        if not text.strip():
-            raise InvalidArgument(field, "must not be empty")
+        check_visible(field, text)
         _check_chars(field, text, self.limits.max_text_chars)
 
     def tasks(self, tasks: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,11 +72,9 @@ class Validator:
             raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
         total = len(text) + len(system_prompt or "")
         for i, turn in enumerate(history):
-            self.text(turn.content, f"history[{i}].content")
-            expected = Role.USER if i % 2 == 0 else Role.ASSISTANT
-            if turn.role is not expected:
-                raise InvalidArgument(f"history[{i}].role", f"must be {expected.value}: turns alternate, user first")
+            _check_chars(f"history[{i}].content", turn.content, lim.max_text_chars)
             total += len(turn.content)
+        check_turns(history)
         if total > lim.max_total_chars:
             raise InvalidArgument("history", f"text, system prompt and history are {total} characters; the limit is {lim.max_total_chars}")
         self.decoding(decoding)
@@ -115,21 +113,32 @@ class Admission:
         self.what = what
         self.in_flight = 0
         self.rejected = 0
+        # Per tenant too: a tenant's Stats show its own load, not its neighbours' (the tenant
+        # set is bounded by the token table; idle tenants are dropped from in_flight_by).
+        self.in_flight_by: dict[str, int] = {}
+        self.rejected_by: dict[str, int] = {}
 
-    def acquire(self) -> None:
+    def acquire(self, tenant: str = "") -> None:
         """Take a slot or raise RESOURCE_EXHAUSTED; pair with :meth:`release`."""
         if self.limit and self.in_flight >= self.limit:
             self.rejected += 1
+            self.rejected_by[tenant] = self.rejected_by.get(tenant, 0) + 1
             raise ResourceExhausted(f"{self.what}: {self.in_flight} in flight, the limit is {self.limit}; retry later")
         self.in_flight += 1
+        self.in_flight_by[tenant] = self.in_flight_by.get(tenant, 0) + 1
 
-    def release(self) -> None:
+    def release(self, tenant: str = "") -> None:
         self.in_flight -= 1
+        left = self.in_flight_by.get(tenant, 1) - 1
+        if left > 0:
+            self.in_flight_by[tenant] = left
+        else:
+            self.in_flight_by.pop(tenant, None)
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        self.acquire()
+    def slot(self, tenant: str = "") -> Iterator[None]:
+        self.acquire(tenant)
         try:
             yield
         finally:
-            self.release()
+            self.release(tenant)

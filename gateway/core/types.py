@@ -11,6 +11,8 @@ TASK_SENTIMENT = "sentiment"
 TASK_CHAT = "chat"
 #: Every task the gateway knows; the order is the order Analyze reports them in.
 TASKS = (TASK_SENTIMENT, TASK_CHAT)
+#: The ``tenant`` of an operator's Stats: totals over every tenant of the replica.
+ALL_TENANTS = "*"
 
 
 class CacheStatus(str, enum.Enum):

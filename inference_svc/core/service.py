@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
 from inference_svc.core.worker import ModelWorker
-from reprise.domain import Decoding, Role, SentimentResult, Turn, Usage
+from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
+from reprise.text import check_turns, check_visible
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ class InferenceService:
             raise Unavailable("model is not loaded yet")
 
     def _check_text(self, text: str) -> None:
-        if not text.strip():
-            raise InvalidArgument("text", "must not be empty")
+        check_visible("text", text)
         if len(text) > self._limits.max_text_chars:
             raise InvalidArgument("text", f"is {len(text)} characters; the limit is {self._limits.max_text_chars}")
 
@@ -83,12 +83,7 @@ class InferenceService:
         lim = self._limits
         if len(history) > lim.max_history_turns:
             raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
-        for i, turn in enumerate(history):
-            if not turn.content.strip():
-                raise InvalidArgument(f"history[{i}].content", "must not be empty")
-            expected = Role.USER if i % 2 == 0 else Role.ASSISTANT
-            if turn.role is not expected:
-                raise InvalidArgument(f"history[{i}].role", f"must be {expected.value}: turns alternate, user first")
+        check_turns(history)
         if decoding.temperature is not None and not 0.0 <= decoding.temperature <= 2.0:
             raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
         if decoding.top_p is not None and not 0.0 < decoding.top_p <= 1.0:

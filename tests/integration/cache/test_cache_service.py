@@ -156,7 +156,7 @@ async def test_two_replicas_see_each_others_entries_within_a_second(replicas: Re
     b = await replicas.start()
     await store(a, "Why is the sky blue?")
     assert (await lookup(b, "Why is the sky blue?")).tier == pb.TIER_EXACT  # Redis is shared
-    r = await eventually(lambda: lookup(b, "Why does the sky look blue?"), lambda r: r.tier == pb.TIER_SEMANTIC)
+    r = await eventually(lambda: lookup(b, "Can you tell me why the sky is blue?"), lambda r: r.tier == pb.TIER_SEMANTIC)
     assert r.entry.text == "Why is the sky blue?"
 
 
