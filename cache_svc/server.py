@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from cache_svc.core.store import RedisStore
 from cache_svc.core.verify import RequestVerifier
 from cache_svc.redis_conn import RedisOptions, connect, hint
 from cache_svc.servicer import CacheServicer
+from reprise import tracing
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.errors import Unavailable
 from reprise.rpc.config import EnvArgumentParser, add_server_options, server_options
@@ -220,5 +222,6 @@ def settings_from_args(a: argparse.Namespace) -> CacheSettings:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging("cache", args.log_level, args.log_format)
+    tracing.setup("cache", os.environ)  # off unless OTEL_* variables say otherwise
     app = CacheApp(settings=settings_from_args(args))
     asyncio.run(run_until_signal(app, server_options(args)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cache_svc import spans
 from cache_svc.core.keys import image_digest
 from cache_svc.core.service import CacheService
 from cache_svc.core.types import CacheQuery, Entry, Invalidation, InvalidationKind, LookupOptions
@@ -88,7 +90,9 @@ class CacheServicer(pb_grpc.CacheServicer):
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
             max_age_s=request.max_age_seconds if request.HasField("max_age_seconds") else None,
         )
+        start_ns = time.time_ns()
         result = await self._service().lookup(query_from_pb(request.query), options)
+        spans.lookup_spans(start_ns, request.query.namespace, result)
         response = pb.LookupResponse(
             tier=_TIER_TO_PB[result.tier.value],
             key=result.key,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 
 import grpc
@@ -20,6 +21,7 @@ from gateway.core.limits import Limits
 from gateway.core.policy import TaskDefaults
 from gateway.core.types import TASK_CHAT, TASK_SENTIMENT, TASKS
 from gateway.servicer import GatewayServicer
+from reprise import tracing
 from reprise.cache.v1 import cache_pb2
 from reprise.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from reprise.inference.v1 import inference_pb2
@@ -53,11 +55,13 @@ _RECONNECT = [
 def backend_channel(target: str, tls: ClientTLS | None, service_config: str | None = None) -> grpc.aio.Channel:
     """An asyncio channel to a service behind the gateway (TLS when ``tls`` is given)."""
     options = channel_options(service_config=service_config) + _RECONNECT
+    # The tracing instrumentation (when on) carries the request's trace to the service.
+    interceptors = tracing.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
 
 
 class GatewayApp:
@@ -241,6 +245,7 @@ def _peer_tls(args: argparse.Namespace, peer: str) -> ClientTLS | None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging("gateway", args.log_level, args.log_format)
+    tracing.setup("gateway", os.environ)  # off unless OTEL_* variables say otherwise
     config = config_from_args(args)
     token_file = TokenFile(args.tokens_file, args.tokens) if args.tokens_file else None
     try:

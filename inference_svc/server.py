@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 
 import grpc
@@ -15,6 +16,7 @@ from inference_svc.core.service import Batching, InferenceService, Limits
 from inference_svc.core.worker import ModelWorker
 from inference_svc import options
 from inference_svc.servicer import InferenceServicer
+from reprise import tracing
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 from reprise.rpc.config import EnvArgumentParser, add_server_options, server_options
 from reprise.rpc.logs import configure_logging
@@ -74,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging("inference", args.log_level, args.log_format)
+    tracing.setup("inference", os.environ)  # off unless OTEL_* variables say otherwise
     try:
         where = placement.apply(args.cpus)  # before any torch work, so its thread pools see the mask
     except ValueError as exc:

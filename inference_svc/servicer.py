@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
+from inference_svc import spans
 from inference_svc.core.engine import ChatChunk
 from inference_svc.core.service import InferenceService
 from reprise import convert
@@ -24,7 +26,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._service = service
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        start_ns = time.time_ns()
         out = await self._service.classify(request.text)
+        spans.classify_spans(start_ns, out.queue_ms, out.compute_ms, out.batch_size, out.usage)
         return pb.ClassifyResponse(
             result=convert.sentiment_to_pb(out.result),
             usage=convert.usage_to_pb(out.usage),
@@ -42,8 +46,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         parts: list[str] = []
+        start_ns = time.time_ns()
         async for chunk, queue_ms in self._chat(request):
             parts.append(chunk.delta)
+        spans.chat_spans(start_ns, queue_ms, chunk)
         return pb.ChatResponse(
             reply="".join(parts),
             finish_reason=convert.finish_to_pb(chunk.finish),
@@ -54,10 +60,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def ChatStream(
         self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatStreamResponse]:
+        start_ns = time.time_ns()
         async for chunk, queue_ms in self._chat(request):
             if chunk.finish is None:
                 yield pb.ChatStreamResponse(delta=chunk.delta)
             else:
+                spans.chat_spans(start_ns, queue_ms, chunk)
                 yield pb.ChatStreamResponse(
                     delta=chunk.delta,
                     finish_reason=convert.finish_to_pb(chunk.finish),

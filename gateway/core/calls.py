@@ -16,6 +16,7 @@ from gateway.core.ports import Observer
 from gateway.core.singleflight import Flight, SingleFlight
 from gateway.core.stats import Counters
 from gateway.core.types import CacheInfo, CacheRequest, CacheStatus, InferenceChunk
+from reprise import tracing
 from reprise.domain import Answer, Usage
 from reprise.errors import Unavailable
 
@@ -57,20 +58,29 @@ class ModelCalls:
             flight = self._flights.get(key, include_finished=plan.lookup)
             if flight is not None:
                 self._observer.coalesced(task)
+                if tracing.enabled():
+                    _trace_join(task, request, flight)
                 return flight, replace(found.info, coalesced=True)
         tenant = request.namespace
         self._admission.acquire(tenant)
         t = time.perf_counter()
-        flight = self._flights.start(key, source()) if plan.coalesce else Flight(source())
+        # The model call's span lasts as long as the flight, whoever reads it; the flight's
+        # task is created inside it, so the RPC to inference is its child.
+        requested_by = tracing.current()
+        span = tracing.start("gateway.inference", {tracing.TASK: task, tracing.NAMESPACE: request.namespace})
+        with tracing.use(span):
+            flight = self._flights.start(key, source()) if plan.coalesce else Flight(source())
+        flight.span_context = span.get_span_context()
 
         def done(f: Flight[object]) -> None:
+            tracing.end(span, f.error)
             self._admission.release(tenant)
             self._counters.model_call(tenant)
             self._observer.model_call(task, time.perf_counter() - t)
             if not plan.coalesce:
                 return
             answer = answer_of(f.items) if f.succeeded else None
-            write = self._front.store_later(request, answer, plan) if answer is not None else None
+            write = _store_traced(self._front, request, answer, plan, requested_by) if answer is not None else None
             if write is None:
                 self._flights.forget(key, f)
                 return
@@ -81,6 +91,40 @@ class ModelCalls:
 
         flight.add_done_callback(done)
         return flight, found.info
+
+
+def _trace_join(task: str, request: CacheRequest, flight: Flight[object]) -> None:
+    """A span from joining an identical model call until it finished, linked to that call."""
+    span = tracing.start(
+        "gateway.singleflight_join",
+        {tracing.TASK: task, tracing.NAMESPACE: request.namespace, tracing.COALESCED: True},
+        links=(flight.span_context,) if isinstance(flight.span_context, tracing.SpanContext) else (),
+    )
+    flight.add_done_callback(lambda f: tracing.end(span, f.error))
+
+
+def _store_traced(
+    front: CacheFront, request: CacheRequest, answer: Answer, plan: Plan, requested_by: tracing.SpanContext
+) -> asyncio.Task[None] | None:
+    """The write-back, traced in the trace of the request that computed the answer.
+
+    The response did not wait for it, so besides its parent it carries a link: the
+    request caused it, but it is no part of the request's latency.
+    """
+    if not tracing.enabled():
+        return front.store_later(request, answer, plan)
+    span = tracing.start(
+        "gateway.cache_write_back", {tracing.TASK: request.task, tracing.NAMESPACE: request.namespace},
+        links=(requested_by,),
+        parent=requested_by,
+    )
+    with tracing.use(span):
+        write = front.store_later(request, answer, plan)
+    if write is None:
+        span.end()
+    else:
+        write.add_done_callback(lambda _: span.end())
+    return write
 
 
 async def one(fn: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:

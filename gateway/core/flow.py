@@ -40,6 +40,7 @@ from gateway.core.types import (
     TenantStats,
     Timings,
 )
+from reprise import tracing
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
 from reprise.errors import Unavailable
 
@@ -265,6 +266,8 @@ class Gateway:
     def _finish(self, task: str, tenant: str, info: CacheInfo, start: float) -> None:
         self._counters.count(tenant, info)
         self._observer.request(task, info.status.value, info.hot, time.perf_counter() - start)
+        # On the request's span: Analyze answers two tasks, so the status is per task.
+        tracing.annotate({tracing.NAMESPACE: tenant, f"{tracing.CACHE_STATUS}.{task}": info.status.value})
 
     async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
         start = time.perf_counter()

@@ -18,6 +18,7 @@ from gateway.core.hot import HotLayer
 from gateway.core.policy import Plan
 from gateway.core.ports import CacheError, CachePort, Observer
 from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, StoredEntry
+from reprise import tracing
 from reprise.domain import Answer
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,21 @@ class CacheFront:
 
     async def find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         """Hot layer, then the cache under its budget. Never raises except on cancellation."""
+        if not tracing.enabled():
+            return await self._find(request, plan, timeout_s)
+        with tracing.span("gateway.cache_lookup", {tracing.TASK: request.task, tracing.NAMESPACE: request.namespace}) as span:
+            found = await self._find(request, plan, timeout_s)
+            span.set_attributes(
+                {
+                    tracing.CACHE_STATUS: found.info.status.value,
+                    tracing.CACHE_HOT: found.info.hot,
+                    tracing.SIMILARITY: found.info.similarity,
+                    tracing.CACHE_REASON: found.info.reason,
+                }
+            )
+            return found
+
+    async def _find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         start = time.perf_counter()
         if not plan.lookup:
             self._observer.lookup("skipped", 0.0)

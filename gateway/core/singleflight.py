@@ -28,6 +28,8 @@ class Flight(Generic[T]):
         self.items: list[T] = []
         self.error: BaseException | None = None
         self.done = False
+        #: The model call's span (when tracing), for requests that join to link to.
+        self.span_context: object | None = None
         self._readers = 0
         self._changed = asyncio.Event()
         self._on_done: list[Callable[[Flight[T]], None]] = []

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError
 
+from reprise import tracing
 from reprise.rpc import metrics
 from reprise.errors import InvalidArgument, ServiceError
 from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+    # With tracing on, the trace id is the request id: one id finds both the log lines and the trace.
+    trace_id = tracing.current_trace_id()
+    if trace_id is not None:
+        return trace_id
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and value:
             return value if isinstance(value, str) else value.decode("ascii", "replace")

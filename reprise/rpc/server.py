@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from reprise import tracing
 from reprise.rpc.interceptors import ServiceInterceptor
 from reprise.rpc.metrics import serve_metrics
 from reprise.rpc.tls import ServerTLS
@@ -78,7 +79,9 @@ class ServiceHost:
         self.port: int | None = None
         self._health = health_aio.HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(app.name)],
+            # Tracing outermost (when on): the request span is current in our interceptor,
+            # whose request id then is the trace id.
+            interceptors=[*tracing.server_interceptors(), ServiceInterceptor(app.name)],
             options=[
                 ("grpc.max_send_message_length", options.max_message_bytes),
                 ("grpc.max_receive_message_length", options.max_message_bytes),
