@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cache_svc import spans
-from cache_svc.core.keys import image_digest
+from cache_svc.core.keys import check_images, image_digest
 from cache_svc.core.service import CacheService
 from cache_svc.core.types import CacheQuery, Entry, Invalidation, InvalidationKind, LookupOptions
 from reprise import convert
@@ -26,7 +27,19 @@ def _ts(seconds: float) -> Timestamp:
     return ts
 
 
-def query_from_pb(q: pb.CacheQuery) -> CacheQuery:
+async def image_digests(images: Sequence[bytes], field: str = "query.images") -> tuple[str, ...]:
+    """Digests of a query's images, decoded off the event loop after the cheap checks.
+
+    A Lookup with a large image must not stall the other calls of this replica
+    (Stats, health, every other Lookup) while its pixels are decoded.
+    """
+    if not images:
+        return ()
+    check_images(images, field)
+    return await asyncio.to_thread(lambda: tuple(image_digest(img, f"{field}[{i}]") for i, img in enumerate(images)))
+
+
+async def query_from_pb(q: pb.CacheQuery) -> CacheQuery:
     return CacheQuery(
         namespace=q.namespace,
         task=q.task,
@@ -36,7 +49,7 @@ def query_from_pb(q: pb.CacheQuery) -> CacheQuery:
         system_prompt=q.system_prompt,
         history=convert.turns_from_pb(q.history, "query.history"),
         decoding=convert.decoding_from_pb(q.decoding),
-        image_digests=tuple(image_digest(img, f"query.images[{i}]") for i, img in enumerate(q.images)),
+        image_digests=await image_digests(q.images),
     )
 
 
@@ -91,7 +104,7 @@ class CacheServicer(pb_grpc.CacheServicer):
             max_age_s=request.max_age_seconds if request.HasField("max_age_seconds") else None,
         )
         start_ns = time.time_ns()
-        result = await self._service().lookup(query_from_pb(request.query), options)
+        result = await self._service().lookup(await query_from_pb(request.query), options)
         spans.lookup_spans(start_ns, request.query.namespace, result)
         response = pb.LookupResponse(
             tier=_TIER_TO_PB[result.tier.value],
@@ -106,7 +119,7 @@ class CacheServicer(pb_grpc.CacheServicer):
 
     async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext) -> pb.StoreResponse:
         entry = await self._service().store(
-            query_from_pb(request.query),
+            await query_from_pb(request.query),
             convert.answer_from_pb(request.answer),
             request.ttl_seconds if request.HasField("ttl_seconds") else None,
             request.exact_only,
