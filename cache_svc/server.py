@@ -177,11 +177,12 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--index", default="flat", choices=("flat", "hnsw"), help="FAISS index kind per partition")
     p.add_option("--hnsw-m", default=16, type=int, help="HNSW links per node")
     p.add_option("--hnsw-ef-search", default=64, type=int, help="HNSW search breadth")
-    p.add_option("--threshold", default=0.86, type=float, help="cosine similarity a semantic hit needs (default for every task)")
+    p.add_option("--threshold", default=0.8, type=float,
+                 help="cosine similarity a semantic candidate needs to be verified (default for every task)")
     p.add_option("--thresholds", default="", help="per-task thresholds, e.g. 'sentiment=0.84,chat=0.9'")
     p.add_option("--semantic-tasks", default="", help="comma-separated tasks eligible for semantic hits (empty: all)")
     p.add_flag("--semantic-with-history", help="let requests with history use the semantic tier")
-    p.add_option("--min-similarity-floor", default=0.8, type=float,
+    p.add_option("--min-similarity-floor", default=0.75, type=float,
                  help="lowest min_similarity a request may ask for (lower asks get this floor)")
     p.add_flag("--no-guard", help="turn verification of semantic candidates off (threshold only, like GPTCache)")
     p.add_flag("--no-nfkc", help="normalization: skip Unicode NFKC")

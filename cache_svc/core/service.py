@@ -54,10 +54,12 @@ class CacheConfig:
     max_text_chars: int = 32_000
     #: Cosine similarity a semantic candidate must reach, per task; ``default_threshold`` otherwise.
     thresholds: Mapping[str, float] = field(default_factory=dict)
-    default_threshold: float = 0.86
+    #: Only decides which candidates are worth verifying: verification decides what is served
+    #: (below 0.80 no labelled paraphrase passed verification; see docs/cache.md).
+    default_threshold: float = 0.8
     #: Lowest similarity a request's own ``min_similarity`` may ask for: below it the floor applies,
-    #: so no caller can turn the semantic tier into "serve anything".
-    min_similarity_floor: float = 0.8
+    #: so no caller can turn the semantic tier into "serve anything". Verification always runs.
+    min_similarity_floor: float = 0.75
     #: Tasks whose requests may be answered semantically (empty: every task).
     semantic_tasks: frozenset[str] = frozenset()
     #: Requests with history are exact-only unless this is set: a paraphrase means
@@ -85,8 +87,12 @@ def _validate(query: CacheQuery, config: CacheConfig) -> None:
 
 
 def embedding_text(text: str) -> str:
-    """What gets embedded: NFKC and collapsed whitespace, case kept (capitals mark names)."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    """What gets embedded: NFKC, collapsed whitespace, case folded.
+
+    USE reads "HOW MANY TEASPOONS IN A TABLESPOON" as far from the same words in
+    lower case (cosine 0.34); names are told apart by verification, not by case.
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 class _Clock:

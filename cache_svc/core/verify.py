@@ -157,6 +157,8 @@ def words(text: str) -> list[_Word]:
     for pos, tok in enumerate(tokens):
         if pos == skip or (tok.number is not None and tok.article):
             continue  # "a"/"一个" said as "one"
+        if pos and tok.text[:1] in ("不", "没") and tok.text[1:] == tokens[pos - 1].text:
+            continue  # 能 + 不能: an A-not-A question, asked either way
         text = f"#{tok.number:g}" if tok.number is not None else tok.text
         if text == "what" and pos + 1 < len(tokens) and tokens[pos + 1].text == "time":
             text, skip = "when", pos + 1  # "what time does it open" asks when

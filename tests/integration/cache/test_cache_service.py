@@ -311,3 +311,39 @@ async def test_the_cache_services_health_follows_redis_while_the_server_stays_se
     finally:
         await host.stop(0)
         server.stop()
+
+
+async def test_verification_with_the_real_embedder(replicas: Replicas) -> None:
+    """Paraphrases are served; each kind of different request is not, in both languages."""
+    stub = await replicas.start()
+    stored = {
+        "How can I make my phone battery last longer?": "pv1",
+        "怎么让手机电池更耐用？": "pv2",
+        "Convert 5 miles to km": "pv3",
+        "从北京到上海的高铁要多久": "pv4",
+        "Recommend a laptop for travel": "pv5",
+        "What is the weather in Paris today?": "pv6",
+    }
+    for text, ns in stored.items():
+        await store(stub, text, ns=ns)
+    served = [("How can I make my phone's battery last longer?", "pv1"), ("如何让手机电池更耐用？", "pv2")]
+    for text, ns in served:
+        r = await lookup(stub, text, ns=ns)
+        assert r.tier == pb.TIER_SEMANTIC, (text, r.rejected_reason)
+    refused = [
+        ("Convert 5 km to miles", "pv3", "order"),  # direction swap
+        ("从上海到北京的高铁要多久", "pv4", "order"),  # direction swap
+        ("Recommend a lightweight laptop for travel", "pv5", "unmatched"),  # added constraint
+        ("What is the weather in Paris tomorrow?", "pv6", "time"),  # another day
+        ("今天巴黎的天气怎么样？", "pv6", "language"),  # the English reply must not answer Chinese
+    ]
+    for text, ns, why in refused:
+        r = await lookup(stub, text, ns=ns)
+        assert r.tier == pb.TIER_MISS and why in r.rejected_reason, (text, r.rejected_reason)
+
+
+async def test_min_similarity_below_the_floor_gets_the_floor(replicas: Replicas) -> None:
+    stub = await replicas.start()
+    await store(stub, "How do I bake sourdough bread at home?", ns="floor")
+    r = await stub.Lookup(pb.LookupRequest(query=q("What is the tallest mountain in Africa?", ns="floor"), min_similarity=0.0))
+    assert r.tier == pb.TIER_MISS and "threshold 0.75" in r.rejected_reason, r.rejected_reason
