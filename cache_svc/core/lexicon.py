@@ -114,7 +114,7 @@ CLOSED_CLASS: dict[str, tuple[str, str]] = {
     **_closed("question", {
         "what": "what which 什么 啥 哪个 哪些 什么样", "how": "how 怎么 如何 怎样 怎么样 咋 怎么办 咋办",
         "why": "why 为什么 为何 为啥", "when": "when 什么时候 何时 几时", "where": "where 哪里 哪儿 在哪 哪 何处",
-        "who": "who whom 谁", "whose": "whose", "howmany": "多少 几",
+        "who": "who whom 谁", "whose": "whose", "howmany": "多少 几", "howlong": "多久 多长时间",
     }),
     **_closed("quantifier", {
         "all": "all every each entire whole 所有 全部 每 每个 一切 全", "any": "any 任何", "most": "most 大多数 大部分 多数",
@@ -168,6 +168,10 @@ CLOSED_CLASS: dict[str, tuple[str, str]] = {
         "monthly": "monthly 每月", "yearly": "yearly annually annual 每年", "past": "past 过去", "future": "future 将来 未来",
     }),
 }
+# Tense markers: a past and a future reading of one request are two requests ("when did it open" /
+# "when will it open"); a request that marks no tense on one side is not told apart.
+PAST_EN = frozenset("did was were had".split())
+FUTURE_EN = frozenset("will shall".split())
 # English subject pronouns: the same person as subject on one side and object on the other
 # ("my brother owes *me*" / "*I* owe my brother") is allowed only where no word changes place.
 SUBJECT_PRONOUNS = frozenset("i we he she they".split())

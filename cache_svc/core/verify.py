@@ -191,10 +191,13 @@ class RequestVerifier:
     # ---- alignment -----------------------------------------------------------------------
 
     def align(self, a: list[_Word], b: list[_Word]) -> str | None:
+        ta, tb = _tense(a), _tense(b)
+        if ta - tb and tb - ta:
+            return f"tense differs ({'/'.join(sorted(ta))} vs {'/'.join(sorted(tb))})"
         pairs, rest_a, rest_b = _match_exact(a, b)
         rest_a = [w for w in rest_a if w.cls != "function"]
         rest_b = [w for w in rest_b if w.cls != "function"]
-        why = _closed_class_difference(rest_a, rest_b)
+        why = _closed_class_difference(rest_a, rest_b, a, b)
         if why is not None:
             return why
         ca = [w for w in rest_a if w.cls in ("content", "entity")]
@@ -273,7 +276,7 @@ def _match_exact(a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Word, _Wor
     return pairs, rest_a, rest_b
 
 
-def _closed_class_difference(a: list[_Word], b: list[_Word]) -> str | None:
+def _closed_class_difference(a: list[_Word], b: list[_Word], whole_a: list[_Word], whole_b: list[_Word]) -> str | None:
     """Closed-class words left unmatched: a substitution within a class is a different request.
 
     A pronoun, question word or obligation present on one side only is tolerated
@@ -290,12 +293,22 @@ def _closed_class_difference(a: list[_Word], b: list[_Word]) -> str | None:
             kb = {w.key for w in b if w.cls == cls}
             if not any(frozenset({x, y}) in lx.RELATION_CONTRASTS for x in ka for y in kb):
                 continue
+        elif cls == "obligation" and not (ca[cls] and cb[cls]):
+            # "how do I" / "how should I" ask the same; "can I take it?" / "should I take it?" do not:
+            # obligation may go unsaid only in a wh-question (one with a question word on both sides).
+            if any(w.cls == "question" for w in whole_a) and any(w.cls == "question" for w in whole_b):
+                continue
         elif not (ca[cls] and cb[cls]) and cls in lx.OPTIONAL_CLASSES:
             continue
         ta = ",".join(w.text for w in a if w.cls == cls) or "-"
         tb = ",".join(w.text for w in b if w.cls == cls) or "-"
         return f"{cls} differs: {ta} / {tb}"
     return None
+
+
+def _tense(ws: list[_Word]) -> set[str]:
+    keys = {w.key for w in ws}
+    return {t for t, markers in (("past", lx.PAST_EN), ("future", lx.FUTURE_EN)) if keys & markers}
 
 
 def _merge_segmentation(a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Word, _Word]], list[_Word], list[_Word]]:

@@ -63,7 +63,9 @@ def serves(a: str, b: str, task: str = "chat") -> bool:
         ("这部电影我很喜欢。", "我很喜欢这部电影。"),
         ("This laptop is fast and light.", "This laptop is light and fast."),
         ("什么是机器学习？", "机器学习是什么？"),
-        ("I need a recipe for lasagna", "Give me a recipe for lasagna"),
+        ("I need a recipe for lasagna", "I need a lasagna recipe"),
+        ("How do I make green tea?", "How should I make green tea?"),  # obligation unsaid in a wh-question
+        ("鸡蛋要煮多长时间？", "鸡蛋需要煮多久？"),
         ("The soup was barely warm", "The soup was hardly warm"),  # barely is a degree, not a negation
     ],
 )
@@ -93,6 +95,9 @@ def test_serves_paraphrases(a: str, b: str) -> None:
         ("Are all mushrooms poisonous?", "Are some mushrooms poisonous?", "quantifier"),
         ("Can it rain in the desert?", "Does it always rain in the desert?", "quantifier"),
         ("When does the store open?", "Where does the store open?", "question"),
+        ("When did the new library open?", "When will the new library open?", "tense"),
+        ("Can I take ibuprofen with coffee?", "Should I take ibuprofen with coffee?", "obligation"),
+        ("这个药一定有副作用吗", "这个药可能有副作用吗", "modal"),
         ("Flights to Paris", "Flights from Paris", "relation"),
         ("Recommend a laptop for travel", "Recommend a lightweight laptop for travel", "unmatched"),
         ("Give me a cookie recipe", "Give me a low-sugar cookie recipe", "unmatched"),
