@@ -12,7 +12,7 @@ GENERATED := $(PROTOS:protos/%.proto=%_pb2.py)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install protos redis cc model test test-unit test-integration test-slow demo up clean
+.PHONY: help install protos redis cc model model-ready test test-unit test-integration test-slow demo up clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,11 @@ cc: ## install gcc with apt when there is no C compiler (it builds the int4 kern
 model: install cc ## assemble, verify and convert the default model into .models/ (once)
 	$(PY) -m inference_svc.prepare
 
+# up and demo start from the converted copy when one is there: prepare would load the model (8-20 s) only to
+# find it; a missing format is still converted, by prepare here or by the service's first start.
+model-ready: install cc
+	@$(PY) -m reprise.devstack model-ready || $(MAKE) --no-print-directory model
+
 test: install redis cc ## run the test suite (unit + integration; no 491 MB model needed)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -58,11 +63,11 @@ test-unit: install cc ## unit tests only
 test-slow: install redis cc model ## tests that load the real default model
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-demo: install redis model ## start everything, send a few requests (with repeats), stop
+demo: install redis model-ready ## start everything, send a few requests (with repeats), stop
 	$(PY) -m reprise.demo
 
-up: install redis model ## run the stack in the foreground with grpcurl examples (Ctrl-C stops it)
-	$(PY) -m reprise.devstack up
+up: install redis model-ready ## run the stack in the foreground, supervised (Ctrl-C stops it); TOKENS=tok=tenant turns auth on
+	$(PY) -m reprise.devstack up $(if $(TOKENS),--tokens '$(TOKENS)')
 
 clean: ## remove generated code and run state (keeps .venv and .models)
 	rm -f $(GENERATED) $(GENERATED:_pb2.py=_pb2_grpc.py) $(GENERATED:_pb2.py=_pb2.pyi)

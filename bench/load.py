@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="include non-OK calls in the latency statistics")
     p.add_argument("--cache", choices=("on", "off"), default="on",
                    help="off: every request carries cache policy no_cache + no_store")
+    p.add_argument("--token", default=os.environ.get("REPRISE_TOKEN", ""),
+                   help="bearer token for a gateway with auth on (make up TOKENS=...); env REPRISE_TOKEN")
     p.add_argument("--name", help="test name in the report")
     p.add_argument("-o", "--output", help="report file (ghz JSON format); default: the config's output, else stdout")
     p.add_argument("--plot", help="write a PNG latency plot here")
@@ -94,6 +97,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     )
     if args.cache == "off":
         cfg = cfg.with_overrides(data=with_cache_policy(cfg.data, CACHE_OFF))
+    if args.token:
+        cfg = cfg.with_overrides(metadata={**cfg.metadata, "authorization": f"Bearer {args.token}"})
     if not cfg.host:
         raise ConfigError("host: not set in the config; pass --host")
     return cfg

@@ -30,6 +30,10 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from reprise.devcerts import ensure_internal_certs
+from reprise.rpc.tls import ClientTLS
+from reprise.supervise import Supervisor
+
 ROOT = Path(__file__).resolve().parent.parent
 PIN = ROOT / "deploy" / "pin.sh"
 
@@ -40,10 +44,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Block until ``address`` answers grpc.health.v1 with SERVING."""
+def _health_channel(address: str, tls: ClientTLS | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.credentials())
+
+
+def serving(address: str, tls: ClientTLS | None = None, timeout_s: float = 0.5) -> bool:
+    """One health check: does ``address`` answer SERVING now?"""
+    with _health_channel(address, tls) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s).status
+        except grpc.RpcError:
+            return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_serving(
+    address: str, timeout_s: float, proc: subprocess.Popen | None = None, tls: ClientTLS | None = None
+) -> None:
+    """Block until ``address`` answers grpc.health.v1 with SERVING (over mTLS with ``tls``)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with _health_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -112,7 +134,7 @@ class RedisTLS:
 
 
 class RedisServer:
-    """A private redis-server on a free port in a temp dir.
+    """A private redis-server on a free port in a temp dir (a supervised process of ``make up``).
 
     No persistence by default. With ``persist=True`` every write goes to an
     append-only file (fsync always), so :meth:`restart` brings the same
@@ -132,6 +154,26 @@ class RedisServer:
         self.tls = tls
         self._dir = tempfile.mkdtemp(prefix="reprise-redis-")
         self.proc: subprocess.Popen | None = None
+        self.name = "redis"
+
+    # -- what reprise.supervise needs ------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def launch(self) -> None:
+        """Start again on the same port (and directory: a persistent server reloads its entries)."""
+        self.start()
+
+    def serving(self) -> bool:
+        return self._answers()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def url(self) -> str:
@@ -207,10 +249,21 @@ class ServiceProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    #: Client TLS for the health check when the service requires mutual TLS.
+    tls: ClientTLS | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def launch(self) -> None:
+        self.start()
+
+    def serving(self) -> bool:
+        return serving(self.address, self.tls)
 
     def start(self) -> ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -266,6 +319,10 @@ class StackConfig:
     #: Redis keeps an append-only file, so a Redis restart keeps the entries.
     redis_persist: bool = False
     redis_password: str | None = None
+    #: Gateway -> inference over mutual TLS with certificates in ``run_dir/tls`` (what ``make up`` runs).
+    internal_tls: bool = False
+    #: Prometheus /metrics on each service's default port (gateway 9100, inference 9101, cache 9102); off: none.
+    metrics: bool = False
 
 
 class Stack:
@@ -277,20 +334,34 @@ class Stack:
         c = config
         self.redis = RedisServer(password=c.redis_password, persist=c.redis_persist, cpus=c.frontend_cpus)
         py = sys.executable
+        metrics = (lambda port: ["--metrics-port", str(port)]) if c.metrics else (lambda port: ["--metrics-port", "0"])
+        # The inference port answers only clients with a certificate of the internal CA (the gateway's);
+        # the cache listens on loopback, as the sidecar does on its pod's.
+        self.certs = ensure_internal_certs(c.run_dir / "tls") if c.internal_tls else None
+        inference_tls: list[str] = []
+        gateway_tls: list[str] = []
+        if self.certs is not None:
+            inference_tls = ["--tls-cert", self.certs.inference_cert, "--tls-key", self.certs.inference_key,
+                             "--tls-client-ca", self.certs.ca]
+            gateway_tls = ["--inference-tls-ca", self.certs.ca, "--inference-tls-cert", self.certs.gateway_cert,
+                           "--inference-tls-key", self.certs.gateway_key]
 
         self.inference = ServiceProcess(
             "inference",
             pinned(c.inference_cpus, [py, "-m", "inference_svc", "--host", "127.0.0.1",
                    "--port", str(c.inference_port or free_port()), "--model", c.model,
-                   "--model-cache", str(c.model_cache), "--metrics-port", "0", "--log-format", "text",
-                   *c.extra_inference_args]),
+                   "--model-cache", str(c.model_cache), *metrics(9101), "--log-format", "text",
+                   *inference_tls, *c.extra_inference_args]),
             0, c.run_dir / "inference.log",
+            # The probe shows the inference's own certificate, as the Kubernetes exec probe does.
+            tls=ClientTLS(ca=self.certs.ca, cert=self.certs.inference_cert, key=self.certs.inference_key)
+            if self.certs is not None else None,
         )
         self.cache = ServiceProcess(
             "cache",
             pinned(c.frontend_cpus, [py, "-m", "cache_svc", "--host", "127.0.0.1",
                    "--port", str(c.cache_port or free_port()), "--redis-url", self.redis.url,
-                   "--metrics-port", "0", "--log-format", "text", *c.extra_cache_args]),
+                   *metrics(9102), "--log-format", "text", *c.extra_cache_args]),
             0, c.run_dir / "cache.log",
         )
         for svc in (self.inference, self.cache):
@@ -299,8 +370,8 @@ class Stack:
             "gateway",
             pinned(c.frontend_cpus, [py, "-m", "gateway", "--host", "127.0.0.1",
                    "--port", str(c.gateway_port or free_port()), "--cache-target", self.cache.address,
-                   "--inference-target", self.inference.address, "--metrics-port", "0",
-                   "--log-format", "text", *c.extra_gateway_args]),
+                   "--inference-target", self.inference.address, *metrics(9100),
+                   "--log-format", "text", *gateway_tls, *c.extra_gateway_args]),
             0, c.run_dir / "gateway.log",
         )
         self.gateway.port = int(self.gateway.argv[self.gateway.argv.index("--port") + 1])
@@ -317,7 +388,7 @@ class Stack:
             svc.start()
         for svc in self.services:
             try:
-                wait_serving(svc.address, self.config.ready_timeout_s, svc.proc)
+                wait_serving(svc.address, self.config.ready_timeout_s, svc.proc, svc.tls)
             except Exception as exc:
                 tail = svc.log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{svc.name} did not become ready: {exc}\n--- {svc.log_path} ---\n{tail}") from exc
@@ -328,7 +399,7 @@ class Stack:
         if svc.alive():
             svc.stop()
         svc.start()
-        wait_serving(svc.address, self.config.ready_timeout_s if timeout_s is None else timeout_s, svc.proc)
+        wait_serving(svc.address, self.config.ready_timeout_s if timeout_s is None else timeout_s, svc.proc, svc.tls)
 
     def stop(self) -> None:
         for svc in reversed(self.services):
@@ -345,26 +416,66 @@ def running_stack(config: StackConfig) -> Iterator[Stack]:
         stack.stop()
 
 
-def _print_up(stack: Stack) -> None:
+def model_ready(model: str, cache_dir: Path) -> bool:
+    """Whether ``cache_dir`` holds a converted copy of ``model`` (what ``make up`` checks before prepare).
+
+    Cheap: names on disk, no weights read. A copy in another format than this CPU
+    picks still counts: the service converts the missing one at its first start.
+    """
+    from inference_svc.core import model_source
+
+    try:
+        source = model_source.resolve(model, cache_dir)
+    except Exception:
+        return False
+    return bool(model_source.converted_variants(cache_dir, source))
+
+
+def _grpcurl() -> str:
+    """The grpcurl of the dev dependencies (.venv/bin/grpcurl), as a path a shell finds from here."""
+    exe = Path(sys.executable).parent / "grpcurl"
+    with contextlib.suppress(ValueError):
+        return str(exe.relative_to(Path.cwd()))
+    return str(exe)
+
+
+def _print_up(stack: Stack, token: str | None = None) -> None:
     gw = stack.gateway.address
+    g = _grpcurl()
+    auth = f" -H 'authorization: Bearer {token}'" if token else ""
+    certs = stack.certs
+    inference_call = f"{g} -plaintext -d '{{}}' {stack.inference.address} reprise.inference.v1.Inference/ModelInfo"
+    internal = "plaintext (StackConfig.internal_tls off)"
+    if certs is not None:
+        rel = lambda p: os.path.relpath(p)  # noqa: E731
+        inference_call = (f"{g} -cacert {rel(certs.ca)} -cert {rel(certs.gateway_cert)} -key {rel(certs.gateway_key)} "
+                          f"-d '{{}}' {stack.inference.address} reprise.inference.v1.Inference/ModelInfo")
+        internal = (f"gateway -> inference over mutual TLS (certificates in {os.path.relpath(certs.directory)}); "
+                    "cache and redis on loopback")
+    metrics = ("http://127.0.0.1:9100/metrics (gateway), :9101 (inference), :9102 (cache)"
+               if stack.config.metrics else "off")
+    pids = lambda p: f"pid {p.pid}" if p.pid else ""  # noqa: E731
     print(
         f"""
-Reprise is up (Ctrl-C stops everything):
-  gateway    {gw}   (public API: reprise.gateway.v1.Gateway)
-  cache      {stack.cache.address}   (reprise.cache.v1.Cache)
-  inference  {stack.inference.address}   (reprise.inference.v1.Inference)
-  redis      {stack.redis.url}
+Reprise is up (Ctrl-C stops everything; a process that dies is restarted):
+  gateway    {gw}   (public API: reprise.gateway.v1.Gateway; {pids(stack.gateway)})
+  cache      {stack.cache.address}   (reprise.cache.v1.Cache; {pids(stack.cache)})
+  inference  {stack.inference.address}   (reprise.inference.v1.Inference; {pids(stack.inference)})
+  redis      {stack.redis.url}   ({pids(stack.redis)})
+  internal   {internal}
+  auth       {"bearer token required (make up TOKENS=...)" if token else "off: every call is tenant 'public'"}
+  metrics    {metrics}
   logs       {stack.config.run_dir}/*.log
   cpus       inference {stack.config.inference_cpus or "unpinned"}, gateway/cache/redis {stack.config.frontend_cpus or "unpinned"}
              (deploy/pin.sh, as in the Kubernetes entrypoint; --no-pin to turn off)
 
 Try:
-  grpcurl -plaintext {gw} list
-  grpcurl -plaintext -d '{{"text": "I love this phone"}}' {gw} reprise.gateway.v1.Gateway/Classify
-  grpcurl -plaintext -d '{{"text": "这家餐厅的菜太难吃了"}}' {gw} reprise.gateway.v1.Gateway/Analyze
-  grpcurl -plaintext -d '{{"text": "What is a cache?"}}' {gw} reprise.gateway.v1.Gateway/ChatStream
-  grpcurl -plaintext -d '{{}}' {stack.inference.address} reprise.inference.v1.Inference/ModelInfo
-  grpcurl -plaintext -d '{{}}' {stack.cache.address} reprise.cache.v1.Cache/Stats
+  {g} -plaintext {gw} list
+  {g} -plaintext{auth} -d '{{"text": "I love this phone"}}' {gw} reprise.gateway.v1.Gateway/Classify
+  {g} -plaintext{auth} -d '{{"text": "这家餐厅的菜太难吃了"}}' {gw} reprise.gateway.v1.Gateway/Analyze
+  {g} -plaintext{auth} -d '{{"text": "What is a cache?"}}' {gw} reprise.gateway.v1.Gateway/ChatStream
+  {inference_call}
+  {g} -plaintext -d '{{}}' {stack.cache.address} reprise.cache.v1.Cache/Stats
 """,
         flush=True,
     )
@@ -374,21 +485,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m reprise.devstack", description="Run the local stack.")
-    parser.add_argument("command", choices=["up"], help="up: start everything and stay in the foreground")
+    parser.add_argument("command", choices=["up", "model-ready"],
+                        help="up: start everything and stay in the foreground; model-ready: exit 0 when a converted copy exists")
     parser.add_argument("--model", default=os.environ.get("REPRISE_MODEL", "default"))
+    parser.add_argument("--model-cache", type=Path, default=ROOT / ".models", help="converted model copies")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run", help="logs, Redis files, internal certificates")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("REPRISE_GATEWAY_PORT", "50050")))
+    parser.add_argument("--tokens", default=os.environ.get("REPRISE_UP_TOKENS", ""),
+                        help="token=tenant[,token=tenant...]: the gateway requires one of these bearer tokens")
+    parser.add_argument("--no-metrics", action="store_true", help="no /metrics ports (9100-9102 taken by something else)")
     parser.add_argument("--inference-cpus", default=os.environ.get("REPRISE_UP_INFERENCE_CPUS", "auto"),
                         help="CPU list for the inference service; 'auto': all but the first quarter of the CPUs")
     parser.add_argument("--frontend-cpus", default=os.environ.get("REPRISE_UP_FRONTEND_CPUS", "auto"),
                         help="CPU list for gateway, cache and Redis; 'auto': the first quarter (at least one)")
     parser.add_argument("--no-pin", action="store_true", help="run every process unpinned")
     args = parser.parse_args(argv)
+    if args.command == "model-ready":
+        ready = model_ready(args.model, args.model_cache)
+        print(f"{args.model}: {'a converted copy is' if ready else 'no converted copy'} in {args.model_cache}", flush=True)
+        sys.exit(0 if ready else 1)
     front, infer = ("", "") if args.no_pin else plan_cpus()
+    token = args.tokens.split(",")[0].partition("=")[0].strip() if args.tokens else None
     config = StackConfig(
         model=args.model,
+        model_cache=args.model_cache,
+        run_dir=args.run_dir,
         gateway_port=args.gateway_port,
         inference_cpus="" if args.no_pin else (infer if args.inference_cpus == "auto" else args.inference_cpus),
         frontend_cpus="" if args.no_pin else (front if args.frontend_cpus == "auto" else args.frontend_cpus),
+        internal_tls=True,
+        metrics=not args.no_metrics,
+        # Redis keeps an append-only file: a restarted Redis (supervised below) serves the same entries.
+        redis_persist=True,
+        extra_gateway_args=("--tokens", args.tokens) if args.tokens else (),
     )
     stop = False
 
@@ -400,12 +529,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("starting redis, inference (first start converts the model: ~1 min), cache, gateway ...", flush=True)
     try:
         with running_stack(config) as stack:
-            _print_up(stack)
+            _print_up(stack, token)
+            supervisor = Supervisor([stack.redis, *stack.services])
             while not stop:
-                for svc in stack.services:
-                    if svc.proc is not None and svc.proc.poll() is not None:
-                        raise SystemExit(f"{svc.name} exited with code {svc.proc.returncode}; see {svc.log_path}")
-                time.sleep(0.5)
+                supervisor.poll()
+                time.sleep(0.25)
     except KeyboardInterrupt:
         pass
     print("stopped.", flush=True)

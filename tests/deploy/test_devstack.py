@@ -56,3 +56,36 @@ def test_persistent_redis_keeps_entries_across_a_restart() -> None:
             redis.Redis(port=server.port, password="wrong").ping()
     finally:
         server.stop()
+
+
+def test_make_up_serves_metrics_and_authenticates_the_internal_hop(tmp_path) -> None:
+    """What `make up` configures (issue 24, items 2 and 8): /metrics on the documented ports, the cache on
+    loopback, inference requiring the gateway's certificate from run_dir/tls."""
+    from reprise.devstack import Stack, StackConfig
+
+    stack = Stack(StackConfig(run_dir=tmp_path, internal_tls=True, metrics=True))
+    try:
+        flag = lambda svc, name: svc.argv[svc.argv.index(name) + 1]  # noqa: E731
+        assert [flag(s, "--metrics-port") for s in (stack.gateway, stack.inference, stack.cache)] == ["9100", "9101", "9102"]
+        assert flag(stack.cache, "--host") == "127.0.0.1"
+        certs = stack.certs
+        assert certs is not None and certs.complete() and certs.directory == tmp_path / "tls"
+        assert flag(stack.inference, "--tls-client-ca") == certs.ca
+        assert flag(stack.gateway, "--inference-tls-cert") == certs.gateway_cert
+        assert stack.inference.tls is not None and stack.inference.tls.cert == certs.inference_cert
+        plain = Stack(StackConfig(run_dir=tmp_path / "plain"))
+        assert flag(plain.gateway, "--metrics-port") == "0" and "--tls-client-ca" not in plain.inference.argv
+        plain.redis.stop()
+    finally:
+        stack.redis.stop()
+
+
+def test_model_ready_sees_a_converted_copy_without_reading_weights(tmp_path) -> None:
+    from inference_svc.core import model_source
+    from reprise.devstack import model_ready
+
+    assert not model_ready("default", tmp_path)
+    source = model_source.resolve("default", tmp_path)
+    model_source.converted_dir(tmp_path, source, "hf-int4-bf16").mkdir(parents=True)
+    assert model_ready("default", tmp_path)
+    assert not model_ready(str(tmp_path / "missing-model"), tmp_path)

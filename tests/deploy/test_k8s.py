@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from reprise.devcerts import make_internal_certs
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     prod = tree / "overlays" / "production"
     (prod / "redis.env").write_text((prod / "redis.env.example").read_text())
     (prod / "tokens").write_text((prod / "tokens.example").read_text())
+    make_internal_certs(tree / "base" / "tls")  # git-ignored: what `make kube-certs` writes
     out = {}
     for name, path in {"base": tree / "base", "dev": tree / "overlays" / "dev", "production": prod}.items():
         result = subprocess.run([_kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
@@ -83,7 +86,7 @@ def test_strict_validation_catches_a_typo(rendered) -> None:
 
 
 @pytest.mark.parametrize("variant", ["base", "dev", "production"])
-def test_inference_is_guaranteed_with_whole_cpus_sys_nice_and_grpc_probes(rendered, variant: str) -> None:
+def test_inference_is_guaranteed_with_whole_cpus_sys_nice_and_mtls_health_probes(rendered, variant: str) -> None:
     pod = _by(rendered[variant], "Deployment", "reprise-inference")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     res = container["resources"]
@@ -95,7 +98,10 @@ def test_inference_is_guaranteed_with_whole_cpus_sys_nice_and_grpc_probes(render
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port
+        # The kubelet's grpc probe speaks no TLS: the health check shows the pod's own certificate.
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["python", "/app/deploy/healthcheck.py", f"127.0.0.1:{grpc_port}"]
+        assert {"--ca", "--cert", "--key", "--server-name"} <= set(command)
     assert container["args"] == ["python", "-m", "inference_svc"]
     if variant == "production":
         assert int(res["limits"]["cpu"]) == 4 and pod["nodeSelector"] == {"reprise.io/cpu-pinning": "static"}
@@ -108,9 +114,11 @@ def test_gateway_carries_the_cache_as_a_native_sidecar(rendered) -> None:
     (gateway,) = pod["containers"]
     assert cache["name"] == "cache" and cache["restartPolicy"] == "Always"
     assert cache["args"] == ["python", "-m", "cache_svc"] and gateway["args"] == ["python", "-m", "gateway"]
-    for container, port in ((cache, 50052), (gateway, 50050)):
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["grpc"]["port"] == 50050
+        # The cache listens on loopback only, which the kubelet's grpc probe (to the pod IP) cannot reach.
+        assert cache[probe]["exec"]["command"] == ["python", "/app/deploy/healthcheck.py", "127.0.0.1:50052"]
+    for container in (cache, gateway):
         assert "requests" in container["resources"] and "cpu" in container["resources"]["requests"]  # for the HPA
     env = {e["name"]: e for e in cache["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"key": "password", "name": "reprise-redis"}
@@ -211,3 +219,82 @@ def test_configmap_variables_are_real_service_flags(rendered) -> None:
     for name in variables:
         if name.startswith("REPRISE_") and name.split("_")[1] in known:
             assert name in known[name.split("_")[1]], f"{name} is not a flag of that service"
+
+
+def _secret_files(docs: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any], tmp: Path) -> dict[str, str]:
+    """The files a container sees under its Secret mounts, written to ``tmp``: mount path -> local path."""
+    import base64
+
+    files = {}
+    for mount in container.get("volumeMounts", []):
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        if "secret" not in volume:
+            continue
+        secret = _by(docs, "Secret", volume["secret"]["secretName"])
+        for key, value in secret["data"].items():
+            local = tmp / f"{volume['name']}-{key}"
+            local.write_bytes(base64.b64decode(value))
+            files[f"{mount['mountPath']}/{key}"] = str(local)
+    return files
+
+
+@pytest.mark.parametrize("variant", ["base", "dev", "production"])
+async def test_internal_calls_are_authenticated_by_the_rendered_manifests(rendered, variant: str, tmp_path: Path) -> None:
+    """The cache binds loopback; inference requires the gateway's client certificate, as rendered (issue 24, item 2).
+
+    The certificates of the rendered Secrets are used for real: a server configured as the inference
+    pod answers the gateway pod's client and its own probe, and refuses a client without a certificate.
+    """
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from reprise.rpc.tls import ClientTLS, ServerTLS
+
+    docs = rendered[variant]
+    gw_pod = _by(docs, "Deployment", "reprise-gateway")["spec"]["template"]["spec"]
+    (cache,) = gw_pod["initContainers"]
+    gateway = next(c for c in gw_pod["containers"] if c["name"] == "gateway")
+    assert {e["name"]: e.get("value") for e in cache["env"]}["REPRISE_CACHE_HOST"] == "127.0.0.1"
+    assert 50052 not in {p["containerPort"] for p in cache["ports"]}
+    inf_pod = _by(docs, "Deployment", "reprise-inference")["spec"]["template"]["spec"]
+    (inference,) = inf_pod["containers"]
+
+    inf_files = _secret_files(docs, inf_pod, inference, tmp_path)
+    gw_files = _secret_files(docs, gw_pod, gateway, tmp_path)
+    inf_env = {e["name"]: e.get("value") for e in inference["env"]}
+    gw_env = {e["name"]: e.get("value") for e in gateway["env"]}
+    server_tls = ServerTLS(
+        cert=inf_files[inf_env["REPRISE_INFERENCE_TLS_CERT"]], key=inf_files[inf_env["REPRISE_INFERENCE_TLS_KEY"]],
+        client_ca=inf_files[inf_env["REPRISE_INFERENCE_TLS_CLIENT_CA"]],
+    )
+    client = ClientTLS(
+        ca=gw_files[gw_env["REPRISE_GATEWAY_INFERENCE_TLS_CA"]], cert=gw_files[gw_env["REPRISE_GATEWAY_INFERENCE_TLS_CERT"]],
+        key=gw_files[gw_env["REPRISE_GATEWAY_INFERENCE_TLS_KEY"]],
+    )
+    name = gw_env["REPRISE_GATEWAY_INFERENCE_TLS_SERVER_NAME"]
+    probe = inference["readinessProbe"]["exec"]["command"]
+    flag = lambda f: probe[probe.index(f) + 1]  # noqa: E731
+    probe_tls = ClientTLS(ca=inf_files[flag("--ca")], cert=inf_files[flag("--cert")], key=inf_files[flag("--key")])
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", server_tls.credentials())
+    await server.start()
+    try:
+        async def check(creds: grpc.ChannelCredentials | None, server_name: str) -> grpc.StatusCode:
+            target = f"127.0.0.1:{port}"
+            options = [("grpc.ssl_target_name_override", server_name)]
+            channel = grpc.aio.insecure_channel(target) if creds is None else grpc.aio.secure_channel(target, creds, options=options)
+            async with channel:
+                try:
+                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+                return grpc.StatusCode.OK
+
+        assert await check(client.credentials(), name) == grpc.StatusCode.OK  # the gateway pod
+        assert await check(probe_tls.credentials(), flag("--server-name")) == grpc.StatusCode.OK  # the probe
+        assert await check(ClientTLS(ca=client.ca).credentials(), name) == grpc.StatusCode.UNAVAILABLE  # no certificate
+        assert await check(None, name) == grpc.StatusCode.UNAVAILABLE  # plaintext
+    finally:
+        await server.stop(0)
