@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from inference_svc.core import loader, model_source, placement, precision
-from inference_svc.core.architecture import ModelShape
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.options import add_model_options, engine_config
 from reprise.rpc.config import EnvArgumentParser
@@ -54,7 +53,7 @@ def prepare_all_formats(config: EngineConfig, source: model_source.ResolvedModel
     formats = precision.anywhere(config.dtype, config.weights, config.activations)
     if not formats:
         raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
-    shape = ModelShape.from_config(loader.source_config(source, config.cache_dir))  # refuses before converting
+    shape = loader.check_source(source, config.cache_dir)  # refuses before converting
     for chosen, activations in formats:
         spec = config.runtime_spec(chosen, activations, shape.tied)
         target, converted = loader.prepare(source, config.cache_dir, spec)

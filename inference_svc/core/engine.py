@@ -72,7 +72,7 @@ class EngineConfig:
     def resolve(self) -> tuple[model_source.ResolvedModel, ModelShape]:
         """The model and its shape, read from its config: refuses (naming the field) what the runtime does not implement."""
         source = model_source.resolve(self.model, self.cache_dir)
-        return source, ModelShape.from_config(loader.source_config(source, self.cache_dir))
+        return source, loader.check_source(source, self.cache_dir)
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,29 @@ def _read_state(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _tensor_names(directory: Path) -> list[str]:
+    """The tensor names of a directory's ``*.safetensors`` files, read from their headers only."""
+    names: list[str] = []
+    for f in sorted(directory.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            names += list(st.keys())
+    if not names:
+        raise model_source.ModelSourceError(f"{directory} has no *.safetensors weights")
+    return names
+
+
+def check_source(source: model_source.ResolvedModel, cache_dir: Path) -> ModelShape:
+    """``source``'s shape, refusing (naming the config field or the tensors) what the runtime would serve wrongly.
+
+    Reads the config (:func:`source_config`) and, for a local directory, its tensor names: at start,
+    before any format is chosen or anything converted. (A GGUF's tensors are checked when converted.)
+    """
+    shape = ModelShape.from_config(source_config(source, cache_dir))
+    if source.gguf_file is None and Path(source.location).is_dir():
+        check_tensors(_tensor_names(Path(source.location)), shape)
+    return shape
+
+
 def _read_aligned(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file into 64-byte-aligned tensors, with its metadata.
 
@@ -206,35 +229,57 @@ class UnusedWeights(model_source.ModelSourceError):
     """The checkpoint holds tensors the fast forward would not read: serving it would silently drop them."""
 
 
+def expected_tensors(shape: ModelShape) -> set[str]:
+    """The Hugging Face tensor names the runtime reads for ``shape``: biases only where the config implies them
+    (transformers drops any other on load, so the runtime must too), Qwen3's head norms, the LM head if untied."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"} | (set() if shape.tied else {"lm_head.weight"})
+    for i in range(shape.layers):
+        p = f"model.layers.{i}."
+        names |= {p + f"self_attn.{n}_proj.weight" for n in "qkvo"}
+        names |= {p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")}
+        names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        names |= {p + f"self_attn.{n}_proj.bias" for n in "qkv"} if shape.attn_bias else set()
+        names |= {p + "self_attn.o_proj.bias"} if shape.o_bias else set()
+        names |= {p + f"mlp.{n}_proj.bias" for n in ("gate", "up", "down")} if shape.mlp_bias else set()
+        names |= {p + f"self_attn.{n}_norm.weight" for n in "qk"} if shape.qk_norm else set()
+    return names
+
+
+def check_tensors(names: set[str] | list[str], shape: ModelShape) -> None:
+    """Refuse a checkpoint whose tensors are not exactly those the runtime reads for its config, naming them.
+
+    A tensor the forward would skip (a bias the config does not declare, a norm of another architecture)
+    changes answers without a word; a missing one is a broken checkpoint. (A tied model's ``lm_head.weight``
+    is ignored, as transformers ties it to the embedding on load; RoPE buffers are recomputed.)
+    """
+    expected, present = expected_tensors(shape), set(names)
+    missing = sorted(expected - present)
+    if missing:
+        raise model_source.ModelSourceError(f"the checkpoint lacks tensors its config implies: {_some(missing)}")
+    unused = sorted(n for n in present - expected if not n.endswith("rotary_emb.inv_freq") and n != "lm_head.weight")
+    if unused:
+        raise UnusedWeights(f"the fast forward would not read these tensors of the checkpoint: {_some(unused)}")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spec: RuntimeSpec) -> dict[str, torch.Tensor]:
     """Fuse, quantize and rename a Hugging Face Llama/Qwen2/Qwen3/Mistral state dict into the runtime layout.
 
-    Every tensor of ``state`` must be read (biases wherever the checkpoint has them, Qwen3's head
-    norms), or the model is refused naming the ones left over: a weight the forward skipped would
-    change its answers without a word. The embedding is the LM head's only where the config ties them.
+    ``state`` must hold exactly the tensors the runtime reads (:func:`check_tensors`). The embedding
+    is the LM head's only where the config ties them and ``spec`` says to share the matrix.
     """
     if spec.tie_embeddings and not shape.tied:
         raise ValueError(f"{spec.name} reuses the LM head as the embedding, but this model's config does not tie them")
-    used: set[str] = set()
-
-    def get(name: str) -> torch.Tensor:
-        if name not in state:
-            raise model_source.ModelSourceError(f"the checkpoint has no tensor {name!r}, which its config implies")
-        used.add(name)
-        return state[name].float()
-
-    def maybe(name: str, expected: bool) -> torch.Tensor | None:
-        return get(name) if expected or name in state else None
-
+    check_tensors(list(state), shape)
+    get = lambda name: state[name].float()  # noqa: E731
     fmt, dtype, pf = spec.weights, spec.dtype, spec.prefill_copy
     head_fmt = WeightFormat.DENSE if fmt is WeightFormat.DENSE else WeightFormat.INT8
     out: dict[str, torch.Tensor] = {}
     embed = get("model.embed_tokens.weight")
-    if shape.tied:
-        used.add("lm_head.weight")  # transformers ties it to the embedding on load, whatever the file holds
-        head_w = embed
-    else:
-        head_w = get("lm_head.weight")
+    head_w = embed if shape.tied else get("lm_head.weight")  # tied: transformers ignores a saved lm_head too
     head = make_linear(head_w, None, head_fmt, dtype, dense_copy=False)
     if spec.head_shortlist and dtype == torch.float32 and int4_fp32_supported(tuple(head_w.shape)):
         head.native, _ = quantize_int4_fp32(head_w)  # the fp32 kernel's layout, saved as converted
@@ -247,13 +292,11 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
     for i in range(shape.layers):
         p = f"model.layers.{i}."
         qkv_w = torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        qkv_bs = [maybe(p + f"self_attn.{n}_proj.bias", shape.attn_bias) for n in "qkv"]
-        qkv_b = None if all(b is None for b in qkv_bs) else torch.cat([_or_zeros(b, n) for b, n in zip(qkv_bs, _rows(shape))])
-        o_b = maybe(p + "self_attn.o_proj.bias", shape.o_bias)
+        qkv_b = torch.cat([get(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if shape.attn_bias else None
+        o_b = get(p + "self_attn.o_proj.bias") if shape.o_bias else None
         gu_w = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
-        gu_bs = [maybe(p + f"mlp.{n}_proj.bias", shape.mlp_bias) for n in ("gate", "up")]
-        gu_b = None if all(b is None for b in gu_bs) else torch.cat([_or_zeros(b, shape.intermediate) for b in gu_bs])
-        down_b = maybe(p + "mlp.down_proj.bias", shape.mlp_bias)
+        gu_b = torch.cat([get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")]) if shape.mlp_bias else None
+        down_b = get(p + "mlp.down_proj.bias") if shape.mlp_bias else None
         out.update(make_linear(qkv_w, qkv_b, fmt, dtype, pf).tensors(f"L{i}.qkv"))
         out.update(make_linear(get(p + "self_attn.o_proj.weight"), o_b, fmt, dtype, pf).tensors(f"L{i}.o"))
         out.update(make_linear(gu_w, gu_b, fmt, dtype, pf).tensors(f"L{i}.gu"))
@@ -263,23 +306,7 @@ def build_runtime_tensors(state: dict[str, torch.Tensor], shape: ModelShape, spe
         if shape.qk_norm:
             out[f"L{i}.q_norm"] = get(p + "self_attn.q_norm.weight")
             out[f"L{i}.k_norm"] = get(p + "self_attn.k_norm.weight")
-    unused = sorted(k for k in state if k not in used and not k.endswith("rotary_emb.inv_freq"))
-    if unused:
-        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
-        raise UnusedWeights(
-            f"the fast forward would not read these tensors of the checkpoint: {', '.join(unused[:5])}{more}"
-        )
     return {k: v.contiguous() for k, v in out.items()}
-
-
-def _rows(shape: ModelShape) -> tuple[int, int, int]:
-    """Output rows of the q, k and v projections."""
-    return shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.kv_heads * shape.head_dim
-
-
-def _or_zeros(bias: torch.Tensor | None, rows: int) -> torch.Tensor:
-    """A fused layer's bias where only some of its parts have one: zeros for the others (as without one)."""
-    return bias if bias is not None else torch.zeros(rows)
 
 
 def build_transformer(
@@ -519,6 +546,7 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
     hf = _hf_dir(source, cache_dir)
     config = json.loads((hf / "config.json").read_text())
     shape = ModelShape.from_config(config)  # refuse unsupported models before the expensive part
+    check_tensors(_tensor_names(hf), shape)  # from the files' headers, before reading the weights
     tensors = build_runtime_tensors(_read_state(hf), shape, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".runtime-"))
