@@ -42,7 +42,7 @@ class AsyncClient:
                 request, timeout=timeout_s or self.options.timeout_s, metadata=self.options.metadata(request_id)
             )
         except grpc.aio.AioRpcError as err:
-            raise base.to_error(err) from None
+            raise base.to_error(err, self.options.tls is not None) from None
 
     async def classify(
         self, text: str, *, policy: Policy | None = None, timeout_s: float | None = None, request_id: str | None = None
@@ -86,7 +86,7 @@ class AsyncClient:
             async for r in call:
                 yield wire.chat_delta(r)
         except grpc.aio.AioRpcError as err:
-            raise base.to_error(err) from None
+            raise base.to_error(err, self.options.tls is not None) from None
         finally:
             call.cancel()
 

@@ -50,10 +50,27 @@ class ClientOptions:
         return ((REQUEST_ID_HEADER, rid),)
 
 
-def to_error(err: grpc.RpcError) -> ServiceError:
-    """The typed error for a failed call (keeps the status code)."""
+#: What gRPC says when the two ends disagree about TLS: a plaintext client sees the TLS server close
+#: the connection; a TLS client sees a plaintext server's bytes where a TLS record should be.
+_PLAINTEXT_TO_TLS = ("Socket closed", "Connection reset")
+_TLS_TO_PLAINTEXT = ("WRONG_VERSION_NUMBER", "Handshake failed", "handshake")
+
+
+def to_error(err: grpc.RpcError, tls: bool | None = None) -> ServiceError:
+    """The typed error for a failed call (keeps the status code).
+
+    ``tls``: whether this client used TLS. A connection that fails the way a
+    TLS mismatch does gets a hint, instead of a bare "failed to connect".
+    """
     code = err.code()  # type: ignore[attr-defined]
-    return from_status(code.name if code is not None else "UNKNOWN", err.details() or "")  # type: ignore[attr-defined]
+    name = code.name if code is not None else "UNKNOWN"
+    details = err.details() or ""  # type: ignore[attr-defined]
+    if name == "UNAVAILABLE" and tls is not None:
+        if not tls and any(s in details for s in _PLAINTEXT_TO_TLS):
+            details += " (the gateway closed a plaintext connection: if it serves TLS, pass its CA: --tls-ca / ClientOptions.tls)"
+        elif tls and any(s in details for s in _TLS_TO_PLAINTEXT):
+            details += " (the TLS handshake failed: a plaintext gateway needs no --tls-ca; else check the CA and server name)"
+    return from_status(name, details)
 
 
 def classify_request(text: str, policy: Policy | None) -> pb.ClassifyRequest:

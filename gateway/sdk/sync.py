@@ -40,7 +40,7 @@ class Client:
         try:
             return method(request, timeout=timeout_s or self.options.timeout_s, metadata=self.options.metadata(request_id))
         except grpc.RpcError as err:
-            raise base.to_error(err) from None
+            raise base.to_error(err, self.options.tls is not None) from None
 
     def classify(
         self, text: str, *, policy: Policy | None = None, timeout_s: float | None = None, request_id: str | None = None
@@ -84,7 +84,7 @@ class Client:
             for r in call:
                 yield wire.chat_delta(r)
         except grpc.RpcError as err:
-            raise base.to_error(err) from None
+            raise base.to_error(err, self.options.tls is not None) from None
         finally:
             call.cancel()  # no-op when finished; stops generation when the caller stopped reading
 
