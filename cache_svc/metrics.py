@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# 20 µs (a local-tier hit) to 1 s.
-_STAGE_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# 20 µs (a local-tier hit) to 10 s (an embedding stuck behind a busy CPU): a stage is never a whole chat.
+_STAGE_BUCKETS = (
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+)
 
 LOOKUPS = Counter("reprise_cache_lookups_total", "Lookups by the tier that answered (exact, semantic, miss).", ["tier"])
 EXACT_SOURCE = Counter("reprise_cache_exact_hits_total", "Exact hits by where they came from (local, redis).", ["source"])

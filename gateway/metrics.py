@@ -7,6 +7,12 @@ one collector, so the request path pays nothing for them. Per-RPC counts and
 latencies by status code come from the shared interceptor
 (``reprise_rpc_*{service="gateway"}``).
 
+Cardinality stays bounded: no metric is labelled by request content, and the
+one labelled by tenant (``reprise_gateway_tenant_requests_total``) names at most
+``max_tenant_labels`` tenants, the first ones seen; later tenants are summed
+under ``tenant="_other"`` (a tenant never moves between the two, so rates stay
+right). Latency histograms share :data:`reprise.rpc.metrics.LATENCY_BUCKETS`.
+
 Hit ratio per tier over any window, in PromQL::
 
     sum by (status) (rate(reprise_gateway_requests_total[5m]))
@@ -59,6 +65,10 @@ INVALIDATIONS = Counter(
 HOT_REMOVED = Counter("reprise_gateway_hot_removed_total", "Hot-layer entries dropped by invalidation events.")
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+#: Tenants named in ``reprise_gateway_tenant_requests_total`` unless the gateway is told otherwise.
+DEFAULT_MAX_TENANT_LABELS = 20
+OTHER_TENANTS = "_other"
 
 
 class PrometheusObserver:
@@ -113,6 +123,7 @@ class _LevelCollector(Collector):
 
     def __init__(self) -> None:
         self.gateways: weakref.WeakSet[Gateway] = weakref.WeakSet()
+        self.max_tenant_labels = DEFAULT_MAX_TENANT_LABELS
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         gws = list(self.gateways)
@@ -149,12 +160,32 @@ class _LevelCollector(Collector):
         ):
             ratio.add_metric([tier], hits / n if n else 0.0)
         yield ratio
+        yield self._per_tenant(gws)
+
+    def _per_tenant(self, gws: list[Gateway]) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "reprise_gateway_tenant_requests",
+            f"Answered requests per tenant by cache status (hot hits count as exact); tenants past the first "
+            f"{self.max_tenant_labels} seen are summed as {OTHER_TENANTS}.",
+            labels=["tenant", "status"],
+        )
+        sums: dict[tuple[str, str], int] = {}
+        for g in gws:
+            for i, (tenant, t) in enumerate(g.per_tenant()):
+                name = tenant if i < self.max_tenant_labels else OTHER_TENANTS
+                for status, value in (("exact", t.exact_hits), ("semantic", t.semantic_hits), ("miss", t.misses), ("bypass", t.bypassed)):
+                    sums[name, status] = sums.get((name, status), 0) + value
+        for (tenant, status), value in sums.items():
+            family.add_metric([tenant, status], value)
+        return family
 
 
 _LEVELS = _LevelCollector()
 REGISTRY.register(_LEVELS)
 
 
-def track(gateway: Gateway) -> None:
-    """Include ``gateway`` in the level metrics while it lives."""
+def track(gateway: Gateway, max_tenant_labels: int | None = None) -> None:
+    """Include ``gateway`` in the level metrics while it lives (and set the tenant label bound)."""
     _LEVELS.gateways.add(gateway)
+    if max_tenant_labels is not None:
+        _LEVELS.max_tenant_labels = max(0, max_tenant_labels)

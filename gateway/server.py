@@ -79,6 +79,7 @@ class GatewayApp:
         token_file: TokenFile | None = None,
         tokens_reload_s: float = 10.0,
         operator_tokens: Sequence[str] = (),
+        metrics_tenant_labels: int = metrics.DEFAULT_MAX_TENANT_LABELS,
     ) -> None:
         self._cache_channel = backend_channel(cache_target, cache_tls)
         # Retries on UNAVAILABLE happen inside gRPC, before any reply byte reached us: safe.
@@ -91,7 +92,7 @@ class GatewayApp:
             config,
             metrics.PrometheusObserver(),
         )
-        metrics.track(self.gateway)
+        metrics.track(self.gateway, metrics_tenant_labels)
         self.auth = Authenticator(tokens, required=token_file is not None, operator_tokens=operator_tokens)
         self._token_file = token_file
         self._tokens_reload_s = tokens_reload_s
@@ -172,6 +173,10 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--hot-max-age", default=hot.max_age_s, type=float, help="seconds a hot entry is served before the cache is asked again (served on if that lookup fails)")
     p.add_option("--replay-chunk-chars", default=16, type=int, help="characters per message when replaying a cached stream")
     p.add_option("--model-refresh", default=30.0, type=float, help="seconds between model identity checks")
+    p.add_option(
+        "--metrics-tenant-labels", default=metrics.DEFAULT_MAX_TENANT_LABELS, type=int,
+        help="tenants named in per-tenant metrics (first seen); the rest are summed as _other (0: none named)",
+    )
     # Tenancy.
     p.add_option("--tokens-file", help="file of 'token tenant' lines; enables bearer-token auth; re-read when it changes")
     p.add_option("--tokens-reload", default=10.0, type=float, help="seconds between checks of --tokens-file for changes (0: read once)")
@@ -270,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             token_file=token_file,
             operator_tokens=operators,
             tokens_reload_s=args.tokens_reload,
+            metrics_tenant_labels=args.metrics_tenant_labels,
         )
         await run_until_signal(app, options)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,12 +194,75 @@ def server_interceptors() -> list[Any]:
 
 
 def client_interceptors() -> list[Any]:
-    """The gRPC client instrumentation (injects ``traceparent``), or nothing when off."""
-    if _provider is None:
+    """The gRPC client instrumentation (injects ``traceparent``), or nothing when off.
+
+    Unary calls use the OpenTelemetry instrumentation as it is. Its streaming
+    interceptor ends the span only when the response iterator is exhausted or
+    garbage-collected, and the gateway stops reading a reply at its finish chunk
+    (then cancels the call), so that span would end at some later collection.
+    :class:`_StreamSpan` ends it when the call itself ends, done or cancelled.
+    """
+    if _provider is None or _tracer is None:
         return []
+    import grpc
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors(tracer_provider=_provider, filter_=_rpc_filter()))
+    rpc_filter = _rpc_filter()
+    unary = [
+        i
+        for i in aio_client_interceptors(tracer_provider=_provider, filter_=rpc_filter)
+        if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)
+    ]
+    return [*unary, _stream_span_interceptor(_tracer, rpc_filter)]
+
+
+def _stream_span_interceptor(tracer: trace.Tracer, rpc_filter: Any) -> Any:
+    import grpc
+    from opentelemetry import propagate
+
+    class _StreamSpan(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        """A client span per server-streaming call, ended by the call's own done callback."""
+
+        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            if not rpc_filter(details):
+                return await continuation(details, request)
+            method = details.method.decode() if isinstance(details.method, bytes) else details.method
+            service, _, name = method.lstrip("/").partition("/")
+            span = tracer.start_span(
+                method,
+                kind=trace.SpanKind.CLIENT,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), *carrier.items())
+            details = grpc.aio.ClientCallDetails(
+                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            )
+            try:
+                call = await continuation(details, request)
+            except Exception as exc:
+                end(span, exc)
+                raise
+            call.add_done_callback(lambda c: _end_stream_span(span, c))
+            return call
+
+    return _StreamSpan()
+
+
+def _end_stream_span(s: trace.Span, call: Any) -> None:
+    import asyncio
+
+    ended = time.time_ns()
+
+    async def finish() -> None:  # the status is a coroutine on aio calls; it is ready by now
+        code = await call.code()
+        s.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code.name not in ("OK", "CANCELLED"):  # CANCELLED: we stopped reading a complete reply
+            s.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
+        s.end(end_time=ended)
+
+    asyncio.ensure_future(finish())
 
 
 # -- spans -----------------------------------------------------------------------------------

@@ -152,6 +152,10 @@ class Gateway:
         """Counters summed over tenants (for metrics)."""
         return self._counters.total()
 
+    def per_tenant(self) -> list[tuple[str, TenantStats]]:
+        """Counters per tenant, first seen first (for metrics)."""
+        return self._counters.per_tenant()
+
     # -- public API (each call holds one admission slot) -----------------------------------
 
     async def classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None = None) -> ClassifyOutcome:

@@ -54,6 +54,10 @@ class Counters:
             c.requests, c.exact_hits, c.semantic_hits, c.hot_hits, c.misses, c.bypassed, c.coalesced, c.model_calls
         )
 
+    def per_tenant(self) -> list[tuple[str, TenantStats]]:
+        """Every tenant's counters, in the order tenants were first seen (stable across calls)."""
+        return [(tenant, self.of(tenant)) for tenant in list(self._by_tenant)]
+
     def total(self) -> TenantStats:
         """Sum over tenants."""
         c = _Mutable()

@@ -13,6 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 @dataclass(frozen=True)
 class _Metrics:
     queue_depth: Gauge
+    queue_capacity: Gauge
     active_streams: Gauge
     batch_size: Histogram
     prompt_tokens: Counter
@@ -27,6 +28,9 @@ class _Metrics:
 
 METRICS = _Metrics(
     queue_depth=Gauge("reprise_inference_queue_depth", "Jobs waiting for the model worker (classify items and chats)."),
+    queue_capacity=Gauge(
+        "reprise_inference_queue_capacity", "Jobs the worker queue holds before refusing with RESOURCE_EXHAUSTED."
+    ),
     active_streams=Gauge("reprise_inference_active_streams", "Chat replies being decoded (interleaved token by token)."),
     batch_size=Histogram(
         "reprise_inference_classify_batch_size", "Distinct texts per classify forward pass.",
@@ -41,7 +45,7 @@ METRICS = _Metrics(
     ),
     ttft=Histogram(
         "reprise_inference_time_to_first_token_seconds", "Prefill time of each chat request.",
-        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
     ),
     prefix_lookups=Counter("reprise_inference_prefix_cache_lookups_total", "Chat KV prefix lookups.", ["result"]),
     kv_bytes=Gauge("reprise_inference_kv_cache_bytes", "Bytes of KV held by the prefix index."),

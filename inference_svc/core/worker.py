@@ -54,6 +54,7 @@ class ModelWorker:
 
     def __init__(self, max_queue: int, max_active_streams: int = 4, name: str = "model-worker") -> None:
         self.max_queue = max_queue
+        METRICS.queue_capacity.set(max_queue)
         self.max_active_streams = max_active_streams
         self._cond = threading.Condition()
         self._calls: deque[_Job] = deque()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-# Buckets from 0.25 ms (a hot-cache hit) to 60 s (a long generation).
+# Buckets from 0.25 ms (a hot-cache hit) to 60 s (a long generation): both ends of what one
+# histogram must resolve, a 0.5 ms exact hit and a 30 s chat (tests/unit/test_metric_hygiene.py).
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
@@ -22,6 +23,12 @@ RPC_IN_FLIGHT = Gauge(
 )
 RPC_LATENCY = Histogram(
     "reprise_rpc_latency_seconds", "RPC handling time.", ["service", "method"], buckets=LATENCY_BUCKETS
+)
+
+SERVING = Gauge(
+    "reprise_serving",
+    "1 while the service reports SERVING on its health endpoint (ready), 0 while not (starting, dependency down, draining).",
+    ["service"],
 )
 
 

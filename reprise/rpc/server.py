@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from reprise import tracing
 from reprise.rpc.interceptors import ServiceInterceptor
-from reprise.rpc.metrics import serve_metrics
+from reprise.rpc.metrics import SERVING, serve_metrics
 from reprise.rpc.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class ServiceHost:
     async def _set_status(self, status: int) -> None:
         for name in ("", *self.app.service_names):
             await self._health.set(name, status)
+        SERVING.labels(self.app.name).set(status == health_pb2.HealthCheckResponse.SERVING)
 
     async def bind(self) -> int:
         """Listen (health NOT_SERVING) and return the bound port."""
@@ -144,6 +145,7 @@ class ServiceHost:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.app.service_names:  # ignored once draining (enter_graceful_shutdown)
             await self._health.set(name, status)
+        SERVING.labels(self.app.name).set(ready)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, let in-flight calls finish, then close the application."""
@@ -154,6 +156,7 @@ class ServiceHost:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watch
             self._watch = None
+        SERVING.labels(self.app.name).set(0)  # after the watch stopped: it cannot report ready again
         # Optional app hook: end long-lived streams (e.g. cache WatchInvalidations) so they
         # do not hold the server for the whole grace period.
         drain = getattr(self.app, "drain", None)
