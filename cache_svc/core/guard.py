@@ -39,7 +39,7 @@ _EN_TOKEN = re.compile(r"[0-9]+(?:[.,][0-9]+)*%?|[A-Za-z]+(?:'[A-Za-z]+)?")
 _TITLE = re.compile(r"《([^》]+)》")
 _NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*%?$")
 _ZH_NUMERAL = re.compile(r"[零〇一二两兩三四五六七八九十百千万萬亿億半]+")
-_ZH_CLASSIFIERS = frozenset("个個首张張封部本双雙件条條只隻位杯次篇段句家台辆輛份种種块塊把间間")
+_ZH_CLASSIFIERS = frozenset("个個首张張封部本双雙件条條只隻位杯次篇段句家台辆輛份种種块塊把间間座棵颗朵匹头架艘道场项顿趟遍盏枝支片")
 _CONTRACTIONS = {"won't": ("will", "not"), "can't": ("can", "not"), "shan't": ("shall", "not")}
 
 
@@ -209,10 +209,12 @@ def _negations(tokens: list[_Token]) -> int:
     n = 0
     for i, t in enumerate(tokens):
         if t.text in lx.NEGATION_EN:
+            if t.text == "not" and i and tokens[i - 1].text == "or":
+                continue  # "whether it is ripe or not": a question, not a negation
             n += 1
         elif _CJK.match(t.text) and _zh_negates(t.text):
             # 会 + 不会, 是 + 不是: jieba cut an A-not-A question in two.
-            if not (i and t.text[1:] == tokens[i - 1].text and t.text[0] in "不没"):
+            if not (i and t.text[1:] and tokens[i - 1].text.endswith(t.text[1:]) and t.text[0] in "不没"):
                 n += 1
     return n
 
@@ -297,6 +299,8 @@ def _entities(tokens: list[_Token], other_words: Counter[str]) -> set[str]:
             continue  # the same word on the other side, only not capitalised there ("Lisbon" / "lisbon")
         if t.text.startswith("《") and t.text.strip("《》") in joined:
             continue
+        if _CJK.match(t.text) and set(t.text) <= set(joined):
+            continue  # jieba named a span that the other side has too, cut otherwise (宝能放 / 充电宝 能不能 放)
         if _CJK.match(t.text) and t.text not in other_words and any(
             len(w) >= 2 and _CJK.match(w) and (w in t.text or t.text in w) for w in other_words
         ):

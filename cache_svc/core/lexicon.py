@@ -117,17 +117,18 @@ CLOSED_CLASS: dict[str, tuple[str, str]] = {
         "who": "who whom 谁", "whose": "whose", "howmany": "多少 几", "howlong": "多久 多长时间",
     }),
     **_closed("quantifier", {
-        "all": "all every each entire whole 所有 全部 每 每个 一切 全", "any": "any 任何", "most": "most 大多数 大部分 多数",
+        "all": "all every each entire whole 所有 全部 每 每个 一切 全 都", "any": "any 任何", "most": "most 大多数 大部分 多数",
         "many": "many much 许多 很多 大量", "few": "few 很少 少数", "always": "always 总是 一直 始终 永远",
         "often": "often usually normally frequently 经常 常常 通常 往往", "sometimes": "sometimes occasionally 有时 有时候 偶尔",
         "rarely": "rarely seldom 很少 难得", "only": "only solely 只 只有 仅 仅仅 只是",
     }),
     # Obligation said or left unsaid asks the same ("how do I" / "how should I"); possibility does not.
-    **_closed("obligation", {"must": "must should ought need needs 必须 一定 务必 应该 应当 该 需要 需 得要"}),
+    # "should" advises, "must" requires: "should I tell my employer?" / "must I tell my employer?" differ.
+    **_closed("obligation", {"must": "must need needs 必须 一定 务必 需要 需 得要", "should": "should ought 应该 应当 该"}),
     **_closed("modal", {"may": "may might 可能 也许 或许"}),
     **_closed("relation", {
         "to": "to into onto 到 至", "from": "from 从", "toward": "toward towards 往 向 朝", "than": "than 比",
-        "before": "before 之前 以前", "after": "after 之后 以后", "until": "until till 直到", "since": "since 自从",
+        "before": "before 之前 以前", "after": "after 之后 以后 后", "until": "until till 直到", "since": "since 自从",
         "against": "against", "except": "except 除了", "per": "per", "via": "via 经过",
         "between": "between 之间", "above": "above over 以上 超过", "below": "below under 以下 低于",
         "within": "within 以内 之内", "inside": "inside 里面 内部", "off": "off", "out": "out outside 外面",
@@ -228,15 +229,18 @@ FUNCTION_WORDS_EN = frozenset(
     "shall have has had having and or but so if then also too as of for with about please kindly just really "
     "actually basically very quite there here want wanna wonder wondering know tell let hi hello hey thanks "
     "thank ok okay yes um some someone anyone somebody anybody possible way ways get getting give show "
-    "like i'd any it its at in on truly extremely absolutely totally super incredibly genuinely seriously even though although however yet because since exactly explain describe suggest recommend list provide share".split()
+    "like i'd any it its at in on help whether truly extremely absolutely totally super incredibly genuinely seriously even though although however yet because since exactly explain describe suggest recommend list provide share".split()
 ) - {"like"}
 FUNCTION_WORDS_ZH = frozenset(
     "的 地 得 了 着 过 吗 呢 吧 啊 呀 哦 嘛 么 哈 呗 啦 喔 嗯 是 在 有 和 与 跟 及 或 或者 还是 请 请问 麻烦 帮 帮忙 "
     "帮我 一下 一点 一点儿 下 能 能否 可以 可不可以 能不能 会 想 想要 要 知道 告诉 问 问下 问一下 个 这 那 这个 那个 "
-    "这些 那些 这款 那款 这种 那种 这样 那样 款 种 些 很 挺 真 太 非常 特别 十分 比较 还 也 都 就 又 才 您好 你好 谢谢 "
+    "这些 那些 这款 那款 这种 那种 这样 那样 款 种 些 很 挺 真 太 非常 特别 十分 比较 还 也 就 又 才 您好 你好 谢谢 "
     "多谢 一些 有没有 有什么 样 给 让 把 叫 来 去 吃 一 什么的 呃 是不是 对吧 好吗 行吗 可以吗 关于 对于 对 一个 个人 "
-    "起来 实在 确实 相当 嗨 哈喽 里 中 上 内 但是 但 不过 可是 然而 而 因为 所以 即使 虽然 就是 格外 尤其 蛮 推荐 介绍 列举 列出 说说 讲讲 解释 说明 给出 提供 分享 它 它的".split()
+    "起来 实在 确实 相当 嗨 哈喽 里 中 上 内 求助 求 谢啦 谢了 谢 来着 等于 但是 但 不过 可是 然而 而 因为 所以 即使 虽然 就是 格外 尤其 蛮 推荐 介绍 列举 列出 说说 讲讲 解释 说明 给出 提供 分享 它 它的".split()
 ) - {"来", "去", "吃", "个人", "一"}
+# Matched words too common to anchor a swap on their own: they count only when they are the one
+# word between the two that traded places ("a square *a* rectangle").
+WEAK_ANCHORS = frozenset("a an the 的 地 得 了 着 过 吗 呢 吧 啊 呀".split())
 # Leading degree words and trailing particles stripped from a Chinese word before it is compared (真不错 = 不错).
 ZH_PREFIX_CHARS = frozenset("很挺真太")
 ZH_SUFFIX_CHARS = frozenset("的了吗呢吧啊呀哦啦")

@@ -123,8 +123,8 @@ def _classify(text: str, entity: bool, number: bool) -> tuple[str, str] | None:
         concept = lx.CLOSED_CLASS.get(form)
         if concept is not None:
             return concept
-        if form in lx.FUNCTION_WORDS_EN or form in lx.FUNCTION_WORDS_ZH:
-            return form, "function"
+        if form in lx.FUNCTION_WORDS_EN or form in lx.FUNCTION_WORDS_ZH or form in _ZH_CLASSIFIERS:
+            return form, "function"  # (a classifier on its own: 哪座山 / 山是哪座)
         text = form
     if _CJK.search(text):
         return text, "entity" if entity else "content"
@@ -157,8 +157,10 @@ def words(text: str) -> list[_Word]:
     for pos, tok in enumerate(tokens):
         if pos == skip or (tok.number is not None and tok.article):
             continue  # "a"/"一个" said as "one"
-        if pos and tok.text[:1] in ("不", "没") and tok.text[1:] == tokens[pos - 1].text:
+        if pos and tok.text[:1] in ("不", "没") and tok.text[1:] and tokens[pos - 1].text.endswith(tok.text[1:]):
             continue  # 能 + 不能: an A-not-A question, asked either way
+        if tok.text == "not" and pos and tokens[pos - 1].text == "or":
+            continue  # "... or not": the question asked either way
         text = f"#{tok.number:g}" if tok.number is not None else tok.text
         if text == "what" and pos + 1 < len(tokens) and tokens[pos + 1].text == "time":
             text, skip = "when", pos + 1  # "what time does it open" asks when
@@ -373,8 +375,11 @@ def _swapped(pairs: list[tuple[_Word, _Word]]) -> str | None:
                 continue  # same order on both sides, or a word that moves freely ("什么是" / "是什么")
             # x before y in a, after y in b: is there an anchor z between them in both?
             for za, zb in by_a[i + 1 : j]:
-                if yb.pos < zb.pos < xb.pos and za.key not in lx.SYMMETRIC:
-                    return f"order differs: {xa.text} … {za.text} … {ya.text}"
+                if not yb.pos < zb.pos < xb.pos or za.key in lx.SYMMETRIC:
+                    continue
+                if za.key in lx.WEAK_ANCHORS and not (ya.pos - xa.pos == 2 and xb.pos - yb.pos == 2):
+                    continue
+                return f"order differs: {xa.text} … {za.text} … {ya.text}"
     for (xa, xb), (ya, yb) in zip(meaningful, meaningful[1:]):
         if ya.pos == xa.pos + 1 and xb.pos == yb.pos + 1 and {xa.cls, ya.cls} <= {"content", "entity"}:
             return f"order differs: {xa.text} {ya.text} / {ya.text} {xa.text}"

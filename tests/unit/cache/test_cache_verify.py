@@ -66,6 +66,9 @@ def serves(a: str, b: str, task: str = "chat") -> bool:
         ("I need a recipe for lasagna", "I need a lasagna recipe"),
         ("How do I make green tea?", "How should I make green tea?"),  # obligation unsaid in a wh-question
         ("鸡蛋要煮多长时间？", "鸡蛋需要煮多久？"),
+        ("The seats were cramped but the flight was on time.", "The flight was on time, although the seats were cramped."),
+        ("How do I tell if an avocado is ripe?", "How can I tell whether an avocado is ripe or not?"),  # "or not" asks
+        ("非洲最高的山是哪座？", "哪座山是非洲最高的？"),
         ("The soup was barely warm", "The soup was hardly warm"),  # barely is a degree, not a negation
     ],
 )
@@ -98,6 +101,8 @@ def test_serves_paraphrases(a: str, b: str) -> None:
         ("When did the new library open?", "When will the new library open?", "tense"),
         ("Can I take ibuprofen with coffee?", "Should I take ibuprofen with coffee?", "obligation"),
         ("这个药一定有副作用吗", "这个药可能有副作用吗", "modal"),
+        ("Should I tell my landlord about the leak?", "Must I tell my landlord about the leak?", "obligation"),
+        ("我的照片都上传了吗", "我的照片有上传了吗", "quantifier"),
         ("Flights to Paris", "Flights from Paris", "relation"),
         ("Recommend a laptop for travel", "Recommend a lightweight laptop for travel", "unmatched"),
         ("Give me a cookie recipe", "Give me a low-sugar cookie recipe", "unmatched"),
