@@ -323,14 +323,18 @@ def _merge_segmentation(a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Wor
     """
     za = [w for w in a if _CJK.search(w.key)]
     zb = [w for w in b if _CJK.search(w.key)]
-    if not (za and zb and Counter("".join(w.key for w in za)) == Counter("".join(w.key for w in zb))):
+    ca, cb = _chars(za), _chars(zb)
+    ka, kb = Counter(c.key for c in ca), Counter(c.key for c in cb)
+    # Characters of one-character function words and classifiers may be left over on one side
+    # (宝能放 / 充电宝 + 能不能 + 放: 能 is said on both sides, cut differently); no other may.
+    if not (za and zb and all(ch in lx.FUNCTION_WORDS_ZH or ch in _ZH_CLASSIFIERS for ch in (ka - kb) + (kb - ka))):
         return [], a, b
-    pairs, _, _ = _match_exact(_chars(za), _chars(zb))
+    pairs, _, _ = _match_exact(ca, cb)
     return pairs, [w for w in a if w not in za], [w for w in b if w not in zb]
 
 
 def _chars(ws: list[_Word]) -> list[_Word]:
-    return [_Word(ch, ch, w.cls, w.pos + i / 100) for w in ws for i, ch in enumerate(w.key)]
+    return [_Word(ch, ch, w.cls, w.pos + i / 100) for w in ws for i, ch in enumerate(w.key.strip("《》"))]
 
 
 def _antonyms(x: str, y: str) -> bool:
