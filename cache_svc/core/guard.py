@@ -228,7 +228,10 @@ class LexicalGuard:
         _country_names()
 
     def check(self, query: str, candidate: str) -> str | None:
-        a, b = tokenize(query), tokenize(candidate)
+        return self.check_tokens(tokenize(query), tokenize(candidate))
+
+    def check_tokens(self, a: list[_Token], b: list[_Token]) -> str | None:
+        """:meth:`check` on texts already cut by :func:`tokenize`."""
         na, nb = _negations(a), _negations(b)
         if na != nb:
             return f"negation differs ({na} vs {nb})"

@@ -51,7 +51,7 @@ from typing import Protocol
 import numpy as np
 
 from cache_svc.core import lexicon as lx
-from cache_svc.core.guard import _ZH_CLASSIFIERS, _ZH_NUMERAL, LexicalGuard, tokenize
+from cache_svc.core.guard import _ZH_CLASSIFIERS, _ZH_NUMERAL, LexicalGuard, _Token, tokenize
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _KANA = re.compile(r"[\u3040-\u30ff]")
@@ -149,10 +149,10 @@ def _zh_core(word: str, entity: bool) -> str:
     return word
 
 
-def words(text: str) -> list[_Word]:
-    """The words of a request that carry meaning, in order, with their positions."""
+def words(text: str | list[_Token]) -> list[_Word]:
+    """The words of a request (or of its :func:`tokenize` tokens), classified, in order, with positions."""
     out: list[_Word] = []
-    tokens = tokenize(text)
+    tokens = tokenize(text) if isinstance(text, str) else text
     skip = -1
     for pos, tok in enumerate(tokens):
         if pos == skip or (tok.number is not None and tok.article):
@@ -185,10 +185,11 @@ class RequestVerifier:
         la, lb = language(query), language(candidate)
         if la != lb:
             return f"language differs ({la} vs {lb})"
-        why = self._guard.check(query, candidate)
+        ta, tb = tokenize(query), tokenize(candidate)
+        why = self._guard.check_tokens(ta, tb)
         if why is not None:
             return why
-        return self.align(words(query), words(candidate))
+        return self.align(words(ta), words(tb))
 
     # ---- alignment -----------------------------------------------------------------------
 
@@ -244,8 +245,9 @@ class RequestVerifier:
         """Chinese leftovers that say the same thing as a phrase (转换成 / 转 + 成): compare them joined."""
         if self._embedder is None or not all(_CJK.search(w.key) and w.cls == "content" for w in a + b):
             return False
-        va, vb = self._vectors_of(["".join(w.text for w in a), "".join(w.text for w in b)])
-        return float(va @ vb) >= self._config.synonym_min
+        ja, jb = "".join(w.text for w in a), "".join(w.text for w in b)
+        va, vb = self._vectors_of([ja, jb])
+        return float(va @ vb) >= self._config.synonym_min and not _antonyms(ja, jb)
 
     def _vectors_of(self, texts: list[str]) -> np.ndarray:
         assert self._embedder is not None
