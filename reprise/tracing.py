@@ -1,6 +1,6 @@
 """OpenTelemetry tracing: off by default, switched on by the standard ``OTEL_*`` variables.
 
-One trace per request: the gateway's server span (from the gRPC instrumentation)
+One trace per request: the gateway's server span (:mod:`reprise.rpc.tracing`)
 is the root, the client spans it opens towards the cache and inference carry
 the ``traceparent`` header, and each service adds the spans only it can time
 (cache tiers, inference queue/prefill/decode). The asynchronous write-back
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,10 @@ COMPLETION_TOKENS = "reprise.tokens.completion"
 BATCH_SIZE = "reprise.batch_size"
 
 _EXPORTERS = ("otlp", "console")
+#: Share of requests traced when ``OTEL_TRACES_SAMPLER`` is unset (a caller's sampled trace is always
+#: continued). Every request traced costs about a third of an exact hit's CPU in Python (span
+#: recording and OTLP encoding); one in ten keeps the cost within 5% (make bench-gateway).
+DEFAULT_SAMPLE_RATIO = 0.1
 
 SpanContext = trace.SpanContext
 
@@ -122,11 +125,12 @@ def uninstall() -> None:
 def setup(service: str, env: Mapping[str, str]) -> TracerProvider | None:
     """Install tracing as ``env`` says (see :meth:`TracingConfig.from_env`); None when off.
 
-    Called once from ``main()``, before channels are built. The SDK reads the
-    rest of the standard variables itself: ``OTEL_TRACES_SAMPLER[_ARG]``,
-    ``OTEL_EXPORTER_OTLP_*`` (endpoint, headers, certificates), ``OTEL_BSP_*``
-    and ``OTEL_RESOURCE_ATTRIBUTES``. Spans are exported in batches from a
-    background thread and flushed at exit.
+    Called once from ``main()`` with ``os.environ``, before channels are built.
+    The SDK reads the rest of the standard variables itself:
+    ``OTEL_TRACES_SAMPLER[_ARG]`` (unset: :data:`DEFAULT_SAMPLE_RATIO` of new
+    traces, parent-based), ``OTEL_EXPORTER_OTLP_*`` (endpoint, headers,
+    certificates), ``OTEL_BSP_*`` and ``OTEL_RESOURCE_ATTRIBUTES``. Spans are
+    exported in batches from a background thread and flushed at exit.
     """
     try:
         config = TracingConfig.from_env(env, service)
@@ -137,8 +141,11 @@ def setup(service: str, env: Mapping[str, str]) -> TracerProvider | None:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: config.service_name}))
+    # None: the SDK builds the sampler OTEL_TRACES_SAMPLER names.
+    sampler = None if env.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: config.service_name}), sampler=sampler)
     for name in config.exporters:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -149,7 +156,10 @@ def setup(service: str, env: Mapping[str, str]) -> TracerProvider | None:
     # Global too, so any library that traces through the API joins the same traces.
     trace.set_tracer_provider(provider)
     install(provider)
-    log.info("tracing on: service %s, exporters %s", config.service_name, ",".join(config.exporters))
+    log.info(
+        "tracing on: service %s, exporters %s, sampler %s",
+        config.service_name, ",".join(config.exporters), provider.sampler.get_description(),
+    )
     return provider
 
 
@@ -170,107 +180,40 @@ def install_in_memory(service: str = "reprise-test") -> InMemorySpanExporter:
 # -- gRPC interceptors (grpc is imported only when tracing is on) ---------------------------
 
 
-def _rpc_filter() -> Any:
-    from opentelemetry.instrumentation.grpc import filters
-
-    # Probes and reflection would drown the traces; the invalidation stream lives for
-    # the whole process and is no request.
-    return filters.negate(
-        filters.any_of(
-            filters.service_prefix("grpc.health."),
-            filters.service_prefix("grpc.reflection."),
-            filters.method_name("WatchInvalidations"),
-        )
-    )
-
-
 def server_interceptors() -> list[Any]:
-    """The gRPC server instrumentation (extracts ``traceparent``), or nothing when off."""
-    if _provider is None:
+    """The server span interceptor (continues a caller's ``traceparent``), or nothing when off."""
+    if _tracer is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from reprise.rpc.tracing import ServerSpans
 
-    return [aio_server_interceptor(tracer_provider=_provider, filter_=_rpc_filter())]
+    return [ServerSpans(_tracer)]
 
 
 def client_interceptors() -> list[Any]:
-    """The gRPC client instrumentation (injects ``traceparent``), or nothing when off.
-
-    Unary calls use the OpenTelemetry instrumentation as it is. Its streaming
-    interceptor ends the span only when the response iterator is exhausted or
-    garbage-collected, and the gateway stops reading a reply at its finish chunk
-    (then cancels the call), so that span would end at some later collection.
-    :class:`_StreamSpan` ends it when the call itself ends, done or cancelled.
-    """
-    if _provider is None or _tracer is None:
+    """Client span interceptors (send ``traceparent``), or nothing when off."""
+    if _tracer is None:
         return []
-    import grpc
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    from reprise.rpc.tracing import StreamClientSpans, UnaryClientSpans
 
-    rpc_filter = _rpc_filter()
-    unary = [
-        i
-        for i in aio_client_interceptors(tracer_provider=_provider, filter_=rpc_filter)
-        if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)
-    ]
-    return [*unary, _stream_span_interceptor(_tracer, rpc_filter)]
-
-
-def _stream_span_interceptor(tracer: trace.Tracer, rpc_filter: Any) -> Any:
-    import grpc
-    from opentelemetry import propagate
-
-    class _StreamSpan(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-        """A client span per server-streaming call, ended by the call's own done callback."""
-
-        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-            if not rpc_filter(details):
-                return await continuation(details, request)
-            method = details.method.decode() if isinstance(details.method, bytes) else details.method
-            service, _, name = method.lstrip("/").partition("/")
-            span = tracer.start_span(
-                method,
-                kind=trace.SpanKind.CLIENT,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-            )
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier, context=trace.set_span_in_context(span))
-            metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), *carrier.items())
-            details = grpc.aio.ClientCallDetails(
-                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-            )
-            try:
-                call = await continuation(details, request)
-            except Exception as exc:
-                end(span, exc)
-                raise
-            call.add_done_callback(lambda c: _end_stream_span(span, c))
-            return call
-
-    return _StreamSpan()
-
-
-def _end_stream_span(s: trace.Span, call: Any) -> None:
-    import asyncio
-
-    ended = time.time_ns()
-
-    async def finish() -> None:  # the status is a coroutine on aio calls; it is ready by now
-        code = await call.code()
-        s.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code.name not in ("OK", "CANCELLED"):  # CANCELLED: we stopped reading a complete reply
-            s.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
-        s.end(end_time=ended)
-
-    asyncio.ensure_future(finish())
+    return [UnaryClientSpans(_tracer), StreamClientSpans(_tracer)]
 
 
 # -- spans -----------------------------------------------------------------------------------
 
 
+def _unsampled() -> bool:
+    """Inside a trace that is not sampled: children would not be recorded either, so skip them.
+
+    The sampler would say the same, after generating ids; this is the cheap way to
+    the same answer, on the path every unsampled request takes.
+    """
+    ctx = trace.get_current_span().get_span_context()
+    return ctx.is_valid and not ctx.trace_flags.sampled
+
+
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> contextlib.AbstractContextManager[trace.Span]:
-    """A child of the current span, current inside the ``with`` block (a no-op when off)."""
-    if _tracer is None:
+    """A child of the current span, current inside the ``with`` block (a no-op when off or unsampled)."""
+    if _tracer is None or _unsampled():
         return _NOOP
     return _tracer.start_as_current_span(name, attributes=attributes)
 
@@ -287,7 +230,7 @@ def start(
     Its parent is the current span, or ``parent`` when given; ``links`` point at
     spans it follows from without being part of them.
     """
-    if _tracer is None:
+    if _tracer is None or (parent.is_valid and not parent.trace_flags.sampled if parent is not None else _unsampled()):
         return trace.INVALID_SPAN
     return _tracer.start_span(
         name,
@@ -312,7 +255,8 @@ def record(
     parent: trace.Span | None = None,
 ) -> trace.Span:
     """A finished span timed by the caller (stages measured elsewhere), below ``parent`` or the current span."""
-    if _tracer is None:
+    # An ended parent is no longer recording; whether it was sampled is what counts.
+    if _tracer is None or (not parent.get_span_context().trace_flags.sampled if parent is not None else _unsampled()):
         return trace.INVALID_SPAN
     ctx = trace.set_span_in_context(parent) if parent is not None else None
     s = _tracer.start_span(name, context=ctx, attributes=attributes, start_time=start_ns)

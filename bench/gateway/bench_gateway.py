@@ -10,7 +10,10 @@ measures, client-side:
   each at 1 and 50 requests in flight: p50/p99 latency and requests/s;
 * the miss overhead: the same kind of new texts (a) through the gateway with the
   default policy (lookup, miss, model, write-back), (b) with no_cache+no_store
-  (straight to the model), (c) directly to the inference service, interleaved.
+  (straight to the model), (c) directly to the inference service, interleaved;
+* what tracing costs: exact hits through the same gateways started with tracing on
+  (every request sampled, exported over OTLP), alternating with the untraced ones
+  (:mod:`bench.gateway.tracing_cost`; ``--no-tracing`` skips it).
 
 The load generator shares the machine's cores with the servers, so the CPU
 each side used is reported too. Results: bench/results/gateway.json + .md.
@@ -29,12 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from bench.gateway import loadgen
+from bench.gateway import loadgen, tracing_cost
 from gateway.clients import model_identity_from_pb
 from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
@@ -72,9 +75,13 @@ class Stack:
     gw_hot: ServiceProcess
     gw_cold: ServiceProcess
     relay: ServiceProcess
+    #: With tracing on (tracing_cost): "cache", "gw_hot", "gw_cold".
+    traced: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def pids(self) -> dict[str, int]:
         out = {
+            f"{name}_traced": svc.proc.pid for name, svc in self.traced.items()  # type: ignore[union-attr]
+        } | {
             "gateway": self.gw_hot.proc.pid,  # type: ignore[union-attr]
             "gateway_hot_off": self.gw_cold.proc.pid,  # type: ignore[union-attr]
             "relay": self.relay.proc.pid,  # type: ignore[union-attr]
@@ -86,15 +93,15 @@ class Stack:
         return out
 
 
-def _service(name: str, argv: list[str], run_dir: Path) -> ServiceProcess:
+def _service(name: str, argv: list[str], run_dir: Path, env: dict[str, str] | None = None) -> ServiceProcess:
     port = free_port()
-    proc = ServiceProcess(name, [*argv, "--port", str(port)], port, run_dir / f"{name}.log")
+    proc = ServiceProcess(name, [*argv, "--port", str(port)], port, run_dir / f"{name}.log", env=env or {})
     proc.log_path.write_bytes(b"")
     return proc.start()
 
 
 @contextlib.contextmanager
-def running_stack(model: str, run_dir: Path, embedder: str) -> Iterator[Stack]:
+def running_stack(model: str, run_dir: Path, embedder: str, otlp: str | None = None) -> Iterator[Stack]:
     py = sys.executable
     common = ["--host", "127.0.0.1", "--metrics-port", "0", "--log-format", "text"]
     started: list[ServiceProcess] = []
@@ -104,9 +111,14 @@ def running_stack(model: str, run_dir: Path, embedder: str) -> Iterator[Stack]:
             "inference", [py, "-m", "inference_svc", *common, "--model", model, "--model-cache", str(ROOT / ".models")], run_dir
         )
         started.append(inference)
-        cache = _service("cache", [py, "-m", "cache_svc", *common, "--redis-url", redis.url, "--embedder", embedder], run_dir)
+        cache_argv = [py, "-m", "cache_svc", *common, "--redis-url", redis.url, "--embedder", embedder]
+        cache = _service("cache", cache_argv, run_dir)
         started.append(cache)
-        for svc in (inference, cache):
+        traced: dict[str, ServiceProcess] = {}
+        if otlp is not None:  # the same services, tracing every request to the OTLP sink
+            traced["cache"] = _service("cache-traced", cache_argv, run_dir, tracing_cost.traced_env(otlp, "reprise-cache"))
+            started.append(traced["cache"])
+        for svc in (inference, cache, *traced.values()):
             wait_serving(svc.address, 900, svc.proc)
         gw = [py, "-m", "gateway", *common, "--log-level", "WARNING", "--cache-target", cache.address,
               "--inference-target", inference.address]
@@ -117,15 +129,24 @@ def running_stack(model: str, run_dir: Path, embedder: str) -> Iterator[Stack]:
         # load itself makes the cache slow (with 30 ms, slow lookups become bypasses instead).
         gw_cold = _service("gateway-hot-off", [*gw, "--hot-entries", "0", "--cache-timeout-ms", "2000"], run_dir)
         started.append(gw_cold)
+        if otlp is not None:
+            env = tracing_cost.traced_env(otlp, "reprise-gateway")
+            traced["gw_hot"] = _service("gateway-traced", gw, run_dir, env)
+            every = tracing_cost.traced_env(otlp, "reprise-gateway", every_request=True)
+            traced["gw_hot_every"] = _service("gateway-traced-every", gw, run_dir, every)
+            cold = [*gw, "--hot-entries", "0", "--cache-timeout-ms", "2000"]
+            cold[cold.index("--cache-target") + 1] = traced["cache"].address
+            traced["gw_cold"] = _service("gateway-hot-off-traced", cold, run_dir, env)
+            started += [traced["gw_hot"], traced["gw_hot_every"], traced["gw_cold"]]
         with grpc.insecure_channel(inference.address) as ch:
             info = inference_pb2_grpc.InferenceStub(ch).ModelInfo(inference_pb2.ModelInfoRequest(), timeout=30)
         model = model_identity_from_pb(info)  # the identity the gateway keys entries on
         relay = _service("relay", [py, "-m", "bench.gateway.relay", "--cache-target", cache.address,
                                    "--model-id", model.model_id, "--model-revision", model.revision], run_dir)
         started.append(relay)
-        for svc in (gw_hot, gw_cold, relay):
+        for svc in (gw_hot, gw_cold, relay, *traced.values()):
             wait_serving(svc.address, 120, svc.proc)
-        yield Stack(redis, inference, cache, gw_hot, gw_cold, relay)
+        yield Stack(redis, inference, cache, gw_hot, gw_cold, relay, traced)
     finally:
         for svc in reversed(started):
             svc.stop()
@@ -191,6 +212,23 @@ def prepare_exact(stack: Stack, n: int) -> list[bytes]:
                 raise RuntimeError("the gateway's hot layer never came on (no invalidation stream?)")
             time.sleep(0.1)
     return [r.SerializeToString() for r in requests]
+
+
+def warm_traced(stack: Stack, requests: list[bytes]) -> None:
+    """Every stored request once through each traced gateway: their hot layers start where the others are."""
+    hot = stack.traced["gw_hot"].address
+    with grpc.insecure_channel(hot) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        deadline = time.monotonic() + 30
+        while not stub.Stats(pb.StatsRequest(), timeout=10).hot_active:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the traced gateway's hot layer never came on")
+            time.sleep(0.1)
+    for svc in (stack.traced["gw_hot"], stack.traced["gw_cold"]):
+        with grpc.insecure_channel(svc.address) as ch:
+            stub = pb_grpc.GatewayStub(ch)
+            for raw in requests:
+                stub.Classify(pb.ClassifyRequest.FromString(raw), timeout=30)
 
 
 def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[bytes], int, list[float]]:
@@ -311,6 +349,21 @@ def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
         f"{m['server_own_p50_ms']} ms p50 (total minus model)",
         f"- semantic pairs served: {doc['semantic_pairs']}",
         "",
+    ]
+    if doc["tracing"]["comparisons"]:
+        lines += [
+            "Tracing on vs off (exact hits, 50 in flight, rounds rotating; spans exported over OTLP, "
+            f"{doc['tracing']['spans_exported']} received; 'on' samples 10% of new traces as shipped):",
+            "",
+            "| path | tracing | req/s | / off | p50 ms |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for t in doc["tracing"]["comparisons"]:
+            for side, rps in t["rps_median"].items():
+                ratio = t["over_off"].get(side, 1.0)
+                lines.append(f"| {t['name']} | {side} | {rps} | {ratio} | {t['p50_ms_median'][side]} |")
+        lines.append("")
+    lines += [
         "Targets:",
         "",
     ]
@@ -327,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--min-similarity", type=float, default=0.75, help="threshold the semantic paraphrase requests ask for")
     p.add_argument("--client-procs", type=int, default=1, help="load generator processes at 50 in flight (1 measured best on 2 cores)")
     p.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    p.add_argument("--no-tracing", action="store_true", help="skip the tracing on vs off comparison")
+    p.add_argument("--tracing-only", action="store_true", help="only exact hits, plain and tracing on vs off")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = p.parse_args(argv)
     scale = 0.1 if a.quick else 1.0
@@ -342,9 +397,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_dir = ROOT / ".run" / "bench-gateway"
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"starting stack (model {a.model}, embedder {a.embedder}) ...", flush=True)
-        with running_stack(model, run_dir, a.embedder) as stack:
+        with contextlib.ExitStack() as exits:
+            otlp, sink = exits.enter_context(tracing_cost.otlp_sink()) if not a.no_tracing else (None, None)
+            stack = exits.enter_context(running_stack(model, run_dir, a.embedder, otlp))
             exact = prepare_exact(stack, 200)
             scenarios = []
+            tracing: list[dict[str, object]] = []
 
             def sc(name: str, target: str, rpc: str, reqs: list[bytes], conc: int, total: int) -> None:
                 s = loadgen.Scenario(name, target, rpc, reqs, conc, total, warmup=200 if conc == 1 else 100, procs=a.client_procs)
@@ -355,6 +413,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sc("exact hit, gateway (hot layer)", stack.gw_hot.address, "Classify", exact, conc, total)
                 sc("exact hit, gateway (hot layer off)", stack.gw_cold.address, "Classify", exact, conc, total)
                 sc("exact hit, naive relay baseline", stack.relay.address, "Classify", exact, conc, total)
+            if stack.traced:
+                print("tracing on vs off (exact hits, 50 in flight, alternating rounds):", flush=True)
+                warm_traced(stack, exact)
+                t = stack.traced
+                for name, targets in (
+                    ("exact hit, gateway (hot layer)", {"off": stack.gw_hot.address, tracing_cost.SHIPPED: t["gw_hot"].address,
+                                                        tracing_cost.EVERY: t["gw_hot_every"].address}),
+                    ("exact hit, gateway (hot layer off)", {"off": stack.gw_cold.address, tracing_cost.SHIPPED: t["gw_cold"].address}),
+                ):
+                    tracing.append(tracing_cost.compare(
+                        name, targets, exact, in_flight=50, per_round=max(1000, n50 // 3),
+                        rounds=2 if a.quick else 3, procs=a.client_procs, measure=lambda n, s: measure(stack, n, s),
+                    ))
+                    print(f"  {name}: throughput over off {tracing[-1]['over_off']} ({tracing[-1]['rps_median']})", flush=True)
+            if a.tracing_only:
+                print(json.dumps({"tracing": tracing, "spans_exported": sink.spans if sink else 0}, indent=2))
+                return
             semantic, tried, chat_miss_ms = prepare_semantic(stack, a.min_similarity)
             print(f"semantic hits ({len(semantic)}/{tried} paraphrases served semantically):", flush=True)
             if semantic:
@@ -376,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         {"what": "miss overhead p50 (ms)", "measured": miss["overhead_vs_bypass_ms"], "target": TARGETS["miss_overhead_ms"],
          "met": miss["overhead_vs_bypass_ms"] <= TARGETS["miss_overhead_ms"]},
     ]
+    for t in tracing:
+        ratio = t["over_off"][tracing_cost.SHIPPED]  # type: ignore[index]
+        targets.append({"what": f"{t['name']}: hits/s with tracing on (shipped sampler) / off, 50 in flight",
+                        "measured": ratio, "target": 1 - tracing_cost.MAX_COST, "met": ratio >= 1 - tracing_cost.MAX_COST})
     if semantic:
         sem1 = row("semantic hit, gateway", 1)
         ratio = sem1["p50_ms"] / statistics.median(chat_miss_ms)
@@ -400,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "semantic_pairs": f"{len(semantic)}/{tried}",
         "chat_miss_ms": {"p50": round(statistics.median(chat_miss_ms), 1), "n": len(chat_miss_ms)},
         "miss_overhead": miss,
+        "tracing": {"comparisons": tracing, "spans_exported": sink.spans if sink else 0,
+                    "how": "same gateway flags, OTEL_EXPORTER_OTLP_ENDPOINT to an in-process OTLP sink; 'on': the shipped "
+                           "sampler (10% of new traces), 'on, every request': OTEL_TRACES_SAMPLER=always_on"},
         "targets": targets,
     }
     a.out.mkdir(parents=True, exist_ok=True)

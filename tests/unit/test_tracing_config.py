@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cache_svc.core.types import LookupResult, Tier
@@ -120,3 +121,31 @@ def test_chat_phases_follow_each_other_with_token_counts(exporter: InMemorySpanE
     assert prefill.attributes[tracing.PROMPT_TOKENS] == 12 and prefill.attributes[tracing.CACHED_TOKENS] == 4
     assert decode.attributes[tracing.COMPLETION_TOKENS] == 7
     assert spans["ChatStream"].attributes[tracing.COMPLETION_TOKENS] == 7
+
+
+def test_setup_samples_a_tenth_of_new_traces_unless_the_environment_names_a_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda provider: None)  # keep the process global clean
+    try:
+        provider = tracing.setup("gateway", {"OTEL_TRACES_EXPORTER": "console"})
+        assert provider is not None and tracing.enabled()
+        assert "TraceIdRatioBased{0.1}" in provider.sampler.get_description()
+        assert "ParentBased" in provider.sampler.get_description()
+        provider.shutdown()
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # the SDK reads it from the process environment
+        provider = tracing.setup("gateway", {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_on"})
+        assert provider is not None and provider.sampler.get_description() == "AlwaysOnSampler"
+        provider.shutdown()
+    finally:
+        tracing.uninstall()
+
+
+def test_nothing_is_recorded_below_an_unsampled_span(exporter: InMemorySpanExporter) -> None:
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=trace.TraceFlags(0))
+    )
+    with trace.use_span(unsampled):
+        with tracing.span("child") as child:
+            assert not child.is_recording()
+        assert not tracing.start("later").is_recording()
+        assert not tracing.record("stage", 1, 2).is_recording()
+    assert exporter.get_finished_spans() == ()
