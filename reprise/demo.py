@@ -59,7 +59,8 @@ def run_tour(stub: pb_grpc.GatewayStub) -> list[str]:
 
 
 def main() -> None:
-    config = StackConfig(model=os.environ.get("REPRISE_MODEL", "default"))
+    # The internal hop authenticated, as in make up and the manifests (gateway -> inference over mTLS).
+    config = StackConfig(model=os.environ.get("REPRISE_MODEL", "default"), internal_tls=True)
     print("starting redis, inference (the first start converts the model: about a minute), cache, gateway ...",
           flush=True)
     t = time.perf_counter()
