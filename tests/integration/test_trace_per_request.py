@@ -184,3 +184,21 @@ async def test_a_refused_request_is_a_failed_span_with_its_status(traced: Stack,
     request = _one(spans, "/reprise.gateway.v1.Gateway/Classify", SpanKind.SERVER)
     assert request.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert request.status.status_code.name == "ERROR" and request.status.description == "INVALID_ARGUMENT"
+
+
+async def test_a_joined_request_links_to_the_model_call_it_joined(traced: Stack, channel_to) -> None:
+    text = f"Two people ask about badgers at once {secrets.token_hex(4)}"
+    stub = pb_grpc.GatewayStub(channel_to(traced.gateway))
+    (first_id, first_md), (second_id, second_md) = _traceparent(), _traceparent()
+    replies = await asyncio.gather(
+        stub.Chat(pb.ChatRequest(text=text), metadata=first_md), stub.Chat(pb.ChatRequest(text=text), metadata=second_md)
+    )
+    coalesced = [r.cache.coalesced for r in replies]
+    assert sorted(coalesced) == [False, True], coalesced  # one model call, the other request joined it
+    leader_id, joiner_id = (first_id, second_id) if not coalesced[0] else (second_id, first_id)
+    leader = await _wait_for(traced.exporter, leader_id, "gateway.inference")
+    joiner = await _wait_for(traced.exporter, joiner_id, "gateway.singleflight_join")
+    call = _one(leader, "gateway.inference")
+    join = _one(joiner, "gateway.singleflight_join")
+    assert [link.context.span_id for link in join.links] == [call.context.span_id]
+    assert not {s.name for s in joiner} & {"gateway.inference", "inference.decode"}
