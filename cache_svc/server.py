@@ -225,4 +225,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging("cache", args.log_level, args.log_format)
     tracing.setup("cache", os.environ)  # off unless OTEL_* variables say otherwise
     app = CacheApp(settings=settings_from_args(args))
-    asyncio.run(run_until_signal(app, server_options(args)))
+    asyncio.run(run_until_signal(app, server_options(args, internal=True)))

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_active_streams=args.max_active_streams,
     )
     try:
-        asyncio.run(run_until_signal(app, server_options(args)))
+        asyncio.run(run_until_signal(app, server_options(args, internal=True)))
     except (ValueError, ModelSourceError) as exc:  # flags that cannot serve together, or no model to load
         log.error("cannot start: %s", exc)
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -7,12 +7,16 @@ Every flag ``--some-option`` of service ``X`` can also be set with
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reprise.rpc.server import ServerOptions
 from reprise.rpc.tls import ClientTLS, ServerTLS
+
+log = logging.getLogger(__name__)
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
@@ -66,12 +70,27 @@ def add_server_options(parser: EnvArgumentParser, default_port: int, default_met
     parser.add_option("--log-format", default="json", choices=("json", "text"), help="log line format")
 
 
-def server_options(args: argparse.Namespace, max_concurrent_rpcs: int | None = None) -> ServerOptions:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_options(args: argparse.Namespace, max_concurrent_rpcs: int | None = None, *, internal: bool = False) -> ServerOptions:
+    """``internal``: a service only the gateway should call (cache, inference): a warning when anyone could."""
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise SystemExit("--tls-cert and --tls-key go together")
         tls = ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    if internal and not _loopback(args.host) and (tls is None or tls.client_ca is None):
+        log.warning(
+            "listening on %s:%d without mutual TLS: anyone who can reach the port can call it; bind 127.0.0.1 "
+            "(a sidecar) or set --tls-client-ca (docs/deploy.md, Internal authentication)", args.host, args.port,
+        )
     return ServerOptions(
         host=args.host,
         port=args.port,
