@@ -40,7 +40,8 @@ IMPLEMENTED = frozenset({
 
 #: Fields that cannot change what the model computes at inference.
 HARMLESS = frozenset({
-    "model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype", "use_bfloat16",
+    "model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path", "dtype", "torch_dtype",
+    "use_bfloat16",
     "bos_token_id", "eos_token_id", "pad_token_id", "id2label", "label2id", "problem_type", "tokenizer_class",
     "initializer_range", "attention_dropout", "use_cache", "output_attentions", "output_hidden_states", "return_dict",
     "chunk_size_feed_forward",

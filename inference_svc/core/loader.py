@@ -116,7 +116,9 @@ class LoadedModel:
     def serving_format(self) -> str:
         """Everything a start decides that can move an answer's bits: the converted format (dtype, weights,
         copies), the activations, the int4 kernel and who runs a decode step's small operations."""
-        return f"{self.spec.name}/{self.spec.activations}/{self.int4_kernel or '-'}/{self.decode_ops}"
+        spec = self.spec
+        acts = "int8" if spec.int8_activations else "bf16" if spec.dtype == torch.bfloat16 else "fp32"
+        return f"{spec.name}/{acts}/{self.int4_kernel or '-'}/{self.decode_ops}"
 
     @property
     def revision(self) -> str:
