@@ -41,6 +41,7 @@ from bench.gateway import loadgen, tracing_cost
 from gateway.clients import model_identity_from_pb
 from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
+from reprise.tracing import DEFAULT_SAMPLE_RATIO
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 
@@ -353,7 +354,7 @@ def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
     if doc["tracing"]["comparisons"]:
         lines += [
             "Tracing on vs off (exact hits, 50 in flight, rounds rotating; spans exported over OTLP, "
-            f"{doc['tracing']['spans_exported']} received; 'on' samples 10% of new traces as shipped):",
+            f"{doc['tracing']['spans_exported']} received; 'on' samples {DEFAULT_SAMPLE_RATIO:.0%} of new traces as shipped):",
             "",
             "| path | tracing | req/s | / off | p50 ms |",
             "|---|---|---:|---:|---:|",
@@ -481,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "miss_overhead": miss,
         "tracing": {"comparisons": tracing, "spans_exported": sink.spans if sink else 0,
                     "how": "same gateway flags, OTEL_EXPORTER_OTLP_ENDPOINT to an in-process OTLP sink; 'on': the shipped "
-                           "sampler (10% of new traces), 'on, every request': OTEL_TRACES_SAMPLER=always_on"},
+                           f"sampler ({DEFAULT_SAMPLE_RATIO:.0%} of new traces), 'on, every request': OTEL_TRACES_SAMPLER=always_on"},
         "targets": targets,
     }
     a.out.mkdir(parents=True, exist_ok=True)

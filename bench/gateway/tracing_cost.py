@@ -50,7 +50,8 @@ def otlp_sink() -> Iterator[tuple[str, _Sink]]:
         server.stop(0)
 
 
-#: The variants measured against "off": the shipped sampler, and every request traced.
+#: The variants measured against "off": the shipped sampler (reprise.tracing.DEFAULT_SAMPLE_RATIO),
+#: and every request traced.
 SHIPPED = "on"
 EVERY = "on, every request"
 

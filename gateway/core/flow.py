@@ -270,8 +270,8 @@ class Gateway:
     def _finish(self, task: str, tenant: str, info: CacheInfo, start: float) -> None:
         self._counters.count(tenant, info)
         self._observer.request(task, info.status.value, info.hot, time.perf_counter() - start)
-        # On the request's span: Analyze answers two tasks, so the status is per task.
-        tracing.annotate({tracing.NAMESPACE: tenant, f"{tracing.CACHE_STATUS}.{task}": info.status.value})
+        if tracing.recording():  # on the request's span: Analyze answers two tasks, so the status is per task
+            tracing.annotate({tracing.NAMESPACE: tenant, f"{tracing.CACHE_STATUS}.{task}": info.status.value})
 
     async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
         start = time.perf_counter()

@@ -73,7 +73,7 @@ class CacheFront:
 
     async def find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         """Hot layer, then the cache under its budget. Never raises except on cancellation."""
-        if not tracing.enabled():
+        if not tracing.recording():
             return await self._find(request, plan, timeout_s)
         with tracing.span("gateway.cache_lookup", {tracing.TASK: request.task, tracing.NAMESPACE: request.namespace}) as span:
             found = await self._find(request, plan, timeout_s)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -92,38 +93,39 @@ class ServerSpans(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _span(self, method: str, attributes: dict[str, str], context: grpc.aio.ServicerContext) -> Any:
-        return self._tracer.start_as_current_span(
-            method,
-            context=_incoming(context),
-            kind=trace.SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,  # an abort is a status, not an exception to record
-            set_status_on_exception=False,
-        )
+    # The span is attached by hand rather than with start_as_current_span: two generator-based
+    # context managers per call are a measurable share of an exact hit.
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         attributes = _attributes(method)
+        tracer = self._tracer
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with self._span(method, attributes, context) as span:
-                try:
-                    return await behavior(request, context)
-                finally:
-                    _server_status(span, context)
+            span = tracer.start_span(method, context=_incoming(context), kind=trace.SpanKind.SERVER, attributes=attributes)
+            token = context_api.attach(trace.set_span_in_context(span))
+            try:
+                return await behavior(request, context)
+            finally:
+                context_api.detach(token)
+                _server_status(span, context)
+                span.end()
 
         return handle
 
     def _stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         attributes = _attributes(method)
+        tracer = self._tracer
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with self._span(method, attributes, context) as span:
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                finally:
-                    _server_status(span, context)
+            span = tracer.start_span(method, context=_incoming(context), kind=trace.SpanKind.SERVER, attributes=attributes)
+            token = context_api.attach(trace.set_span_in_context(span))
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                context_api.detach(token)
+                _server_status(span, context)
+                span.end()
 
         return handle
 

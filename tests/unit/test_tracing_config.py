@@ -123,12 +123,13 @@ def test_chat_phases_follow_each_other_with_token_counts(exporter: InMemorySpanE
     assert spans["ChatStream"].attributes[tracing.COMPLETION_TOKENS] == 7
 
 
-def test_setup_samples_a_tenth_of_new_traces_unless_the_environment_names_a_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_samples_one_percent_of_new_traces_unless_the_environment_names_a_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda provider: None)  # keep the process global clean
     try:
         provider = tracing.setup("gateway", {"OTEL_TRACES_EXPORTER": "console"})
         assert provider is not None and tracing.enabled()
-        assert "TraceIdRatioBased{0.1}" in provider.sampler.get_description()
+        assert f"TraceIdRatioBased{{{tracing.DEFAULT_SAMPLE_RATIO}}}" in provider.sampler.get_description()
+        assert tracing.DEFAULT_SAMPLE_RATIO == 0.01
         assert "ParentBased" in provider.sampler.get_description()
         provider.shutdown()
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # the SDK reads it from the process environment
