@@ -44,6 +44,7 @@ def add_model_options(parser: EnvArgumentParser) -> None:
         "--activations", default="auto", choices=("auto", "int8", "fp32"),
         help="activations of int4 layers under fp32 (CPUs without bf16): auto = int8, each row quantized per 32 inputs (like llama.cpp's Q8_0) and multiplied in integers by Reprise's AVX2 kernel for every row count, with no fp16 prefill copy; fp32 = fp32 activations (the AVX2 kernel for 1-31 rows, the fp16 copy through fbgemm for more); int8 elsewhere is an error",
     )
+    parser.add_flag("--no-generic", help="refuse a model the fast forward does not implement (naming the config field) instead of serving it through transformers (fp32, slower)")
     parser.add_flag("--no-tie-embeddings", help="keep a separate input embedding even where the model's config ties it to the LM head (an untied model always keeps its own)")
 
 
@@ -59,5 +60,6 @@ def engine_config(args: argparse.Namespace, **serving: Any) -> EngineConfig:
         int4_kernel=args.int4_kernel,
         decode_ops=args.decode_ops,
         activations=args.activations,
+        generic=not args.no_generic,
         **serving,
     )

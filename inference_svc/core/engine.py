@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from inference_svc.core import loader, model_source, placement, precision, prompts
-from inference_svc.core.architecture import ModelShape
+from inference_svc.core.architecture import UnsupportedModel
 from inference_svc.core.decoding import TextStream, pick_token
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
@@ -60,6 +60,8 @@ class EngineConfig:
     max_batch_tokens: int = 4096
     sentiment: prompts.SentimentPrompt = field(default_factory=lambda: prompts.SENTIMENT)
     chat_system_prompt: str = prompts.CHAT_SYSTEM_PROMPT
+    #: Serve a model the fast forward refuses through transformers' own (:mod:`.generic`) instead of refusing it.
+    generic: bool = True
 
     def runtime_spec(self, chosen: precision.Precision, activations: str, tied: bool = True) -> loader.RuntimeSpec:
         """The converted format this config serves once its precision and activations are resolved.
@@ -68,11 +70,6 @@ class EngineConfig:
         both (unless ``tie_embeddings`` is off); an untied model always keeps its own embedding.
         """
         return loader.RuntimeSpec(chosen.dtype, chosen.weights, self.dense_prefill, self.tie_embeddings and tied, activations)
-
-    def resolve(self) -> tuple[model_source.ResolvedModel, ModelShape]:
-        """The model and its shape, read from its config: refuses (naming the field) what the runtime does not implement."""
-        source = model_source.resolve(self.model, self.cache_dir)
-        return source, loader.check_source(source, self.cache_dir)
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,16 @@ class Engine:
     def load(self) -> None:
         cfg = self.config
         precision.check_activations(cfg.activations)  # before anything is read
-        source, shape = cfg.resolve()  # an unsupported model is refused here, before any format is chosen
+        source = model_source.resolve(cfg.model, cfg.cache_dir)
+        try:
+            shape = loader.check_source(source, cfg.cache_dir)  # before any format is chosen
+        except UnsupportedModel as exc:
+            if not cfg.generic:
+                raise
+            log.warning("the fast forward does not implement this model (%s): trying transformers' own", exc)
+            self.loaded = loader.load_generic(source, cfg.cache_dir, cfg.max_context_tokens)
+            self._ready_tokens()
+            return
         chosen = precision.choose(cfg.dtype, cfg.weights, lambda: loader.fp32_int4(cfg.cache_dir, cfg.int4_kernel))
         activations = precision.activations(cfg.activations, chosen)
         self.precision_reason = chosen.reason
@@ -165,6 +171,11 @@ class Engine:
             source, self.config.cache_dir, spec, self.config.max_context_tokens, self.config.int4_kernel,
             self.config.decode_ops,
         )
+        self._ready_tokens()
+
+    def _ready_tokens(self) -> None:
+        """End-of-turn tokens and the sentiment prefix, once a model is loaded (either path)."""
+        assert self.loaded is not None
         tok = self.loaded.tokenizer
         self._eos = {
             i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"))

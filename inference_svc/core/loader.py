@@ -99,6 +99,7 @@ class RuntimeSpec:
 @dataclass
 class LoadedModel:
     tokenizer: Any
+    #: The fast forward, or transformers' model behind its interface (:class:`.generic.GenericModel`).
     model: Transformer
     source: model_source.ResolvedModel
     spec: RuntimeSpec
@@ -109,7 +110,8 @@ class LoadedModel:
     decode_bytes: int
     #: Which kernel multiplies the int4 decode rows: ``native.NAME``, "torch", or "" (no int4 weights).
     int4_kernel: str = ""
-    #: Who runs a one-token step's small operations: ``native.DECODE_OPS_NAME`` or "torch".
+    #: Who runs a one-token step's small operations: ``native.DECODE_OPS_NAME``, "torch", or "transformers"
+    #: (the whole model, on the generic path).
     decode_ops: str = "torch"
 
     @property
@@ -456,6 +458,25 @@ def source_config(source: model_source.ResolvedModel, cache_dir: Path) -> dict[s
             "there to convert it: prepare it where the cache is writable (python -m inference_svc.prepare)"
         )
     return json.loads((_hf_dir(source, cache_dir) / "config.json").read_text())
+
+
+def load_generic(source: model_source.ResolvedModel, cache_dir: Path, max_context: int) -> LoadedModel:
+    """``source`` through transformers' own model (:mod:`.generic`): fp32, no conversion beyond a GGUF's fp32 copy."""
+    from inference_svc.core import generic
+
+    start = time.perf_counter()
+    directory = _hf_dir(source, cache_dir)
+    tokenizer, model, weight_bytes = generic.load(directory, max_context)
+    spec = RuntimeSpec(torch.float32, WeightFormat.DENSE, dense_prefill=False, tie_embeddings=False)
+    loaded = LoadedModel(
+        tokenizer, model, source, spec, time.perf_counter() - start, False, weight_bytes, weight_bytes, "", generic.RUNTIME,
+    )
+    log.warning(
+        "serving %s (%s, revision %s) through transformers: correct, but slower than the fast forward (no "
+        "quantized weights, no fused kernels, classify one text at a time)",
+        source.model_id, model.shape.architecture, loaded.revision,
+    )
+    return loaded
 
 
 def load(
