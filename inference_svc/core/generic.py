@@ -102,13 +102,16 @@ class GenericModel:
         lm_head = hf.get_output_embeddings()
         if getattr(lm_head, "bias", None) is not None:
             raise UnsupportedModel("the generic path scores label rows without a bias: this LM head has one")
-        config = hf.config
+        config = hf.config.get_text_config()
         self.head = _Head(lm_head.weight.detach())
-        self.shape = GenericShape(config.vocab_size, (config.architectures or [type(hf).__name__])[0], config.num_hidden_layers)
+        architecture = (hf.config.architectures or [type(hf).__name__])[0]
+        self.shape = GenericShape(config.vocab_size, architecture, config.num_hidden_layers)
         self.max_context = max_context
+        # A sliding-window layer's cache keeps only the window (and other kinds of layer keep other state):
+        # no prefix can be cut out of those, so a reused prefix is recomputed instead.
         kinds = set(getattr(config, "layer_types", None) or ())
-        self.croppable = not (getattr(config, "sliding_window", None) and (not kinds or "sliding_attention" in kinds))
-        self.croppable = self.croppable and kinds <= {"full_attention"}
+        sliding = bool(kinds - {"full_attention"}) or (not kinds and bool(getattr(config, "sliding_window", None)))
+        self.croppable = not sliding
 
     def new_kv(self, capacity: int) -> GenericKV:
         return GenericKV(self)

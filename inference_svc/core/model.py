@@ -1,4 +1,4 @@
-"""A lean decoder-only transformer (Qwen2 / Llama family) over serving-format weights.
+"""A lean decoder-only transformer (Qwen2, Qwen3, Llama, Mistral) over serving-format weights.
 
 Why not ``transformers``' model: on a 2-core CPU a decode step is ~10 ms of
 weight reads, and the generic model adds several ms of per-token Python
@@ -25,12 +25,13 @@ Every method runs on the model worker thread only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from inference_svc.core.architecture import SUPPORTED_MODEL_TYPES, ModelShape, UnsupportedModel
+
+__all__ = ["SHORTLIST", "SUPPORTED_MODEL_TYPES", "Layer", "ModelShape", "Transformer", "UnsupportedModel", "top_indices"]
 from inference_svc.core.kv import KVBuffer
 from inference_svc.core.native import DecodeOps, StepPlan, plan_step
 from inference_svc.core.weights import Linear
