@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from inference_svc.core import loader, model_source, placement, precision
+from inference_svc.core.architecture import UnsupportedModel
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.options import add_model_options, engine_config
 from reprise.rpc.config import EnvArgumentParser
@@ -53,7 +54,13 @@ def prepare_all_formats(config: EngineConfig, source: model_source.ResolvedModel
     formats = precision.anywhere(config.dtype, config.weights, config.activations)
     if not formats:
         raise SystemExit("these --dtype/--weights/--activations resolve to no format on any CPU")
-    shape = loader.check_source(source, config.cache_dir)  # refuses before converting
+    try:
+        shape = loader.check_source(source, config.cache_dir)  # refuses before converting
+    except UnsupportedModel as exc:
+        if not config.generic:
+            raise
+        log.info("nothing to convert: the model is served through transformers (%s)", exc)
+        return
     for chosen, activations in formats:
         spec = config.runtime_spec(chosen, activations, shape.tied)
         target, converted = loader.prepare(source, config.cache_dir, spec)

@@ -51,7 +51,8 @@ class GenericKV:
     def nbytes(self) -> int:
         if self.cache is None:
             return 0
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values) if t is not None)
+        tensors = (getattr(layer, name, None) for layer in self.cache.layers for name in ("keys", "values"))
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
     def compact(self) -> GenericKV:
         return self

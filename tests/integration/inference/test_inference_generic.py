@@ -118,3 +118,17 @@ def test_what_the_generic_path_cannot_serve_exactly_is_refused(built: dict[str, 
     (wrong / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(ModelSourceError, match="does not match its config.*missing"):
         _engine(wrong, tmp_path / "cache")
+
+
+def test_prepare_converts_nothing_for_a_model_the_generic_path_serves(built: dict[str, Path], tmp_path: Path) -> None:
+    from inference_svc import prepare
+    from inference_svc.core import model_source
+
+    config = EngineConfig(model=str(built["phi3"]), cache_dir=tmp_path)
+    prepare.prepare_all_formats(config, model_source.resolve(config.model, tmp_path))
+    assert not (tmp_path / "converted").exists()
+    with pytest.raises(UnsupportedModel, match="phi3"):
+        prepare.prepare_all_formats(
+            EngineConfig(model=config.model, cache_dir=tmp_path, generic=False), model_source.resolve(config.model, tmp_path)
+        )
+
