@@ -164,15 +164,25 @@ def content_revision(path: Path, cache_dir: Path) -> str:
                 size += len(chunk)
     revision = h.hexdigest()[:16]
     log.info("hashed %s (%d files, %.0f MB) in %.1fs: revision %s", path, len(files), size / 1e6, time.perf_counter() - start, revision)
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".revision-")
-        with os.fdopen(fd, "w") as out:
-            json.dump({"path": str(path), "files": key, "revision": revision}, out)
-        os.replace(tmp, record)
-    except OSError as exc:  # a read-only cache: correct, only slower next start
-        log.info("could not record the revision of %s (%s): the next start hashes it again", path, exc)
+    _record(record, {"path": str(path), "files": key, "revision": revision})
     return revision
+
+
+def _record(target: Path, content: dict[str, object]) -> None:
+    """Write ``content`` as JSON to ``target`` whole or not at all; a cache it cannot write is only logged."""
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".revision-")
+        tmp = Path(name)
+        with os.fdopen(fd, "w") as out:
+            json.dump(content, out)
+        tmp.replace(target)
+    except OSError as exc:  # a read-only cache: correct, only slower next start
+        log.info("could not record %s (%s): the next start hashes the model again", target, exc)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
