@@ -34,7 +34,6 @@ from inference_svc.core import model_source, native, precision
 from inference_svc.core.model import Layer, ModelShape, Transformer
 from inference_svc.core.weights import (
     INT4_GROUP,
-    FbgemmKernels,
     Linear,
     WeightFormat,
     int4_fp32_supported,
