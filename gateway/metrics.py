@@ -53,7 +53,7 @@ BREAKER_TRANSITIONS = Counter(
     "reprise_gateway_breaker_transitions_total", "Circuit breaker state changes, by new state.", ["state"]
 )
 COALESCED = Counter(
-    "reprise_gateway_coalesced_total", "Requests that shared an identical in-flight model call.", ["task"]
+    "reprise_gateway_coalesced_total", "Requests that joined an identical request in flight (its cache lookup and model call).", ["task"]
 )
 MODEL_CALLS = Counter("reprise_gateway_model_calls_total", "Model calls made (misses after singleflight).", ["task"])
 MODEL_SECONDS = Histogram(

@@ -59,7 +59,7 @@ class ModelCalls:
             if flight is not None:
                 self._observer.coalesced(task)
                 if tracing.enabled():
-                    _trace_join(task, request, flight)
+                    trace_join(task, request, flight)
                 return flight, replace(found.info, coalesced=True)
         tenant = request.namespace
         self._admission.acquire(tenant)
@@ -78,12 +78,15 @@ class ModelCalls:
             self._counters.model_call(tenant)
             self._observer.model_call(task, time.perf_counter() - t)
             if not plan.coalesce:
+                f.settle()
                 return
             answer = answer_of(f.items) if f.succeeded else None
             write = _store_traced(self._front, request, answer, plan, requested_by) if answer is not None else None
             if write is None:
                 self._flights.forget(key, f)
+                f.settle()
                 return
+            write.add_done_callback(lambda _: f.settle())
             # Linger until the answer is visible in the cache, plus one lookup budget: any lookup
             # that missed before the write landed finds this flight instead of calling the model.
             loop = asyncio.get_running_loop()
@@ -93,7 +96,7 @@ class ModelCalls:
         return flight, found.info
 
 
-def _trace_join(task: str, request: CacheRequest, flight: Flight[object]) -> None:
+def trace_join(task: str, request: CacheRequest, flight: Flight[object]) -> None:
     """A span from joining an identical model call until it finished, linked to that call."""
     span = tracing.start(
         "gateway.singleflight_join",

@@ -1,8 +1,9 @@
 """The cache-first flow: validate, ask the cache (hot layer first), else run the model once, store after.
 
 A request never gets worse because of the cache: lookups have a tight budget
-and a circuit breaker (:mod:`.front`), write-backs happen after the response,
-and identical concurrent misses share one model call (:mod:`.singleflight`).
+and a circuit breaker (:mod:`.front`), write-backs happen after the response.
+Identical requests in flight share one lookup and one model call (:mod:`.bursts`),
+and misses with the same cache key share one model call (:mod:`.calls`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from gateway.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from gateway.core.calls import ModelCalls, complete, one, reply_answer, unusable, until_finished
+from gateway.core.bursts import Bursts, Looked
+from gateway.core.calls import ModelCalls, complete, one, reply_answer, trace_join, unusable, until_finished
 from gateway.core.front import CacheFront, FrontConfig, Found
 from gateway.core.hot import HotConfig, HotLayer
 from gateway.core.limits import Admission, Limits, Validator
 from gateway.core.policy import Plan, Policies, TaskDefaults, default_task_defaults
 from gateway.core.ports import CachePort, InferencePort, NullObserver, Observer
-from gateway.core.singleflight import Flight
 from gateway.core.stats import Counters
 from gateway.core.types import (
     ALL_TENANTS,
@@ -87,7 +88,7 @@ class Gateway:
             HotLayer(config.hot),
             self._observer,
             FrontConfig(lookup_timeout_s=config.cache_timeout_s, store_timeout_s=config.store_timeout_s),
-            on_invalidation=lambda: self._calls.drop_finished(),
+            on_invalidation=self._invalidated,
         )
         self.validate = Validator(config.limits)
         self._policies = Policies(config.task_defaults)
@@ -95,8 +96,14 @@ class Gateway:
         self.model_calls = Admission(config.max_model_in_flight, "model calls")
         self._counters = Counters()
         self._calls = ModelCalls(self.front, self.model_calls, self._counters, self._observer, config.cache_timeout_s)
+        self._bursts = Bursts()
         self._model: ModelIdentity | None = None
         self._background: list[asyncio.Task[None]] = []
+
+    def _invalidated(self) -> None:
+        # Finished flows and calls may hold answers that were just invalidated: nobody replays them.
+        self._bursts.drop_finished()
+        self._calls.drop_finished()
 
     def _breaker_changed(self, state: BreakerState) -> None:
         level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
@@ -273,18 +280,60 @@ class Gateway:
         if tracing.recording():  # on the request's span: Analyze answers two tasks, so the status is per task
             tracing.annotate({tracing.NAMESPACE: tenant, f"{tracing.CACHE_STATUS}.{task}": info.status.value})
 
+    @contextlib.asynccontextmanager
+    async def _shared(
+        self, task: str, request: CacheRequest, plan: Plan, flow: Callable[[], AsyncIterator[object]]
+    ) -> AsyncIterator[tuple[Looked, AsyncIterator[object]]]:
+        """Run ``flow`` for this request, or read the identical one in flight (:mod:`.bursts`).
+
+        Yields what the lookup found and the model items that follow it (none on a hit).
+        """
+        if not plan.coalesce:
+            async with contextlib.aclosing(flow()) as items:
+                yield await anext(items), items  # type: ignore[misc]
+            return
+        key = (request, plan)
+        flight, joined = self._bursts.join(key, flow, reuse_finished=plan.lookup)
+        async with contextlib.aclosing(flight.read()) as items:
+            looked: Looked = await anext(items)  # type: ignore[assignment]
+            if joined:
+                self._observer.coalesced(task)
+                looked = Looked(looked.found, replace(looked.info, coalesced=True), looked.call)
+                if tracing.enabled() and looked.call is not None:
+                    trace_join(task, request, looked.call)
+            yield looked, items
+        # Reached only when the caller read its whole answer (not on errors or cancellation).
+        self._bursts.answered(key, flight)
+
     async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
         start = time.perf_counter()
         request = self._request(tenant, TASK_SENTIMENT, text)
         plan = self._policies.plan(TASK_SENTIMENT, policy)
+        flow = lambda: self._classify_flow(request, plan, text, timeout_s)  # noqa: E731
+        async with self._shared(TASK_SENTIMENT, request, plan, flow) as (looked, items):
+            found, info = looked.found, looked.info
+            if found.hit is not None:
+                answer = found.hit.entry.answer
+                self._finish(TASK_SENTIMENT, tenant, info, start)
+                return ClassifyOutcome(
+                    answer.sentiment, info, answer.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages)  # type: ignore[arg-type]
+                )
+            t = time.perf_counter()
+            async for item in items:
+                result, usage = item  # type: ignore[misc]
+        inference_ms = _ms(t)
+        self._finish(TASK_SENTIMENT, tenant, info, start)
+        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
+        return ClassifyOutcome(result, info, usage, Timings(_ms(start), found.cache_ms, inference_ms, stages))
+
+    async def _classify_flow(
+        self, request: CacheRequest, plan: Plan, text: str, timeout_s: float | None
+    ) -> AsyncIterator[object]:
+        """Lookup, then (on a miss) the model call's one item: what identical requests share."""
         found = await self.front.find(request, plan, timeout_s)
         if found.hit is not None and found.hit.entry.answer.sentiment is not None:
-            answer = found.hit.entry.answer
-            self._finish(TASK_SENTIMENT, tenant, found.info, start)
-            return ClassifyOutcome(
-                answer.sentiment, found.info, answer.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages)  # type: ignore[arg-type]
-            )
-
+            yield Looked(found, found.info)
+            return
         found = unusable(found, plan)  # a hit without a label (should not happen) is a miss
 
         async def compute() -> tuple[SentimentResult, Usage]:
@@ -294,15 +343,12 @@ class Gateway:
             result, usage = items[0]  # type: ignore[misc]
             return Answer(sentiment=result, usage=usage)
 
-        flight, info = self._calls.join(TASK_SENTIMENT, request, found, plan, lambda: one(compute), answer_of)
-        t = time.perf_counter()
-        async with contextlib.aclosing(flight.read()) as items:
-            async for item in items:
-                result, usage = item  # type: ignore[misc]
-        inference_ms = _ms(t)
-        self._finish(TASK_SENTIMENT, tenant, info, start)
-        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
-        return ClassifyOutcome(result, info, usage, Timings(_ms(start), found.cache_ms, inference_ms, stages))
+        call, info = self._calls.join(TASK_SENTIMENT, request, found, plan, lambda: one(compute), answer_of)
+        yield Looked(found, info, call)
+        async with contextlib.aclosing(call.read()) as results:
+            async for result in results:
+                yield result
+                return  # the one result: the flow is complete now, not when the call is forgotten
 
     async def _chat(
         self,
@@ -315,17 +361,16 @@ class Gateway:
         timeout_s: float | None,
     ) -> ChatOutcome:
         start = time.perf_counter()
-        request, plan, found = await self._chat_find(tenant, history, text, system_prompt, decoding, policy, timeout_s)
-        if found.hit is not None and found.hit.entry.answer.reply is not None:
-            a = found.hit.entry.answer
-            self._finish(TASK_CHAT, tenant, found.info, start)
-            return ChatOutcome(a.reply, a.finish, found.info, a.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages))  # type: ignore[arg-type]
-        found = unusable(found, plan)
-        flight, info = self._chat_flight(request, found, plan, history, text, system_prompt, decoding, timeout_s)
-        t = time.perf_counter()
-        parts: list[str] = []
-        last: InferenceChunk | None = None
-        async with contextlib.aclosing(flight.read()) as chunks:
+        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
+            found, info = looked.found, looked.info
+            if found.hit is not None:
+                a = found.hit.entry.answer
+                self._finish(TASK_CHAT, tenant, info, start)
+                return ChatOutcome(a.reply, a.finish, info, a.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages))  # type: ignore[arg-type]
+            t = time.perf_counter()
+            parts: list[str] = []
+            last: InferenceChunk | None = None
             async for chunk in chunks:
                 last = chunk  # type: ignore[assignment]
                 parts.append(last.delta)  # type: ignore[union-attr]
@@ -337,7 +382,7 @@ class Gateway:
             "".join(parts), last.finish, info, last.usage or Usage(), Timings(_ms(start), found.cache_ms, inference_ms, stages)  # type: ignore[union-attr]
         )
 
-    async def _chat_find(
+    def _chat_plan(
         self,
         tenant: str,
         history: tuple[Turn, ...],
@@ -346,28 +391,30 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None,
-    ) -> tuple[CacheRequest, Plan, Found]:
+    ) -> tuple[CacheRequest, Plan, Callable[[], AsyncIterator[object]]]:
         request = self._request(
             tenant, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding
         )
         plan = self._policies.plan(TASK_CHAT, policy, decoding)
-        return request, plan, await self.front.find(request, plan, timeout_s)
 
-    def _chat_flight(
-        self,
-        request: CacheRequest,
-        found: Found,
-        plan: Plan,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        timeout_s: float | None,
-    ) -> tuple[Flight[object], CacheInfo]:
         def source() -> AsyncIterator[object]:
             return until_finished(self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s))  # type: ignore[return-value]
 
-        return self._calls.join(TASK_CHAT, request, found, plan, source, reply_answer)
+        return request, plan, lambda: self._chat_flow(request, plan, source, timeout_s)
+
+    async def _chat_flow(
+        self, request: CacheRequest, plan: Plan, source: Callable[[], AsyncIterator[object]], timeout_s: float | None
+    ) -> AsyncIterator[object]:
+        """Lookup, then (on a miss) the model call's reply stream: what identical requests share."""
+        found = await self.front.find(request, plan, timeout_s)
+        if found.hit is not None and found.hit.entry.answer.reply is not None:
+            yield Looked(found, found.info)
+            return
+        found = unusable(found, plan)
+        call, info = self._calls.join(TASK_CHAT, request, found, plan, source, reply_answer)
+        yield Looked(found, info, call)
+        async for chunk in until_finished(call.read()):  # type: ignore[arg-type]
+            yield chunk
 
     async def _chat_stream(
         self,
@@ -380,18 +427,17 @@ class Gateway:
         timeout_s: float | None,
     ) -> AsyncIterator[ChatDelta]:
         start = time.perf_counter()
-        request, plan, found = await self._chat_find(tenant, history, text, system_prompt, decoding, policy, timeout_s)
-        if found.hit is not None and found.hit.entry.answer.reply is not None:
-            async for delta in self._replay(found, start):
-                yield delta
-            self._finish(TASK_CHAT, tenant, found.info, start)
-            return
-        found = unusable(found, plan)
-        flight, info = self._chat_flight(request, found, plan, history, text, system_prompt, decoding, timeout_s)
-        t = time.perf_counter()
-        first: float | None = None
-        cache: CacheInfo | None = info
-        async with contextlib.aclosing(flight.read()) as chunks:
+        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
+            found, info = looked.found, looked.info
+            if found.hit is not None:
+                async for delta in self._replay(found, info, start):
+                    yield delta
+                self._finish(TASK_CHAT, tenant, info, start)
+                return
+            t = time.perf_counter()
+            first: float | None = None
+            cache: CacheInfo | None = info
             async for item in chunks:
                 chunk: InferenceChunk = item  # type: ignore[assignment]
                 if first is None:
@@ -413,18 +459,18 @@ class Gateway:
                 return
         complete(None)
 
-    async def _replay(self, found: Found, start: float) -> AsyncIterator[ChatDelta]:
+    async def _replay(self, found: Found, info: CacheInfo, start: float) -> AsyncIterator[ChatDelta]:
         """A cached reply as a stream, in the same message format as a live one."""
         answer = found.hit.entry.answer  # type: ignore[union-attr]
         reply, n = answer.reply or "", self._config.replay_chunk_chars
         pieces = [reply[i : i + n] for i in range(0, len(reply), n)] or [""]
         t = time.perf_counter()
         for i, piece in enumerate(pieces[:-1]):
-            yield ChatDelta(piece, cache=found.info if i == 0 else None)
+            yield ChatDelta(piece, cache=info if i == 0 else None)
         stages = {**found.stages, "replay": _ms(t)}
         yield ChatDelta(
             pieces[-1],
-            cache=found.info if len(pieces) == 1 else None,
+            cache=info if len(pieces) == 1 else None,
             finish=answer.finish,
             usage=answer.usage,
             timings=Timings(_ms(start), found.cache_ms, 0.0, stages),

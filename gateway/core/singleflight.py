@@ -33,6 +33,8 @@ class Flight(Generic[T]):
         self._readers = 0
         self._changed = asyncio.Event()
         self._on_done: list[Callable[[Flight[T]], None]] = []
+        self._settled = False
+        self._on_settled: list[Callable[[], None]] = []
         self._task = asyncio.ensure_future(self._run(source))
         self._task.add_done_callback(self._finished)
 
@@ -45,6 +47,19 @@ class Flight(Generic[T]):
             fn(self)
         else:
             self._on_done.append(fn)
+
+    def settle(self) -> None:
+        """Its answer is where later requests will find it (the cache), or never will be."""
+        self._settled = True
+        callbacks, self._on_settled = self._on_settled, []
+        for fn in callbacks:
+            fn()
+
+    def add_settled_callback(self, fn: Callable[[], None]) -> None:
+        if self._settled:
+            fn()
+        else:
+            self._on_settled.append(fn)
 
     def _notify(self) -> None:
         # Wake every reader waiting on the current event, then arm a fresh one.
