@@ -68,6 +68,8 @@ class CacheConfig:
     #: Longer texts are exact-only: one sentence embedding cannot represent them.
     max_semantic_chars: int = 1_000
     top_k: int = 4
+    #: Most texts embedded in one call when lookups arrive together (1: one at a time).
+    embed_batch: int = 32
     local_max_entries: int = 10_000
     local_max_staleness_s: float = 5.0
     sweep_interval_s: float = 10.0
@@ -129,7 +131,7 @@ class CacheService:
         self._store = store
         self._config = config
         self._embedder = embedder
-        self._embed_queue = EmbedQueue(embedder) if embedder is not None else None
+        self._embed_queue = EmbedQueue(embedder, config.embed_batch) if embedder is not None else None
         self._index = index
         self._guard = guard
         self._normalize = normalize
