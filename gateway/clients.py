@@ -22,7 +22,7 @@ from gateway.core.types import (
     ModelIdentity,
     StoredEntry,
 )
-from reprise import convert
+from reprise import convert, tracing
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
 from reprise.errors import ServiceError, Unavailable, from_status
@@ -31,7 +31,7 @@ from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_HEADER, request_id.get()),)
+    return ((REQUEST_ID_HEADER, request_id.get()), *tracing.propagation())
 
 
 def _downstream(service: str, err: grpc.aio.AioRpcError) -> ServiceError:

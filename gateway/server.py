@@ -55,13 +55,11 @@ _RECONNECT = [
 def backend_channel(target: str, tls: ClientTLS | None, service_config: str | None = None) -> grpc.aio.Channel:
     """An asyncio channel to a service behind the gateway (TLS when ``tls`` is given)."""
     options = channel_options(service_config=service_config) + _RECONNECT
-    # The tracing instrumentation (when on) carries the request's trace to the service.
-    interceptors = tracing.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options)
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
 
 
 class GatewayApp:

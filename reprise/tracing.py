@@ -1,14 +1,14 @@
 """OpenTelemetry tracing: off by default, switched on by the standard ``OTEL_*`` variables.
 
 One trace per request: the gateway's server span (:mod:`reprise.rpc.tracing`)
-is the root, the client spans it opens towards the cache and inference carry
-the ``traceparent`` header, and each service adds the spans only it can time
+is the root, its calls to the cache and inference carry the ``traceparent``
+header (:func:`propagation`), and each service adds the spans only it can time
 (cache tiers, inference queue/prefill/decode). The asynchronous write-back
 outlives the request: it stays in the request's trace (one trace id finds the
 Store call too) and carries a *link* to the request span, OpenTelemetry's way
 of saying "caused by, not part of" (the response did not wait for it).
 
-Off (the default), nothing is installed: no interceptor on servers or channels,
+Off (the default), nothing is installed: no interceptor on servers, no header,
 and :func:`span` returns a shared no-op context, so the request path pays one
 function call per span site. :func:`setup` is what ``main()`` calls;
 :func:`install_in_memory` is the hook tests use to read spans back.
@@ -127,7 +127,7 @@ def install(provider: TracerProvider) -> None:
 
 
 def uninstall() -> None:
-    """Back to off (tests). Servers and channels already built keep their interceptors."""
+    """Back to off (tests). Servers already built keep their interceptor."""
     global _provider, _tracer
     _provider = None
     _tracer = None
@@ -188,7 +188,7 @@ def install_in_memory(service: str = "reprise-test") -> InMemorySpanExporter:
     return exporter
 
 
-# -- gRPC interceptors (grpc is imported only when tracing is on) ---------------------------
+# -- across services (grpc is imported only when tracing is on) -----------------------------
 
 
 def server_interceptors() -> list[Any]:
@@ -200,13 +200,22 @@ def server_interceptors() -> list[Any]:
     return [ServerSpans(_tracer)]
 
 
-def client_interceptors() -> list[Any]:
-    """Client span interceptors (send ``traceparent``), or nothing when off."""
-    if _tracer is None:
-        return []
-    from reprise.rpc.tracing import StreamClientSpans, UnaryClientSpans
+def propagation() -> tuple[tuple[str, str], ...]:
+    """Metadata that carries the current span to the service called next (W3C ``traceparent``).
 
-    return [UnaryClientSpans(_tracer), StreamClientSpans(_tracer)]
+    Sent with every call the gateway makes, also for an unsampled request, so the
+    callee does not sample it either; empty when tracing is off. The caller's own
+    span (``gateway.cache_lookup``, ``gateway.inference``, ``gateway.cache_write_back``)
+    stands for the call: no client span is added, and no client interceptor, which
+    on grpc.aio costs an extra task per call.
+    """
+    if _tracer is None:
+        return ()
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return ()
+    header = (("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"),)
+    return header + (("tracestate", ctx.trace_state.to_header()),) if ctx.trace_state else header
 
 
 # -- spans -----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import grpc
 
-from reprise import tracing
 from reprise.rpc.tls import ClientTLS
 
 
@@ -64,9 +63,8 @@ def aio_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to ``target`` (``host:port``), TLS when ``tls`` is given."""
     options = channel_options(max_message_bytes, service_config)
-    interceptors = tracing.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options)
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)

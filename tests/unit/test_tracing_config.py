@@ -58,7 +58,7 @@ def test_unsupported_settings_are_refused_by_name(env: dict[str, str], word: str
 def test_setup_with_nothing_set_installs_nothing() -> None:
     assert tracing.setup("cache", {}) is None
     assert not tracing.enabled()
-    assert tracing.server_interceptors() == [] and tracing.client_interceptors() == []
+    assert tracing.server_interceptors() == [] and tracing.propagation() == ()
 
 
 def test_off_spans_are_shared_no_ops() -> None:
@@ -150,3 +150,14 @@ def test_nothing_is_recorded_below_an_unsampled_span(exporter: InMemorySpanExpor
         assert not tracing.start("later").is_recording()
         assert not tracing.record("stage", 1, 2).is_recording()
     assert exporter.get_finished_spans() == ()
+
+
+def test_propagation_carries_the_current_span_sampled_or_not(exporter: InMemorySpanExporter) -> None:
+    assert tracing.propagation() == ()  # no current span: nothing to continue
+    with tracing.span("request") as s:
+        ctx = s.get_span_context()
+        assert ctx.trace_flags.sampled
+        assert tracing.propagation() == (("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"),)
+    unsampled = trace.NonRecordingSpan(trace.SpanContext(trace_id=5, span_id=6, is_remote=False, trace_flags=trace.TraceFlags(0)))
+    with trace.use_span(unsampled):
+        assert tracing.propagation() == (("traceparent", f"00-{5:032x}-{6:016x}-00"),)
