@@ -20,6 +20,7 @@ from gateway.core.hot import HotConfig
 from gateway.core.limits import Limits
 from gateway.core.policy import TaskDefaults
 from gateway.core.types import TASK_CHAT, TASK_SENTIMENT, TASKS
+from gateway.replicas import RoutedInference, RoutingConfig
 from gateway.servicer import GatewayServicer
 from reprise import tracing
 from reprise.cache.v1 import cache_pb2
@@ -78,15 +79,30 @@ class GatewayApp:
         tokens_reload_s: float = 10.0,
         operator_tokens: Sequence[str] = (),
         metrics_tenant_labels: int = metrics.DEFAULT_MAX_TENANT_LABELS,
+        routing: RoutingConfig | None = RoutingConfig(),
     ) -> None:
         self._cache_channel = backend_channel(cache_target, cache_tls)
-        # Retries on UNAVAILABLE happen inside gRPC, before any reply byte reached us: safe.
-        self._inference_channel = backend_channel(
-            inference_target, inference_tls, retry_service_config([INFERENCE_SERVICE])
-        )
+        self._inference_channel: grpc.aio.Channel | None = None
+        self.routed: RoutedInference | None = None
+        inference: GrpcInference | RoutedInference
+        if routing is not None:
+            # A channel per replica; each retries UNAVAILABLE inside gRPC (before any reply byte
+            # reached us: safe), then the router tries the next replica.
+            self.routed = inference = RoutedInference(
+                inference_target,
+                inference_tls,
+                lambda address, tls: backend_channel(address, tls, retry_service_config([INFERENCE_SERVICE], max_attempts=2)),
+                routing,
+            )
+        else:
+            # One channel balancing round-robin over every address the target resolves to.
+            self._inference_channel = backend_channel(
+                inference_target, inference_tls, retry_service_config([INFERENCE_SERVICE])
+            )
+            inference = GrpcInference(self._inference_channel)
         self.gateway = Gateway(
             GrpcCache(self._cache_channel),
-            GrpcInference(self._inference_channel),
+            inference,
             config,
             metrics.PrometheusObserver(),
         )
@@ -100,6 +116,8 @@ class GatewayApp:
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway, self.auth), server)
 
     async def start(self) -> None:
+        if self.routed is not None:
+            await self.routed.start()
         await self.gateway.start()
         if self._token_file is not None and self._tokens_reload_s > 0:
             self._token_watch = asyncio.create_task(self._watch_tokens(self._token_file), name="tokens-file")
@@ -122,7 +140,10 @@ class GatewayApp:
             self._token_watch.cancel()
         await self.gateway.close()
         await self._cache_channel.close()
-        await self._inference_channel.close()
+        if self._inference_channel is not None:
+            await self._inference_channel.close()
+        if self.routed is not None:
+            await self.routed.close()
 
 
 def _bool(raw: str) -> bool:
@@ -146,7 +167,17 @@ def build_parser() -> EnvArgumentParser:
     p = EnvArgumentParser("REPRISE_GATEWAY_", prog="python -m gateway", description="Reprise gateway (gRPC, public API).")
     add_server_options(p, default_port=50050, default_metrics_port=9100)
     p.add_option("--cache-target", default="127.0.0.1:50052", help="cache service address host:port")
-    p.add_option("--inference-target", default="127.0.0.1:50051", help="inference service address host:port")
+    p.add_option(
+        "--inference-target", default="127.0.0.1:50051",
+        help="inference address: host:port, dns:///host:port (every address it resolves to is a replica) or host:port,host:port",
+    )
+    rc = RoutingConfig()
+    p.add_option(
+        "--inference-routing", default="prefix", choices=("prefix", "round-robin"),
+        help="prefix: a conversation's turns go to the replica holding its prefix (bounded load), classify to the least loaded; round-robin: every call to the next replica",
+    )
+    p.add_option("--inference-load-factor", default=rc.load_factor, type=float, help="prefix routing: a replica carrying more than this times its share of calls in flight is passed over")
+    p.add_option("--inference-resolve-interval", default=rc.resolve_s, type=float, help="prefix routing: seconds between DNS resolutions of the inference target (0: once)")
     p.add_option("--cache-timeout-ms", default=30.0, type=float, help="budget for a cache lookup; past it, a miss")
     p.add_option("--store-timeout-ms", default=2000.0, type=float, help="budget for a background write-back")
     # Limits.
@@ -260,6 +291,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--operator-tokens: each token needs at least {MIN_TOKEN_CHARS} characters")
     log.info("auth %s (%d tenants)", "on" if len(tokens) else "off: every call is tenant 'public'", len(tokens.tenants))
     options = server_options(args, max_concurrent_rpcs=args.max_concurrent_rpcs or None)
+    if args.inference_load_factor < 1.0:
+        raise SystemExit("--inference-load-factor must be at least 1")
+    routing = (
+        RoutingConfig(load_factor=args.inference_load_factor, resolve_s=args.inference_resolve_interval)
+        if args.inference_routing == "prefix"
+        else None
+    )
 
     async def serve() -> None:
         # grpc.aio channels bind to the running loop: build them inside it.
@@ -274,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             operator_tokens=operators,
             tokens_reload_s=args.tokens_reload,
             metrics_tenant_labels=args.metrics_tenant_labels,
+            routing=routing,
         )
         await run_until_signal(app, options)
 

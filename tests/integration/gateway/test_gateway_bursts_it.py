@@ -25,6 +25,16 @@ def calls(service: str, method: str) -> float:
     return metric("reprise_rpc_requests_total", service=service, method=method, code="OK")
 
 
+def assert_one_leader(infos: list[pb.CacheInfo]) -> None:
+    """One request computed the answer; the others joined it or, arriving after it was cached, hit the hot layer.
+
+    The tiny model answers in tens of milliseconds, about as long as 50 calls take to reach
+    the gateway: the last of a burst may come after the answer is in the hot layer (EXACT, hot).
+    """
+    assert [(i.status, i.coalesced) for i in infos].count((MISS, False)) == 1
+    assert all(i.coalesced or (i.status == EXACT and i.hot) for i in infos if (i.status, i.coalesced) != (MISS, False))
+
+
 @pytest.fixture
 async def stub(cache_host: ServiceHost, inference_host: ServiceHost, channel_to) -> AsyncIterator[pb_grpc.GatewayStub]:  # type: ignore[no-untyped-def]
     # The shipped budget is 30 ms; 0.5 s keeps a busy CI machine from turning the one lookup
@@ -43,8 +53,7 @@ async def test_50_identical_chats_one_lookup_one_model_run_no_bypass(stub) -> No
     replies = await asyncio.gather(*(stub.Chat(request) for _ in range(50)))
     assert calls("cache", "Lookup") - lookups == 1
     assert calls("inference", "ChatStream") - runs == 1
-    assert [r.cache.status for r in replies] == [MISS] * 50
-    assert sum(r.cache.coalesced for r in replies) == 49
+    assert_one_leader([r.cache for r in replies])
     assert len({r.reply for r in replies}) == 1
     stats = await stub.Stats(pb.StatsRequest())
     assert stats.counters.bypassed == 0
@@ -60,13 +69,11 @@ async def test_50_identical_streams_and_classify(stub) -> None:  # type: ignore[
     streams = await asyncio.gather(*(stream() for _ in range(50)))
     assert calls("cache", "Lookup") - lookups == 1 and calls("inference", "ChatStream") - runs == 1
     assert len({"".join(m.delta for m in s) for s in streams}) == 1
-    assert all(s[0].cache.status == MISS and s[-1].HasField("finish_reason") for s in streams)
+    assert all(s[-1].HasField("finish_reason") for s in streams)
+    assert_one_leader([s[0].cache for s in streams])
 
     text = unique("Labels in a burst")
     lookups, runs = calls("cache", "Lookup"), calls("inference", "Classify")
     labels = await asyncio.gather(*(stub.Classify(pb.ClassifyRequest(text=text)) for _ in range(50)))
     assert calls("cache", "Lookup") - lookups == 1 and calls("inference", "Classify") - runs == 1
-    # A label takes the tiny model a few milliseconds: the last requests of the burst may reach
-    # the gateway after the answer was cached, and are served by the hot layer (EXACT).
-    assert {r.cache.status for r in labels} <= {MISS, EXACT}
-    assert [(r.cache.status, r.cache.coalesced) for r in labels].count((MISS, False)) == 1  # the one leader
+    assert_one_leader([r.cache for r in labels])
