@@ -28,10 +28,14 @@ from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
 from reprise.errors import ServiceError, Unavailable, from_status
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
+from reprise.rpc.tenant import TENANT_HEADER
+from reprise.rpc.tenant import tenant as calling_tenant
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_HEADER, request_id.get()), *tracing.propagation())
+    who = calling_tenant.get()  # set by the servicer: the inference service queues tenants fairly
+    mine = ((TENANT_HEADER, who),) if who is not None else ()
+    return ((REQUEST_ID_HEADER, request_id.get()), *mine, *tracing.propagation())
 
 
 def _downstream(service: str, err: grpc.aio.AioRpcError) -> ServiceError:

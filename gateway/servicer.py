@@ -13,6 +13,7 @@ from gateway.core.flow import Gateway
 from reprise import convert
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from reprise.rpc.tenant import tenant as calling_tenant
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -24,6 +25,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         """Who is calling (UNAUTHENTICATED if unknown), then whether the request is too big."""
         tenant = self._auth.tenant(context.invocation_metadata())
         self._gw.validate.request_size(request.ByteSize())  # type: ignore[attr-defined]
+        calling_tenant.set(tenant)  # the inference client passes it on (the service queues tenants fairly)
         return tenant
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
