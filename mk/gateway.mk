@@ -5,3 +5,9 @@ BENCH_GATEWAY_ARGS ?=
 
 bench-gateway: install redis ## gateway: exact/semantic hit latency + throughput (hot layer on/off, naive relay), miss overhead
 	flock /tmp/reprise-bench.lock $(PY) -m bench.gateway.bench_gateway $(BENCH_GATEWAY_ARGS)
+
+.PHONY: bench-routing
+BENCH_ROUTING_ARGS ?=
+
+bench-routing: install ## gateway: turn-5 TTFT over two inference replicas (one core each), prefix routing vs round-robin vs one replica (MODEL=tiny for the mechanics only)
+	flock /tmp/reprise-bench.lock $(PY) -m bench.routing $(if $(MODEL),--model $(MODEL)) $(BENCH_ROUTING_ARGS)
