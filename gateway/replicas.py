@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import socket
 import time
@@ -79,6 +80,14 @@ async def resolve(hostport: str) -> list[str]:
     return []
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _Replica:
     def __init__(self, address: str, channel: grpc.aio.Channel, connect_grace_s: float) -> None:
         self.address = address
@@ -108,9 +117,10 @@ class RoutedInference:
         self, target: str, tls: ClientTLS | None, make_channel: ChannelFactory, config: RoutingConfig = RoutingConfig()
     ) -> None:
         self._fixed, self._resolve = parse_target(target)
-        host = self._resolve.rpartition(":")[0] if self._resolve else None
-        # Channels go to addresses; the certificate names the service, not the pod IP.
-        self._tls = dataclasses.replace(tls, server_name=tls.server_name or host) if tls and host else tls
+        host = self._resolve.rpartition(":")[0].strip("[]") if self._resolve else ""
+        # Channels dial the addresses the name resolved to; the certificate names the service, not the pod IP.
+        named = tls is not None and not tls.server_name and host and not _is_ip(host)
+        self._tls = dataclasses.replace(tls, server_name=host) if named else tls  # type: ignore[arg-type]
         self._make_channel = make_channel
         self._config = config
         self._ring = Ring(load_factor=config.load_factor)

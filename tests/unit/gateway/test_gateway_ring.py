@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from gateway.core.ring import Ring, Route, conversation_key
-from gateway.replicas import parse_target
+from gateway.replicas import RoutedInference, parse_target
+from reprise.rpc.tls import ClientTLS
 from reprise.domain import Role, Turn
 
 A, B, C = "10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"
@@ -92,3 +93,16 @@ def test_load_factor_below_one_is_refused() -> None:
 def test_targets(target: str, fixed: list[str], resolve: str | None) -> None:
     assert parse_target(target) == (fixed, resolve)
 
+
+
+@pytest.mark.parametrize(
+    ("target", "given", "verified"),
+    [
+        ("dns:///reprise-inference-headless:50051", None, "reprise-inference-headless"),  # pods dialled by IP
+        ("dns:///reprise-inference-headless:50051", "reprise-inference", "reprise-inference"),  # as configured
+        ("127.0.0.1:50051", None, None),  # an address: verified as itself
+    ],
+)
+def test_the_name_verified_in_a_replicas_certificate(target: str, given: str | None, verified: str | None) -> None:
+    routed = RoutedInference(target, ClientTLS(ca="ca.crt", server_name=given), lambda a, t: None)  # type: ignore[arg-type,return-value]
+    assert routed._tls is not None and routed._tls.server_name == verified
