@@ -170,6 +170,8 @@ class RoutedInference:
                 self._replicas[address] = _Replica(address, self._make_channel(address, self._tls), grace)
         self._ring.set_members(members)
         for address in gone:
+            for route in Route:
+                self.picks.pop((address, route), None)
             replica = self._replicas.pop(address)
             # Calls still running on it finish; the channel closes after them (grace of a long reply).
             asyncio.get_running_loop().call_later(300, lambda c=replica.channel: asyncio.ensure_future(c.close()))
@@ -246,12 +248,16 @@ class RoutedInference:
                     self._down(replica, exc)
 
     async def model_identity(self) -> ModelIdentity:
-        tried: set[str] = set()
-        while True:
-            replica = self._pick(None, tried)
-            tried.add(replica.address)
+        # Any replica will do; asked in a fixed order (usable ones first) so these calls, made
+        # every --model-refresh seconds, do not shift the turn-taking of classify calls.
+        now = time.monotonic()
+        replicas = sorted(self._replicas.values(), key=lambda r: (not r.usable(now), r.address))
+        if not replicas:
+            raise Unavailable("inference: no replica is reachable")
+        for i, replica in enumerate(replicas):
             try:
                 return await replica.client.model_identity()
             except Unavailable:
-                if len(tried) >= len(self._replicas):
+                if i == len(replicas) - 1:
                     raise
+        raise AssertionError("unreachable")
