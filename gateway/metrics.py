@@ -63,6 +63,17 @@ INVALIDATIONS = Counter(
     "reprise_gateway_invalidations_total", "Invalidation events received from the cache, by kind.", ["kind"]
 )
 HOT_REMOVED = Counter("reprise_gateway_hot_removed_total", "Hot-layer entries dropped by invalidation events.")
+ROUTES = Counter(
+    "reprise_gateway_inference_routes_total",
+    "Inference calls by how the replica was chosen: home (the conversation's own), spill (its own was over "
+    "the load bound), failover (its own was down), spread (no conversation: least loaded).",
+    ["kind"],
+)
+
+
+def inference_route(kind: str) -> None:
+    """Count one routed inference call (``--inference-routing prefix``)."""
+    ROUTES.labels(kind).inc()
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 

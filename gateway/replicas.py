@@ -114,8 +114,14 @@ class RoutedInference:
     """The inference port over every replica: chats by conversation, classify spread, failover on UNAVAILABLE."""
 
     def __init__(
-        self, target: str, tls: ClientTLS | None, make_channel: ChannelFactory, config: RoutingConfig = RoutingConfig()
+        self,
+        target: str,
+        tls: ClientTLS | None,
+        make_channel: ChannelFactory,
+        config: RoutingConfig = RoutingConfig(),
+        on_pick: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_pick = on_pick
         self._fixed, self._resolve = parse_target(target)
         host = self._resolve.rpartition(":")[0].strip("[]") if self._resolve else ""
         # Channels dial the addresses the name resolved to; the certificate names the service, not the pod IP.
@@ -192,6 +198,8 @@ class RoutedInference:
             pick = self._ring.pick(key, load, lambda a: a in candidates)
             assert pick is not None
         self.picks[(pick.member, pick.route)] += 1
+        if self._on_pick is not None:
+            self._on_pick(pick.route.value)
         return self._replicas[pick.member]
 
     @staticmethod

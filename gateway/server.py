@@ -93,6 +93,7 @@ class GatewayApp:
                 inference_tls,
                 lambda address, tls: backend_channel(address, tls, retry_service_config([INFERENCE_SERVICE], max_attempts=2)),
                 routing,
+                on_pick=metrics.inference_route,
             )
         else:
             # One channel balancing round-robin over every address the target resolves to.

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway_support import start_gateway_host, unique
+from gateway_support import metric, start_gateway_host, unique
 
 from gateway.core.flow import GatewayConfig
 from gateway.core.ring import Route
@@ -122,3 +122,12 @@ async def test_a_dead_replicas_conversation_moves_to_a_live_one(cache_host, tiny
         await gateway.stop(0)
         for h in hosts:
             await h.stop(0)
+
+
+async def test_routes_are_counted_in_metrics(routed_gateway, channel_to) -> None:  # type: ignore[no-untyped-def]
+    stub = pb_grpc.GatewayStub(channel_to(routed_gateway))
+    home, spread = (metric("reprise_gateway_inference_routes_total", kind=k) for k in ("home", "spread"))
+    await turn(stub, [], unique("counted"))
+    await stub.Classify(pb.ClassifyRequest(text=unique("counted label"), cache=NO_CACHE))
+    assert metric("reprise_gateway_inference_routes_total", kind="home") == home + 1
+    assert metric("reprise_gateway_inference_routes_total", kind="spread") == spread + 1
