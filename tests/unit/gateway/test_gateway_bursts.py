@@ -151,3 +151,30 @@ async def test_what_must_not_share(world) -> None:  # type: ignore[no-untyped-de
     inference.gate.set()
     out = await asyncio.gather(*tenants)
     assert inference.classify_calls == 2 and not any(o.cache.coalesced for o in out)
+
+
+async def test_a_straggler_before_the_write_back_lands_replays_the_flow() -> None:
+    class SlowStore(FakeCache):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stored = asyncio.Event()
+
+        async def store(self, *args, **kw):  # type: ignore[no-untyped-def]
+            await self.stored.wait()
+            return await super().store(*args, **kw)
+
+    cache, inference = SlowStore(), FakeInference()
+    gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05))
+    await gw.start()
+    try:
+        first = await gw.chat(NS, (), "late one", None, Decoding(), Policy())
+        late = await gw.chat(NS, (), "late one", None, Decoding(), Policy())  # answer known, not yet cached
+        assert (first.cache.coalesced, late.cache.coalesced) == (False, True)
+        assert cache.lookups == 1 and inference.chat_calls == 1 and late.reply == first.reply
+        cache.stored.set()
+        await settle()
+        after = await gw.chat(NS, (), "late one", None, Decoding(), Policy())  # cached now: a hit of its own
+        assert after.cache.status is CacheStatus.EXACT and not after.cache.coalesced
+    finally:
+        cache.stored.set()
+        await gw.close()
