@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=$(call cpu_has,avx512f) \
 BENCH_LOCK ?= /tmp/reprise-bench.lock
 BENCH_INFERENCE_ARGS ?=
 
-.PHONY: llamacpp bench-inference
+.PHONY: llamacpp bench-inference bench-sentiment
 
 llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the benchmark peer
 	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then echo "llama-cpp-python already installed"; \
@@ -33,3 +33,6 @@ llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the ben
 # and said so in the summary. Every timing runs under the shared bench lock.
 bench-inference: install model ## inference benchmark -> bench/results/inference.{json,md}
 	flock $(BENCH_LOCK) $(PY) -m bench.inference $(BENCH_INFERENCE_ARGS)
+
+bench-sentiment: install model ## sentiment on clean texts and hard cases (negations, contrast, slang, sarcasm), en + zh, dev and test
+	flock $(BENCH_LOCK) $(PY) -m bench.inference.sentiment_hard
