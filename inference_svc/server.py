@@ -12,6 +12,7 @@ import grpc
 from inference_svc.core import placement
 from inference_svc.core.model_source import ModelSourceError
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.scheduling import Rates
 from inference_svc.core.service import Batching, InferenceService, Limits
 from inference_svc.core.worker import ModelWorker
 from inference_svc import options
@@ -40,10 +41,12 @@ class InferenceApp:
         limits: Limits = Limits(),
         batching: Batching = Batching(),
         max_active_streams: int = 4,
+        rates: Rates | None = None,
+        prefill_slice: int = 128,
     ) -> None:
         self.engine = Engine(engine_config)
-        self.worker = ModelWorker(max_queue, max_active_streams)
-        self.service = InferenceService(self.engine, self.worker, limits, batching)
+        self.worker = ModelWorker(max_queue, max_active_streams, rates=rates)
+        self.service = InferenceService(self.engine, self.worker, limits, batching, prefill_slice)
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.service), server)
@@ -69,6 +72,10 @@ def build_parser() -> EnvArgumentParser:
     parser.add_option("--max-batch", default=16, type=int, help="classify requests per forward pass")
     parser.add_option("--batch-wait-ms", default=3.0, type=float, help="longest wait for a fuller classify batch")
     parser.add_option("--prefill-chunk", default=512, type=int, help="prompt tokens per prefill pass")
+    parser.add_option(
+        "--prefill-slice", default=128, type=int,
+        help="prompt tokens per prefill pass while other requests wait for the model (they wait for the pass in progress); classify texts up to this many tokens are batched, longer ones are prefilled in slices between other work",
+    )
     return parser
 
 
@@ -93,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_queue=args.max_queue,
         batching=Batching(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms),
         max_active_streams=args.max_active_streams,
+        prefill_slice=args.prefill_slice,
     )
     try:
         asyncio.run(run_until_signal(app, server_options(args, internal=True)))

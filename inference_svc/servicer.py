@@ -9,10 +9,16 @@ import grpc
 
 from inference_svc import spans
 from inference_svc.core.engine import ChatChunk
+from inference_svc.core.scheduling import DEFAULT_TENANT
 from inference_svc.core.service import InferenceService
 from reprise import convert
 from reprise.inference.v1 import inference_pb2 as pb
 from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
+from reprise.rpc import tenant
+
+
+def _tenant(context: grpc.aio.ServicerContext) -> str:
+    return tenant.from_metadata(context.invocation_metadata(), DEFAULT_TENANT)
 
 
 def _timings(queue_ms: float, chunk: ChatChunk) -> pb.InferenceTimings:
@@ -27,7 +33,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         start_ns = time.time_ns()
-        out = await self._service.classify(request.text)
+        out = await self._service.classify(request.text, _tenant(context), context.time_remaining())
         spans.classify_spans(start_ns, out.queue_ms, out.compute_ms, out.batch_size, out.usage)
         return pb.ClassifyResponse(
             result=convert.sentiment_to_pb(out.result),
@@ -36,18 +42,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             batch_size=out.batch_size,
         )
 
-    def _chat(self, request: pb.ChatRequest | pb.ChatStreamRequest) -> AsyncIterator[tuple[ChatChunk, float]]:
+    def _chat(
+        self, request: pb.ChatRequest | pb.ChatStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tuple[ChatChunk, float]]:
         return self._service.chat_stream(
             convert.turns_from_pb(request.history),
             request.text,
             request.system_prompt if request.HasField("system_prompt") else None,
             convert.decoding_from_pb(request.decoding),
+            _tenant(context),
+            context.time_remaining(),
         )
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         parts: list[str] = []
         start_ns = time.time_ns()
-        async for chunk, queue_ms in self._chat(request):
+        async for chunk, queue_ms in self._chat(request, context):
             parts.append(chunk.delta)
         spans.chat_spans(start_ns, queue_ms, chunk)
         return pb.ChatResponse(
@@ -61,7 +71,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatStreamResponse]:
         start_ns = time.time_ns()
-        async for chunk, queue_ms in self._chat(request):
+        async for chunk, queue_ms in self._chat(request, context):
             if chunk.finish is None:
                 yield pb.ChatStreamResponse(delta=chunk.delta)
             else:

@@ -14,10 +14,11 @@ Every method runs on the model worker thread only (see :mod:`.worker`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from inference_svc.core.architecture import UnsupportedModel
 from inference_svc.core.decoding import TextStream, pick_token
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
+from inference_svc.core.scheduling import Step
 from reprise.domain import Decoding, Finish, Label, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, ServiceError
 
@@ -136,6 +138,7 @@ class Engine:
         self._sentiment: _SentimentPrefix | None = None
         self._eos: set[int] = set()
         self.precision_reason = ""
+        self._counter = None  # a tokenizer of its own for the event loop (see count_classify_tokens)
 
     # -- loading -----------------------------------------------------------
 
@@ -182,6 +185,9 @@ class Engine:
             if isinstance(i, int) and 0 <= i < self.model.shape.vocab
         }
         self._sentiment = self._build_sentiment_prefix(self.config.sentiment)
+        # Admission prices requests on the event loop while the worker tokenizes: a fast tokenizer
+        # shared by two threads can fail ("Already borrowed"), so the loop gets a copy.
+        self._counter = copy.deepcopy(tok)
 
     def warm_up(self) -> None:
         """Pin the default chat system prompt's KV and run every code path once (first calls are slow)."""
@@ -257,6 +263,24 @@ class Engine:
         log.info("sentiment prefix: %d tokens cached, label tokens %s", len(ids), flat)
         return _SentimentPrefix(kv, ids, suffix, columns, rows, spec)
 
+    # -- pricing (event loop side, own tokenizer copy) ----------------------------
+
+    def count_classify_tokens(self, text: str) -> int:
+        """Tokens a classify of ``text`` prefills (its row after the cached sentiment prefix)."""
+        assert self._counter is not None and self._sentiment is not None, "engine not loaded"
+        return len(prompts.encode_plain(self._counter, text)) + len(self._sentiment.suffix_ids)
+
+    @property
+    def classify_token_limit(self) -> int:
+        """The most tokens a classify row may have (the context left after the sentiment prefix)."""
+        assert self._sentiment is not None, "engine not loaded"
+        return self.model.max_context - len(self._sentiment.ids)
+
+    def count_chat_tokens(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> int:
+        """Tokens of the whole chat prompt; an upper bound of its prefill (a cached prefix is not run)."""
+        assert self._counter is not None, "engine not loaded"
+        return len(prompts.chat_prompt(self._counter, system_prompt, self.config.chat_system_prompt, history, text).ids)
+
     def set_sentiment_prompt(self, spec: prompts.SentimentPrompt) -> None:
         """Replace the sentiment prompt (recomputes its cached KV); used by prompt tuning."""
         self._sentiment = self._build_sentiment_prefix(spec)
@@ -313,18 +337,76 @@ class Engine:
                 METRICS.cached_tokens.inc(len(prefix.ids))
         return [outcome[t] for t in texts]
 
-    @torch.inference_mode()
     def _score_long(self, prefix: _SentimentPrefix, row: list[int]) -> torch.Tensor:
         """Label logits ``[1, labels]`` for one long row: copy the prefix KV, prefill in chunks."""
-        kv = self.model.new_kv(len(prefix.ids) + len(row))
-        kv.copy_prefix(prefix.kv, len(prefix.ids))
-        for at in range(0, len(row), self.config.prefill_chunk):
-            hidden = self.model.forward(torch.tensor(row[at : at + self.config.prefill_chunk]), kv)
-        return hidden.float() @ prefix.label_rows.t()
+        steps = self._score_long_steps(prefix, row, threading.Event())
+        return [s.item for s in steps][-1]
+
+    def _chunk(self, chunk_tokens: Callable[[], int] | None) -> int:
+        return max(1, chunk_tokens()) if chunk_tokens is not None else self.config.prefill_chunk
+
+    def _score_long_steps(
+        self,
+        prefix: _SentimentPrefix,
+        row: list[int],
+        cancelled: threading.Event,
+        chunk_tokens: Callable[[], int] | None = None,
+    ) -> Iterator[Step]:
+        """:meth:`_score_long` one prefill chunk per step; the last step's item is the logits."""
+        with torch.inference_mode():
+            kv = self.model.new_kv(len(prefix.ids) + len(row))
+            kv.copy_prefix(prefix.kv, len(prefix.ids))
+        at = 0
+        while at < len(row):
+            if cancelled.is_set():
+                return
+            chunk = row[at : at + self._chunk(chunk_tokens)]
+            at += len(chunk)
+            # inference_mode only around the work: a generator suspended inside the context would
+            # leave it on for whatever the worker thread runs between two steps.
+            with torch.inference_mode():
+                hidden = self.model.forward(torch.tensor(chunk), kv)
+            if at < len(row):
+                yield Step(prefill_tokens=len(chunk))
+        with torch.inference_mode():
+            yield Step(prefill_tokens=len(chunk), item=hidden.float() @ prefix.label_rows.t())
+
+    def classify_steps(
+        self, text: str, cancelled: threading.Event, chunk_tokens: Callable[[], int] | None = None
+    ) -> Iterator[Step]:
+        """Classify one (long) text a prefill chunk per step, so the worker can run other work between chunks.
+
+        ``chunk_tokens()`` sizes each chunk when it starts (default: ``prefill_chunk``). The last
+        step's item is the :class:`Classification`; a too-long text raises InvalidArgument.
+        """
+        prefix = self._sentiment
+        assert prefix is not None
+        row = prompts.encode_plain(self.tokenizer, text) + prefix.suffix_ids
+        limit = self.model.max_context - len(prefix.ids)
+        if len(row) > limit:
+            raise InvalidArgument("text", f"is {len(row)} tokens; the limit is {limit}")
+        logits = None
+        for step in self._score_long_steps(prefix, row, cancelled, chunk_tokens):
+            if step.item is None:
+                yield step
+            else:
+                logits = step.item
+                last = step
+        if logits is None:
+            return  # cancelled
+        pos = torch.logsumexp(logits[:, prefix.label_columns[0]], dim=-1)
+        neg = torch.logsumexp(logits[:, prefix.label_columns[1]], dim=-1)
+        p = float(torch.sigmoid(pos - neg - prefix.spec.bias_for(text))[0])
+        label = Label.POSITIVE if p >= 0.5 else Label.NEGATIVE
+        usage = Usage(prompt_tokens=len(prefix.ids) + len(row), cached_tokens=len(prefix.ids))
+        METRICS.batch_size.observe(1)
+        METRICS.prompt_tokens.inc(len(prefix.ids) + len(row))
+        METRICS.cached_tokens.inc(len(prefix.ids))
+        result = Classification(SentimentResult(label, p if label is Label.POSITIVE else 1.0 - p), usage, p)
+        yield Step(prefill_tokens=last.prefill_tokens, item=result)
 
     # -- chat ------------------------------------------------------------------
 
-    @torch.inference_mode()
     def chat(
         self,
         history: tuple[Turn, ...],
@@ -336,6 +418,32 @@ class Engine:
         remember: bool = True,
     ) -> Iterator[ChatChunk]:
         """Stream one reply. Reuses the longest cached KV prefix; stores the turn's KV when done."""
+        steps = self.chat_steps(history, text, system_prompt, decoding, cancelled, remember=remember)
+        try:
+            for step in steps:
+                if step.item is not None:
+                    yield step.item
+        finally:
+            steps.close()  # the KV is stored in chat_steps' cleanup, also when our consumer stops early
+
+    @torch.inference_mode()
+    def chat_steps(
+        self,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        cancelled: threading.Event,
+        *,
+        remember: bool = True,
+        chunk_tokens: Callable[[], int] | None = None,
+    ) -> Iterator[Step]:
+        """:meth:`chat` as worker steps: one per prefill chunk, one per decode token; items are ChatChunks.
+
+        The worker runs other requests between steps, so a long prompt is prefilled
+        in chunks between the decode steps of other replies and classify batches.
+        ``chunk_tokens()`` sizes each chunk when it starts (default: ``prefill_chunk``).
+        """
         prompt = self._chat_prompt(history, text, system_prompt)
         ids = prompt.ids
         limit = self.model.max_context
@@ -350,10 +458,16 @@ class Engine:
             kv.copy_prefix(match.kv, reused)
         METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
         hidden = None
-        for at in range(reused, len(ids), self.config.prefill_chunk):
+        chunk = 0
+        at = reused
+        while at < len(ids):
             if cancelled.is_set():
                 return
-            hidden = self.model.forward(torch.tensor(ids[at : at + self.config.prefill_chunk]), kv)
+            if chunk:
+                yield Step(prefill_tokens=chunk)
+            chunk = len(ids[at : at + self._chunk(chunk_tokens)])
+            hidden = self.model.forward(torch.tensor(ids[at : at + chunk]), kv)
+            at += chunk
         logits = self.model.logits(hidden)[0]
         prefill_ms = (time.perf_counter() - start) * 1000
         METRICS.ttft.observe(prefill_ms / 1000)
@@ -371,8 +485,9 @@ class Engine:
                     break
                 generated += 1
                 delta = stream.push(token)
-                if delta:
-                    yield ChatChunk(delta)
+                # The step that ends the prefill (its last chunk) prices prefill; later ones one decode token.
+                yield Step(prefill_tokens=chunk, decode_tokens=0 if chunk else 1, item=ChatChunk(delta) if delta else None)
+                chunk = 0
                 if stream.stopped:
                     finish = Finish.STOP
                     break
@@ -388,12 +503,15 @@ class Engine:
         decode_ms = (time.perf_counter() - start) * 1000 - prefill_ms
         if generated > 1 and decode_ms > 0:
             METRICS.decode_tps.observe((generated - 1) / (decode_ms / 1000))
-        yield ChatChunk(
-            stream.finish(),
-            finish=finish,
-            usage=Usage(prompt_tokens=len(ids), cached_tokens=reused, completion_tokens=generated),
-            prefill_ms=prefill_ms,
-            decode_ms=decode_ms,
+        yield Step(
+            prefill_tokens=chunk,
+            item=ChatChunk(
+                stream.finish(),
+                finish=finish,
+                usage=Usage(prompt_tokens=len(ids), cached_tokens=reused, completion_tokens=generated),
+                prefill_ms=prefill_ms,
+                decode_ms=decode_ms,
+            ),
         )
 
     def _publish_kv_stats(self) -> None:

@@ -1,16 +1,23 @@
-"""The inference service's domain API: validation, readiness, batching and the worker hand-off.
+"""The inference service's domain API: validation, readiness, admission, batching and the worker hand-off.
+
+Every request is priced in tokens and admitted against its deadline first
+(:mod:`.scheduling`); then short classify texts join a shared batch, while a
+classify text longer than one prefill chunk, like a chat, runs as a stream of
+chunk steps that the worker interleaves with everyone else's work.
 
 The servicer translates protobuf to these calls; nothing here knows about gRPC.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
+from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step, Ticket
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
@@ -44,22 +51,51 @@ class Classified:
 
 class InferenceService:
     def __init__(
-        self, engine: Engine, worker: ModelWorker, limits: Limits = Limits(), batching: Batching = Batching()
+        self,
+        engine: Engine,
+        worker: ModelWorker,
+        limits: Limits = Limits(),
+        batching: Batching = Batching(),
+        prefill_slice: int = 128,
     ) -> None:
         self._engine = engine
+        self._prefill_slice = prefill_slice
         self._worker = worker
         self._limits = limits
         self._batcher: ClassifyBatcher[Classification] = ClassifyBatcher(
             worker, engine.classify_batch, batching.max_batch, batching.max_wait_ms / 1000, batching.max_pending
         )
+        self.admission = Admission(worker.rates)
         self._ready = False
+
+    def _chunk_tokens(self) -> int:
+        """Prompt tokens in the next prefill pass: a whole chunk when nothing else waits, a slice when it does.
+
+        A waiting request waits for the pass in progress, so while others wait passes are kept short
+        (``prefill_slice``); alone, a prompt runs in the larger, slightly more efficient chunks.
+        """
+        chunk = self._engine.config.prefill_chunk
+        return min(chunk, self._prefill_slice) if self._worker.contended else chunk
 
     async def start(self) -> None:
         """Load and warm the model on the worker thread; the event loop stays free meanwhile."""
         self._worker.start()
         await self._worker.call(lambda _: self._engine.load())
         await self._worker.call(lambda _: self._engine.warm_up())
+        await self._measure_rates()
         self._ready = True
+
+    async def _measure_rates(self) -> None:
+        """Measure prefill and decode rates once through the serving paths, so the first requests are priced right."""
+        text = "A short warm-up review: the battery lasts all day and the screen is bright. " * 3
+        await self._batcher.classify(text, tokens=self._engine.count_classify_tokens(text))
+        decoding = Decoding(max_new_tokens=8)
+
+        def run(cancelled: threading.Event) -> Iterator[Step]:
+            return self._engine.chat_steps((), text, None, decoding, cancelled, remember=False)
+
+        async for _ in self._worker.stream(run):
+            pass
 
     async def close(self) -> None:
         self._ready = False
@@ -96,30 +132,74 @@ class InferenceService:
             if not stop or len(stop) > lim.max_stop_chars:
                 raise InvalidArgument(f"decoding.stop[{i}]", f"must be 1 to {lim.max_stop_chars} characters")
 
-    async def classify(self, text: str) -> Classified:
+    async def classify(self, text: str, tenant: str = DEFAULT_TENANT, seconds_left: float | None = None) -> Classified:
+        """Classify ``text``; ``ResourceExhausted`` at once when it cannot finish within ``seconds_left``."""
         self._check_ready()
         self._check_text(text)
-        out = await self._batcher.classify(text)
-        c = out.value
-        return Classified(c.result, c.usage, out.queue_ms, out.compute_ms, out.batch_size)
+        tokens = self._engine.count_classify_tokens(text)
+        limit = self._engine.classify_token_limit
+        if tokens > limit:
+            raise InvalidArgument("text", f"is {tokens} tokens; the limit is {limit}")
+        ticket = self.admission.admit(tenant, Cost(tokens), seconds_left)
+        try:
+            if tokens <= min(self._prefill_slice, self._engine.config.prefill_chunk):  # one short pass
+                out = await self._batcher.classify(text, tenant, tokens)
+                c = out.value
+                return Classified(c.result, c.usage, out.queue_ms, out.compute_ms, out.batch_size)
+            return await self._classify_long(text, tenant, ticket)
+        finally:
+            self.admission.release(ticket)
+
+    async def _classify_long(self, text: str, tenant: str, ticket: Ticket) -> Classified:
+        """A text longer than a prefill chunk: one chunk per worker step, short requests run in between."""
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def run(cancelled: threading.Event) -> Iterator[Step]:
+            started.append(time.perf_counter())
+            return self._engine.classify_steps(text, cancelled, self._chunk_tokens)
+
+        result: Classification | None = None
+        async for result in self._worker.stream(run, tenant, ticket):  # type: ignore[arg-type]
+            pass
+        assert result is not None, "the classify stream ended without a result"
+        done = time.perf_counter()
+        return Classified(result.result, result.usage, (started[0] - queued) * 1000, (done - started[0]) * 1000)
 
     async def chat_stream(
-        self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding
+        self,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        tenant: str = DEFAULT_TENANT,
+        seconds_left: float | None = None,
     ) -> AsyncIterator[tuple[ChatChunk, float]]:
-        """Yields (chunk, queue_ms); queue_ms is the same on every chunk."""
+        """Yields (chunk, queue_ms); queue_ms is the same on every chunk.
+
+        Refused at once (``ResourceExhausted``) when the reply, priced at its prompt and
+        ``max_new_tokens``, is not expected to finish within ``seconds_left``.
+        """
         self._check_ready()
         self._check_chat(history, text, decoding)
         if system_prompt is not None and len(system_prompt) > self._limits.max_text_chars:
             raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {self._limits.max_text_chars}")
+        prompt_tokens = self._engine.count_chat_tokens(history, text, system_prompt)
+        # The prefix KV index may hold most of the prompt; pricing all of it errs on the side of refusing.
+        new_tokens = decoding.max_new_tokens or self._engine.config.max_new_tokens
+        ticket = self.admission.admit(tenant, Cost(prompt_tokens, new_tokens), seconds_left)
         queued = time.perf_counter()
         started: list[float] = []
 
-        def run(cancelled):  # type: ignore[no-untyped-def]
+        def run(cancelled: threading.Event) -> Iterator[Step]:
             started.append(time.perf_counter())
-            yield from self._engine.chat(history, text, system_prompt, decoding, cancelled)
+            return self._engine.chat_steps(history, text, system_prompt, decoding, cancelled, chunk_tokens=self._chunk_tokens)
 
-        async for chunk in self._worker.stream(run):
-            yield chunk, (started[0] - queued) * 1000
+        try:
+            async for chunk in self._worker.stream(run, tenant, ticket):
+                yield chunk, (started[0] - queued) * 1000
+        finally:
+            self.admission.release(ticket)
 
     async def describe(self) -> ModelDescription:
         self._check_ready()

@@ -12,6 +12,13 @@ Two kinds of job:
   waiting call, so a classify request waits for at most one decode step, not
   for a whole reply, and several chats interleave token by token.
 
+Between any two steps of any stream the worker runs every waiting call, so a
+short classify waits for at most one step: one decode token, or one prefill
+chunk of a long prompt (streams yield :class:`~.scheduling.Step` items per
+chunk, which the worker times to learn prefill and decode rates). Streams wait
+for a decode slot in one queue per tenant, served round-robin, so one tenant's
+burst does not hold everyone else's requests behind it.
+
 Results and exceptions travel back through ``loop.call_soon_threadsafe`` as
 values, so a failing request never kills the worker. A full queue is refused
 at once with :class:`~reprise.errors.ResourceExhausted`; a caller that goes
@@ -24,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from inference_svc.core.metrics import METRICS
+from inference_svc.core.scheduling import DEFAULT_TENANT, Rates, Step, Ticket
 from reprise.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -47,20 +56,31 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     deliver: Callable[[bool, Any], None] = lambda ok, item: None
     iterator: Iterator[Any] | None = None
+    tenant: str = DEFAULT_TENANT
+    #: Counted down as the stream's steps finish (see :class:`~.scheduling.Admission`).
+    ticket: Ticket | None = None
 
 
 class ModelWorker:
     """A single daemon thread running calls and interleaved streams from a bounded queue."""
 
-    def __init__(self, max_queue: int, max_active_streams: int = 4, name: str = "model-worker") -> None:
+    def __init__(
+        self, max_queue: int, max_active_streams: int = 4, name: str = "model-worker", rates: Rates | None = None
+    ) -> None:
         self.max_queue = max_queue
         METRICS.queue_capacity.set(max_queue)
         self.max_active_streams = max_active_streams
+        #: Fed with the duration of every stream step that says what it computed.
+        self.rates = rates if rates is not None else Rates()
         self._cond = threading.Condition()
         self._calls: deque[_Job] = deque()
-        self._waiting_streams: deque[_Job] = deque()
+        #: Per tenant, in round-robin order: the next slot goes to the first tenant, which then moves last.
+        self._waiting_streams: OrderedDict[str, deque[_Job]] = OrderedDict()
+        self._waiting_count = 0
         self._active: list[_Job] = []
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        #: When the worker last finished something (a step, a call) or woke up: a step is timed from here.
+        self._mark = time.perf_counter()
         self._closing = False
 
     def start(self) -> None:
@@ -76,29 +96,55 @@ class ModelWorker:
         (``_active`` shrinks outside the lock, so a stale read only overcounts.)
         """
         free_slots = max(0, self.max_active_streams - len(self._active))
-        return len(self._calls) + max(0, len(self._waiting_streams) - free_slots)
+        return len(self._calls) + max(0, self._waiting_count - free_slots)
+
+    @property
+    def contended(self) -> bool:
+        """Whether anything else wants the worker: a queued call, a waiting stream, or another active one."""
+        return bool(self._calls) or self._waiting_count > 0 or len(self._active) > 1
 
     # -- the worker thread ----------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._calls or self._waiting_streams or self._active or self._closing):
+                while not (self._calls or self._waiting_count or self._active or self._closing):
                     self._cond.wait()
-                if self._closing and not (self._calls or self._waiting_streams or self._active):
+                    self._mark = time.perf_counter()
+                if self._closing and not (self._calls or self._waiting_count or self._active):
                     return
-                calls = list(self._calls)
-                self._calls.clear()
-                while self._waiting_streams and len(self._active) < self.max_active_streams:
-                    self._active.append(self._waiting_streams.popleft())
+                while self._waiting_count and len(self._active) < self.max_active_streams:
+                    self._active.append(self._next_waiting())
                 self._publish()
-            for job in calls:
-                if not job.cancelled.is_set():
-                    self._run_call(job)
+            self._run_calls()
             for job in list(self._active):
+                self._run_calls()  # before every step: a call waits for one step, not one per active stream
                 if not self._step(job):
                     self._active.remove(job)
             METRICS.active_streams.set(len(self._active))
+
+    def _next_waiting(self) -> _Job:
+        """Round-robin between tenants (under the lock): the first tenant's oldest stream; it moves last."""
+        tenant, jobs = next(iter(self._waiting_streams.items()))
+        job = jobs.popleft()
+        if jobs:
+            self._waiting_streams.move_to_end(tenant)
+        else:
+            del self._waiting_streams[tenant]
+        self._waiting_count -= 1
+        return job
+
+    def _run_calls(self) -> None:
+        with self._cond:
+            if not self._calls:
+                return
+            calls = list(self._calls)
+            self._calls.clear()
+            self._publish()
+        for job in calls:
+            if not job.cancelled.is_set():
+                self._run_call(job)
+        self._mark = time.perf_counter()  # a call times itself (the batcher prices its pass)
 
     def _publish(self) -> None:
         METRICS.queue_depth.set(self.depth)
@@ -110,15 +156,25 @@ class ModelWorker:
         except BaseException:  # the job reports its own errors; this is a bug guard
             log.exception("model worker job crashed")
 
-    @staticmethod
-    def _step(job: _Job) -> bool:
+    def _step(self, job: _Job) -> bool:
         """Advance a stream by one item; False when it is finished."""
         try:
             if job.iterator is None:
                 job.iterator = job.run()
             if job.cancelled.is_set():
                 raise StopIteration
-            job.deliver(True, next(job.iterator))
+            item = next(job.iterator)
+            # Timed from the end of the worker's previous piece of work, not from next(): the rates must
+            # say how fast work gets *done*, so the time the worker thread waits for the GIL, the lock
+            # and the hand-off between steps counts too (under load it can double the time per token).
+            now = time.perf_counter()
+            seconds, self._mark = now - self._mark, now
+            if isinstance(item, Step):
+                self._account(job, item, seconds)
+                if item.item is None:
+                    return True
+                item = item.item
+            job.deliver(True, item)
             return True
         except StopIteration:
             pass
@@ -132,7 +188,17 @@ class ModelWorker:
             except Exception:
                 log.exception("closing a stream failed")
         job.deliver(True, _END)
+        self._mark = time.perf_counter()
         return False
+
+    def _account(self, job: _Job, step: Step, seconds: float) -> None:
+        # A step does one kind of work (a prefill chunk or one decode token), so its time prices that kind.
+        if step.prefill_tokens and not step.decode_tokens:
+            self.rates.observe("prefill", step.prefill_tokens, seconds)
+        elif step.decode_tokens and not step.prefill_tokens:
+            self.rates.observe("decode", step.decode_tokens, seconds)
+        if job.ticket is not None:
+            job.ticket.progress(step.prefill_tokens, step.decode_tokens)
 
     # -- the asyncio side -------------------------------------------------------
 
@@ -142,7 +208,11 @@ class ModelWorker:
                 raise Unavailable("inference service is shutting down")
             if self.depth >= self.max_queue:
                 raise ResourceExhausted(f"inference queue is full ({self.max_queue} waiting); retry with backoff")
-            (self._waiting_streams if job.stream else self._calls).append(job)
+            if job.stream:
+                self._waiting_streams.setdefault(job.tenant, deque()).append(job)
+                self._waiting_count += 1
+            else:
+                self._calls.append(job)
             self._publish()
             self._cond.notify()
 
@@ -180,15 +250,22 @@ class ModelWorker:
             job.cancelled.set()
             raise
 
-    async def stream(self, fn: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    async def stream(
+        self,
+        fn: Callable[[threading.Event], Iterator[Any]],
+        tenant: str = DEFAULT_TENANT,
+        ticket: Ticket | None = None,
+    ) -> AsyncIterator[Any]:
         """Run the generator ``fn(cancelled)`` on the worker, yielding its items here as they come.
 
-        When the consumer stops iterating (client cancelled, deadline), the
-        ``cancelled`` event is set and the generator is closed before its next item.
+        A :class:`~.scheduling.Step` item is timed and accounted on the worker; only its
+        ``item`` (when not None) reaches the consumer. When the consumer stops iterating
+        (client cancelled, deadline), the ``cancelled`` event is set and the generator is
+        closed before its next item.
         """
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
-        job = _Job(run=lambda: None, stream=True)
+        job = _Job(run=lambda: None, stream=True, tenant=tenant, ticket=ticket)
         job.run = lambda: fn(job.cancelled)
         job.deliver = lambda ok, item: loop.call_soon_threadsafe(items.put_nowait, (ok, item))
         self._put(job)

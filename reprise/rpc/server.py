@@ -182,6 +182,11 @@ async def run_until_signal(app: Application, options: ServerOptions) -> None:
     stopping = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
+        if starting.exception() is not None:
+            # Stop the bound server before raising: left to the garbage collector, grpc's Server.__del__
+            # runs after asyncio.run closed the loop and prints a traceback under the one-line error.
+            with contextlib.suppress(Exception):
+                await host.stop(0)
         starting.result()  # a failed start is fatal: raise it
         await stopping
     else:

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from inference_svc.core import prompts
 from inference_svc.core.engine import EngineConfig
+from inference_svc.core.scheduling import Rates
 from inference_svc.core.service import Batching
 from inference_svc.server import InferenceApp
 from reprise.common.v1 import common_pb2
@@ -29,6 +30,9 @@ async def host(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"), max_new_tokens=16),
         max_queue=4,
         batching=Batching(max_batch=16, max_wait_ms=20),
+        # Priced as if free, so admission lets every request in: these tests are about what happens after
+        # (deadlines, cancellation); refusal at admission is tested in test_inference_scheduling_grpc.py.
+        rates=Rates(prefill_tps=1e9, decode_tps=1e9, learn=False),
     )
     h = ServiceHost(app, ServerOptions(port=0))
     await h.start()

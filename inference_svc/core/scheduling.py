@@ -1,0 +1,174 @@
+"""Admission by cost and deadline, fair between tenants, with rates learned from the worker's own timings.
+
+Every request is priced in tokens before it queues: the prompt's tokens (prefill)
+plus the most it may generate (decode). :class:`Rates` turns tokens into seconds
+with prefill and decode throughputs measured online on the model worker, and
+:class:`Admission` keeps what every admitted, unfinished request still owes.
+
+A request is refused at once (``ResourceExhausted``, saying why) when it is not
+expected to *finish* before its deadline: a request admitted only to run into
+its deadline costs the model work that nobody reads, and the caller learns late
+what it could have learned at once. The worker serves tenants round-robin, so a
+tenant's request does not wait for all queued work: it shares the model with
+each other tenant until that tenant's work runs out (processor sharing), which
+is what :meth:`Admission.expected_seconds` adds up.
+
+Nothing here knows about gRPC; the servicer passes the tenant and the seconds
+left before the deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from reprise.errors import ResourceExhausted
+
+#: The tenant of a request that names none (direct callers, tests, warm-up).
+DEFAULT_TENANT = "-"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a request asks of the model, in tokens."""
+
+    prefill_tokens: int
+    decode_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a stream on the worker: what it computed, and the item to hand the caller (if any).
+
+    Streams yield these so the worker can time prefill chunks and decode steps
+    (:class:`Rates`) and count down the request's :class:`Ticket` between them.
+    """
+
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    item: Any = None
+
+
+class Rates:
+    """Prefill and decode throughput (tokens/s), an exponential moving average of observed steps.
+
+    A forward pass costs a fixed part (reading every weight once, about one decode
+    step on a memory-bound CPU) plus a part per token. A 16-token classify pass is
+    mostly the fixed part: priced per token it would make prefill look ~30x slower
+    than a 512-token chunk runs. So a prefill pass is priced as one decode step plus
+    its tokens at the prefill rate, and the prefill rate is learned only from passes
+    of at least ``MIN_PREFILL_TOKENS``, net of that step.
+
+    The first observation of each kind replaces the seed: the seeds are guesses for
+    a model nothing has been measured on yet. ``learn=False`` keeps the seeds (tests).
+    """
+
+    MIN_PREFILL_TOKENS = 64
+
+    def __init__(self, prefill_tps: float = 400.0, decode_tps: float = 20.0, alpha: float = 0.2, learn: bool = True) -> None:
+        self._spt = {"prefill": 1.0 / prefill_tps, "decode": 1.0 / decode_tps}  # seconds per token
+        self._seen = {"prefill": not learn, "decode": not learn}
+        self._alpha = alpha
+        self._learn = learn
+        self._lock = threading.Lock()
+
+    @property
+    def prefill_tps(self) -> float:
+        return 1.0 / self._spt["prefill"]
+
+    @property
+    def decode_tps(self) -> float:
+        return 1.0 / self._spt["decode"]
+
+    def observe(self, kind: str, tokens: int, seconds: float) -> None:
+        """``tokens`` of ``kind`` ("prefill" or "decode") took ``seconds`` on the worker."""
+        if not self._learn or tokens <= 0 or seconds <= 0:
+            return
+        if kind == "prefill":
+            if tokens < self.MIN_PREFILL_TOKENS:
+                return
+            seconds = max(seconds - self._spt["decode"], seconds / 2)  # net of the pass's fixed part
+        spt = seconds / tokens
+        with self._lock:
+            if self._seen[kind]:
+                spt = self._spt[kind] + self._alpha * (spt - self._spt[kind])
+            self._spt[kind] = spt
+            self._seen[kind] = True
+
+    def seconds(self, prefill_tokens: int, decode_tokens: int) -> float:
+        """Model time for ``prefill_tokens`` in one pass (its fixed part priced as a decode step) and the decode."""
+        fixed = self._spt["decode"] if prefill_tokens else 0.0
+        return fixed + prefill_tokens * self._spt["prefill"] + decode_tokens * self._spt["decode"]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request's place in the books; the worker counts it down as steps finish."""
+
+    tenant: str
+    cost: Cost
+    prefill_left: int = field(init=False)
+    decode_left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefill_left = self.cost.prefill_tokens
+        self.decode_left = self.cost.decode_tokens
+
+    def progress(self, prefill_tokens: int = 0, decode_tokens: int = 0) -> None:
+        # Written by the worker thread, read under Admission's lock: a stale read only
+        # overestimates the work left, which errs on the side of refusing.
+        self.prefill_left = max(0, self.prefill_left - prefill_tokens)
+        self.decode_left = max(0, self.decode_left - decode_tokens)
+
+
+class Admission:
+    """The books of admitted work, and the decision to admit more."""
+
+    def __init__(self, rates: Rates) -> None:
+        self.rates = rates
+        self._lock = threading.Lock()
+        self._tickets: set[Ticket] = set()
+
+    def outstanding(self) -> dict[str, float]:
+        """Seconds of work each tenant's admitted, unfinished requests still owe."""
+        owed: dict[str, float] = {}
+        with self._lock:
+            for t in self._tickets:
+                owed[t.tenant] = owed.get(t.tenant, 0.0) + self.rates.seconds(t.prefill_left, t.decode_left)
+        return owed
+
+    def expected_seconds(self, tenant: str, cost: Cost) -> float:
+        """When a new request of ``tenant`` is expected to finish, from now, if admitted.
+
+        Tenants share the model round-robin: the request finishes after its own
+        tenant's queued work and its own, and meanwhile every other tenant gets
+        as much model time as that, or less if its work runs out first.
+        """
+        owed = self.outstanding()
+        mine = owed.pop(tenant, 0.0) + self.rates.seconds(cost.prefill_tokens, cost.decode_tokens)
+        return mine + sum(min(w, mine) for w in owed.values())
+
+    def admit(self, tenant: str, cost: Cost, seconds_left: float | None) -> Ticket:
+        """A ticket for the request, or ``ResourceExhausted`` when it cannot finish within ``seconds_left``."""
+        expected = self.expected_seconds(tenant, cost)
+        if seconds_left is not None and expected > seconds_left:
+            r = self.rates
+            raise ResourceExhausted(
+                f"expected to finish in {expected:.1f} s but the deadline is in {seconds_left:.1f} s "
+                f"(this request: {cost.prefill_tokens} prompt + {cost.decode_tokens} new tokens; measured "
+                f"{r.prefill_tps:.0f} prefill and {r.decode_tps:.1f} decode tokens/s; work already queued); "
+                "retry later, with a longer deadline, or with fewer max_new_tokens"
+            )
+        ticket = Ticket(tenant, cost)
+        with self._lock:
+            self._tickets.add(ticket)
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._tickets.discard(ticket)
+
+    @property
+    def admitted(self) -> int:
+        return len(self._tickets)
