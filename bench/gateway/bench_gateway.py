@@ -205,26 +205,24 @@ def prepare_exact(stack: Stack, n: int) -> list[bytes]:
             time.sleep(0.05 if pending else 0)
         if pending:
             raise RuntimeError(f"{len(pending)} stored answers never became exact hits")
-    with grpc.insecure_channel(stack.gw_hot.address) as ch:
+    wait_hot(stack.gw_hot.address, "the gateway's hot layer never came on (no invalidation stream?)")
+    return [r.SerializeToString() for r in requests]
+
+
+def wait_hot(address: str, failure: str) -> None:
+    """Until the gateway at ``address`` reports its hot layer on (it follows the cache's invalidations)."""
+    with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.GatewayStub(ch)
         deadline = time.monotonic() + 30
         while not stub.Stats(pb.StatsRequest(), timeout=10).hot_active:
             if time.monotonic() > deadline:
-                raise RuntimeError("the gateway's hot layer never came on (no invalidation stream?)")
+                raise RuntimeError(failure)
             time.sleep(0.1)
-    return [r.SerializeToString() for r in requests]
 
 
 def warm_traced(stack: Stack, requests: list[bytes]) -> None:
     """Every stored request once through each traced gateway: their hot layers start where the others are."""
-    hot = stack.traced["gw_hot"].address
-    with grpc.insecure_channel(hot) as ch:
-        stub = pb_grpc.GatewayStub(ch)
-        deadline = time.monotonic() + 30
-        while not stub.Stats(pb.StatsRequest(), timeout=10).hot_active:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the traced gateway's hot layer never came on")
-            time.sleep(0.1)
+    wait_hot(stack.traced["gw_hot"].address, "the traced gateway's hot layer never came on")
     for svc in (stack.traced["gw_hot"], stack.traced["gw_cold"]):
         with grpc.insecure_channel(svc.address) as ch:
             stub = pb_grpc.GatewayStub(ch)

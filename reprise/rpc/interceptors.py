@@ -84,12 +84,14 @@ def _final_code(context: grpc.aio.ServicerContext, raised: grpc.StatusCode | Non
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary-unary and unary-stream handler of one service."""
+class WrapOnce(grpc.aio.ServerInterceptor):
+    """A server interceptor that wraps each method's handler once, in :meth:`_wrap`.
 
-    def __init__(self, service: str) -> None:
-        self._service = service
-        # The handler a method resolves to never changes, so wrap it once.
+    The handler a method resolves to never changes, so the wrapped one is kept:
+    a call pays a dictionary lookup, not a new closure per call.
+    """
+
+    def __init__(self) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(
@@ -103,6 +105,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         self._wrapped[method] = self._wrap(method, handler)
         return self._wrapped[method]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        raise NotImplementedError
+
+
+class ServiceInterceptor(WrapOnce):
+    """Wraps every unary-unary and unary-stream handler of one service."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
         # Health and reflection are left alone: probes must not depend on our code paths.

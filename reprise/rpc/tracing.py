@@ -29,6 +29,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from reprise.rpc.interceptors import WrapOnce
+
 _W3C = TraceContextTextMapPropagator()
 _CARRIED = ("traceparent", "tracestate")
 _EMPTY = Context()
@@ -60,24 +62,12 @@ def _server_status(span: trace.Span, context: grpc.aio.ServicerContext) -> None:
         span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
 
 
-class ServerSpans(grpc.aio.ServerInterceptor):
+class ServerSpans(WrapOnce):
     """One SERVER span per call, continuing the caller's trace; outermost, so it spans everything."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
+        super().__init__()
         self._tracer = tracer
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if method in self._wrapped:
-            return self._wrapped[method]
-        handler = await continuation(handler_call_details)
-        self._wrapped[method] = self._wrap(method, handler)
-        return self._wrapped[method]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
         if handler is None or not traced(method):
