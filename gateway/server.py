@@ -18,8 +18,8 @@ from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import Gateway, GatewayConfig
 from gateway.core.hot import HotConfig
 from gateway.core.limits import Limits
-from gateway.core.policy import TaskDefaults
-from gateway.core.types import TASK_CHAT, TASK_SENTIMENT, TASKS
+from gateway.core.policy import TaskDefaults, default_task_defaults
+from gateway.core.types import TASK_CHAT, TASKS
 from gateway.replicas import RoutedInference, RoutingConfig
 from gateway.servicer import GatewayServicer
 from reprise import tracing
@@ -218,11 +218,15 @@ def build_parser() -> EnvArgumentParser:
     )
     # Per-task cache defaults.
     for task in TASKS:
-        d = TaskDefaults(exact_only=task == TASK_SENTIMENT)
+        d = default_task_defaults()[task]
         p.add_option(f"--{task}-exact-only", default=d.exact_only, type=_bool, help=f"{task}: exact hits only unless the request says")
         p.add_option(f"--{task}-min-similarity", default=None, type=_optional_float, help=f"{task}: semantic threshold (unset: the cache's)")
         p.add_option(f"--{task}-ttl", default=None, type=_optional_int, help=f"{task}: entry lifetime in s (unset: the cache's)")
         p.add_option(f"--{task}-max-age", default=None, type=_optional_int, help=f"{task}: oldest entry served in s (unset: any)")
+        p.add_option(
+            f"--{task}-cache-timeout-ms", default=None if d.cache_timeout_s is None else d.cache_timeout_s * 1000,
+            type=_optional_float, help=f"{task}: budget for a cache lookup (unset: --cache-timeout-ms)",
+        )
     p.add_option(f"--{TASK_CHAT}-cache-sampled", default=False, type=_bool, help="chat: cache sampled (temperature > 0, no seed) replies")
     for peer in ("cache", "inference"):
         add_client_tls_options(p, peer)
@@ -239,6 +243,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             ttl_s=getattr(args, f"{task}_ttl"),
             max_age_s=getattr(args, f"{task}_max_age"),
             cache_sampled=getattr(args, f"{task}_cache_sampled", False),
+            cache_timeout_s=None if (ms := getattr(args, f"{task}_cache_timeout_ms")) is None else ms / 1000,
         )
         for task in TASKS
     }

@@ -104,7 +104,7 @@ class CacheFront:
                 return stale
             self._observer.lookup("skipped", 0.0)
             return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
-        budget = self._config.lookup_timeout_s
+        budget = plan.lookup_timeout_s or self._config.lookup_timeout_s
         if timeout_s is not None:
             budget = max(0.001, min(budget, timeout_s))
         epoch = self.hot.epoch

@@ -296,3 +296,29 @@ async def test_streamed_miss_is_stored_even_if_the_reader_stops_at_the_last_piec
     assert cache.stores == 1
     again = await gw.chat(NS, (), "stop early", None, Decoding(), Policy())
     assert again.cache.status is CacheStatus.EXACT and inference.chat_calls == 1
+
+
+async def test_a_chat_lookup_gets_a_longer_budget_than_a_classify(world) -> None:  # type: ignore[no-untyped-def]
+    """A chat miss costs seconds, a classify miss ~0.1 s: a 70 ms lookup is given up for Classify only."""
+    gw, cache, _ = world
+    await gw.chat(NS, (), "a chat stored earlier", None, Decoding(), Policy())
+    await gw.classify(NS, "a text stored earlier", Policy())
+    for _ in range(50):  # the write-backs run in the background
+        if len(cache.data) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    gw.front.hot.clear()  # every hit below must ask the (slow) cache
+    cache.delay_s = 0.07  # over the classify budget (50 ms here), under chat's (100 ms by default)
+    chat = await gw.chat(NS, (), "a chat stored earlier", None, Decoding(), Policy())
+    assert chat.cache.status is CacheStatus.EXACT, chat.cache
+    r = await gw.classify(NS, "a text stored earlier", Policy())
+    assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"
+
+
+def test_per_task_lookup_budget_flags() -> None:
+    from gateway.server import build_parser, config_from_args
+
+    defaults = config_from_args(build_parser().parse_args([])).task_defaults
+    assert defaults["chat"].cache_timeout_s == 0.1 and defaults["sentiment"].cache_timeout_s is None
+    set_ = config_from_args(build_parser().parse_args(["--chat-cache-timeout-ms", "250", "--sentiment-cache-timeout-ms", "20"]))
+    assert set_.task_defaults["chat"].cache_timeout_s == 0.25 and set_.task_defaults["sentiment"].cache_timeout_s == 0.02
