@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from cache_svc.core.embedders import Embedder, load_embedder
 from cache_svc.core.index import IndexConfig, PartitionInfo, VectorIndex
-from cache_svc.core.keys import exact_key, partition_key, vector_id
+from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.normalize import Normalization
 from bench.cache import truth
 from cache_svc.core.service import CacheConfig, CacheService, embedding_text
@@ -181,7 +180,7 @@ async def burst(url: str, embedder: Embedder, n: int = 50) -> dict:
         for i, r in enumerate(topics):
             await service.store(CacheQuery(f"b{i}", "chat", r["a"]), Answer(reply="x"), None, False)
 
-        async def one(i: int, text: str) -> tuple[float, Tier]:
+        async def one(i: int, text: str, service: CacheService = service) -> tuple[float, Tier]:
             t = time.perf_counter()
             res = await service.lookup(CacheQuery(f"b{i}", "chat", text), LookupOptions())
             return (time.perf_counter() - t) * 1000, res.tier
