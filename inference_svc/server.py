@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import grpc
@@ -25,6 +26,9 @@ from reprise.rpc.server import run_until_signal
 
 log = logging.getLogger(__name__)
 
+#: See main(): how long the event loop may keep the GIL from the model thread.
+SWITCH_INTERVAL_S = 0.0005
+
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
@@ -42,7 +46,7 @@ class InferenceApp:
         batching: Batching = Batching(),
         max_active_streams: int = 4,
         rates: Rates | None = None,
-        prefill_slice: int = 128,
+        prefill_slice: int = 32,
     ) -> None:
         self.engine = Engine(engine_config)
         self.worker = ModelWorker(max_queue, max_active_streams, rates=rates)
@@ -73,8 +77,8 @@ def build_parser() -> EnvArgumentParser:
     parser.add_option("--batch-wait-ms", default=3.0, type=float, help="longest wait for a fuller classify batch")
     parser.add_option("--prefill-chunk", default=512, type=int, help="prompt tokens per prefill pass")
     parser.add_option(
-        "--prefill-slice", default=128, type=int,
-        help="prompt tokens per prefill pass while other requests wait for the model (they wait for the pass in progress); classify texts up to this many tokens are batched, longer ones are prefilled in slices between other work",
+        "--prefill-slice", default=32, type=int,
+        help="prompt tokens per prefill pass while other requests wait for the model (they wait for the pass in progress): long prompts (chat, classify texts over 128 tokens) are prefilled in slices between other work",
     )
     return parser
 
@@ -83,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging("inference", args.log_level, args.log_format)
+    # The model thread gives up the GIL in every torch call and must win it back from the event loop,
+    # which Python forces only after the switch interval (default 5 ms). With the loop kept busy by
+    # 50 clients refused at admission, the default model decoded at ~2 tokens/s instead of ~50 and
+    # none of 16 admitted chats finished within 20 s; at 0.5 ms, 51 of 51 did (make bench-sched).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     tracing.setup("inference", os.environ)  # off unless OTEL_* variables say otherwise
     try:
         where = placement.apply(args.cpus)  # before any torch work, so its thread pools see the mask

@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=$(call cpu_has,avx512f) \
 BENCH_LOCK ?= /tmp/reprise-bench.lock
 BENCH_INFERENCE_ARGS ?=
 
-.PHONY: llamacpp bench-inference bench-sentiment
+.PHONY: llamacpp bench-inference bench-sentiment bench-sched
 
 llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the benchmark peer
 	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then echo "llama-cpp-python already installed"; \
@@ -36,3 +36,9 @@ bench-inference: install model ## inference benchmark -> bench/results/inference
 
 bench-sentiment: install model ## sentiment on clean texts and hard cases (negations, contrast, slang, sarcasm), en + zh, dev and test
 	flock $(BENCH_LOCK) $(PY) -m bench.inference.sentiment_hard
+
+# Scheduling under load (issue 25): a short Classify while four long ones run, and 50 Chats with
+# 20 s deadlines, against a service process the bench starts.
+BENCH_SCHED_ARGS ?=
+bench-sched: install model ## inference scheduling: short-behind-long latency, 50 chats with deadlines -> bench/results/sched.{json,md}
+	flock $(BENCH_LOCK) $(PY) -m bench.load_sched $(BENCH_SCHED_ARGS)

@@ -38,6 +38,8 @@ class Batching:
     max_batch: int = 16
     max_wait_ms: float = 3.0
     max_pending: int = 256
+    #: Classify texts up to this many tokens join shared batches; longer ones are prefilled in slices.
+    max_text_tokens: int = 128
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,10 @@ class InferenceService:
         worker: ModelWorker,
         limits: Limits = Limits(),
         batching: Batching = Batching(),
-        prefill_slice: int = 128,
+        prefill_slice: int = 32,
     ) -> None:
         self._engine = engine
+        self._batch_text_tokens = batching.max_text_tokens
         self._prefill_slice = prefill_slice
         self._worker = worker
         self._limits = limits
@@ -140,9 +143,11 @@ class InferenceService:
         limit = self._engine.classify_token_limit
         if tokens > limit:
             raise InvalidArgument("text", f"is {tokens} tokens; the limit is {limit}")
-        ticket = self.admission.admit(tenant, Cost(tokens), seconds_left)
+        slice_tokens = min(self._prefill_slice, self._engine.config.prefill_chunk)
+        batched = tokens <= min(self._batch_text_tokens, self._engine.config.prefill_chunk)  # run between any two steps
+        ticket = self.admission.admit(tenant, Cost(tokens), seconds_left, express=batched, step_tokens=slice_tokens)
         try:
-            if tokens <= min(self._prefill_slice, self._engine.config.prefill_chunk):  # one short pass
+            if batched:
                 out = await self._batcher.classify(text, tenant, tokens)
                 c = out.value
                 return Classified(c.result, c.usage, out.queue_ms, out.compute_ms, out.batch_size)
@@ -184,9 +189,12 @@ class InferenceService:
         self._check_chat(history, text, decoding)
         if system_prompt is not None and len(system_prompt) > self._limits.max_text_chars:
             raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {self._limits.max_text_chars}")
+        new_tokens = decoding.max_new_tokens or self._engine.config.max_new_tokens
+        # Refuse on the reply alone first: a burst of refusals must stay cheap, since every millisecond
+        # the event loop holds the GIL (templating, tokenizing) is taken from the model worker's steps.
+        self.admission.check(tenant, Cost(0, new_tokens), seconds_left)
         prompt_tokens = self._engine.count_chat_tokens(history, text, system_prompt)
         # The prefix KV index may hold most of the prompt; pricing all of it errs on the side of refusing.
-        new_tokens = decoding.max_new_tokens or self._engine.config.max_new_tokens
         ticket = self.admission.admit(tenant, Cost(prompt_tokens, new_tokens), seconds_left)
         queued = time.perf_counter()
         started: list[float] = []

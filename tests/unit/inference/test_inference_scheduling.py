@@ -49,7 +49,7 @@ def test_the_first_observation_replaces_the_seed_then_an_average_follows() -> No
 
 
 def test_a_request_that_cannot_finish_before_its_deadline_is_refused_saying_why() -> None:
-    admission = Admission(_fixed(100, 10))
+    admission = Admission(_fixed(100, 10), headroom=1.0)
     admission.admit("a", Cost(100, 40), seconds_left=None)  # 5.1 s queued, no deadline: always admitted
     with pytest.raises(ResourceExhausted) as err:
         admission.admit("a", Cost(100, 20), seconds_left=6.0)  # 5.1 s ahead + 3.1 s of its own > 6 s
@@ -57,10 +57,14 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_saying_why(
     assert "8.2 s" in message and "deadline is in 6.0 s" in message and "100 prompt + 20 new tokens" in message
     assert admission.admitted == 1
     assert admission.admit("a", Cost(100, 20), seconds_left=8.5) is not None
+    admission.headroom = 0.8  # a request may be expected to need 80% of the time left, no more
+    with pytest.raises(ResourceExhausted, match="admitted up to 80%"):
+        admission.admit("b", Cost(0, 5), seconds_left=1.2)  # 0.5 s + a fair 0.5 s of a's = 1 s > 0.96 s
+    assert admission.admit("b", Cost(0, 5), seconds_left=1.3) is not None
 
 
 def test_finished_and_progressing_work_stops_counting() -> None:
-    admission = Admission(_fixed(100, 10))
+    admission = Admission(_fixed(100, 10), headroom=1.0)
     first = admission.admit("a", Cost(0, 50), None)  # 5 s
     assert admission.expected_seconds("a", Cost(0, 10)) == pytest.approx(6.0)
     first.progress(decode_tokens=30)
@@ -70,7 +74,7 @@ def test_finished_and_progressing_work_stops_counting() -> None:
 
 
 def test_another_tenants_backlog_delays_a_request_only_by_a_fair_share() -> None:
-    admission = Admission(_fixed(100, 10))
+    admission = Admission(_fixed(100, 10), headroom=1.0)
     for _ in range(10):
         admission.admit("flood", Cost(0, 100), None)  # 100 s of work for one tenant
     # Round-robin: a 2 s request of another tenant shares the model with the flood for 2 s each.
@@ -195,3 +199,15 @@ async def test_a_classify_batch_takes_waiting_requests_round_robin_between_tenan
     assert batches[0] == ["a1", "b1"]  # b1 is not left for a later pass behind a's burst
     assert sorted(t for b in batches[1:] for t in b) == ["a2", "a3"]
     assert worker.rates.prefill_tps > 1.0  # the passes' token counts and durations were learned
+
+
+def test_a_short_classify_waits_only_for_other_short_ones_and_the_step_in_progress() -> None:
+    admission = Admission(_fixed(100, 10), headroom=1.0)
+    admission.admit("a", Cost(2000, 0), None)  # long prompts, prefilled in steps: 20.1 s
+    admission.admit("a", Cost(0, 100), None)  # a chat: 10 s
+    admission.admit("a", Cost(20, 0), None, express=True)  # a short classify already waiting: 0.3 s
+    # Batched short classifies run between any two steps: 0.3 s queued + 0.3 s own + a 128-token step (1.38 s).
+    assert admission.expected_seconds("a", Cost(20), express=True, step_tokens=128) == pytest.approx(0.3 + 0.3 + 1.38)
+    assert admission.admit("a", Cost(20), 5.0, express=True, step_tokens=128) is not None
+    with pytest.raises(ResourceExhausted):  # the same work in turn with the streams would take 30 s
+        admission.admit("a", Cost(20), 5.0)
