@@ -23,6 +23,7 @@ from reprise.rpc.server import ServerOptions, ServiceHost
 from reprise.rpc.tenant import TENANT_HEADER
 
 CHUNK = 32
+SLICE = 8  # prefill pass while others wait
 LONG = "I love this phone, the battery lasts all day. I hate waiting, the service was terrible. " * 30
 
 
@@ -33,6 +34,7 @@ async def host(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
             model=str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"), max_new_tokens=16, prefill_chunk=CHUNK
         ),
         max_queue=16,
+        prefill_slice=SLICE,
         rates=Rates(prefill_tps=1000.0, decode_tps=10.0, learn=False),
     )
     h = ServiceHost(app, ServerOptions(port=0))
@@ -77,15 +79,16 @@ async def test_a_short_classify_is_not_stuck_behind_long_ones(stub: pb_grpc.Infe
 
     alone = await classify("alone", LONG)
     longs = [asyncio.ensure_future(classify(f"long{i}", LONG)) for i in range(4)]
-    await asyncio.sleep(0.02)  # the long prompts are being prefilled, a chunk of 32 tokens per step
+    await asyncio.sleep(0.02)  # the long prompts are being prefilled, a slice of 8 tokens per step
     short = await classify("short", "great phone")
     results = await asyncio.gather(*longs)
     assert finished.index("short") < len(finished) - 4  # done before any of the long ones finished
     assert short.usage.prompt_tokens - short.usage.cached_tokens <= CHUNK  # precondition: it takes the batch path
     assert alone.usage.prompt_tokens - alone.usage.cached_tokens > 20 * CHUNK  # precondition: really chunked
-    for r in results:  # chunks interleaved with other work give the answer of the prompt run alone
+    for r in results:  # slices interleaved with other work give the answer of the prompt run alone in chunks
         assert r.result.label == alone.result.label
-        assert r.result.probability == pytest.approx(alone.result.probability, abs=1e-4)
+        # Passes of 8 and of 32 tokens add up in another order: bf16 activations differ in the last bits.
+        assert r.result.probability == pytest.approx(alone.result.probability, abs=2e-3)
         assert r.usage == alone.usage
 
 
