@@ -162,7 +162,8 @@ CLOSED_CLASS: dict[str, tuple[str, str]] = {
         "wed": "wednesday wednesdays 周三 星期三 礼拜三", "thu": "thursday thursdays 周四 星期四 礼拜四",
         "fri": "friday fridays 周五 星期五 礼拜五", "sat": "saturday saturdays 周六 星期六 礼拜六",
         "sun": "sunday sundays 周日 周天 星期日 星期天 礼拜天",
-        "jan": "january", "feb": "february", "mar": "march", "apr": "april", "may": "", "jun": "june", "jul": "july",
+        # (May is left out: the word is also the modal.)
+        "jan": "january", "feb": "february", "mar": "march", "apr": "april", "jun": "june", "jul": "july",
         "aug": "august", "sep": "september", "oct": "october", "nov": "november", "dec": "december",
         "spring": "spring 春天 春季", "summer": "summer 夏天 夏季", "autumn": "autumn 秋天 秋季",
         "winter": "winter 冬天 冬季", "daily": "daily 每天 每日 天天", "weekly": "weekly 每周 每星期",
@@ -229,15 +230,15 @@ FUNCTION_WORDS_EN = frozenset(
     "shall have has had having and or but so if then also too as of for with about please kindly just really "
     "actually basically very quite there here want wanna wonder wondering know tell let hi hello hey thanks "
     "thank ok okay yes um some someone anyone somebody anybody possible way ways get getting give show "
-    "like i'd any it its at in on help whether truly extremely absolutely totally super incredibly genuinely seriously even though although however yet because since exactly explain describe suggest recommend list provide share".split()
-) - {"like"}
+    "any it its at in on help whether truly extremely absolutely totally super incredibly genuinely seriously even though although however yet because since exactly explain describe suggest recommend list provide share".split()
+)
 FUNCTION_WORDS_ZH = frozenset(
     "的 地 得 了 着 过 吗 呢 吧 啊 呀 哦 嘛 么 哈 呗 啦 喔 嗯 是 在 有 和 与 跟 及 或 或者 还是 请 请问 麻烦 帮 帮忙 "
     "帮我 一下 一点 一点儿 下 能 能否 可以 可不可以 能不能 会 想 想要 要 知道 告诉 问 问下 问一下 个 这 那 这个 那个 "
     "这些 那些 这款 那款 这种 那种 这样 那样 款 种 些 很 挺 真 太 非常 特别 十分 比较 还 也 就 又 才 您好 你好 谢谢 "
-    "多谢 一些 有没有 有什么 样 给 让 把 叫 来 去 吃 一 什么的 呃 是不是 对吧 好吗 行吗 可以吗 关于 对于 对 一个 个人 "
+    "多谢 一些 有没有 有什么 样 给 让 把 叫 什么的 呃 是不是 对吧 好吗 行吗 可以吗 关于 对于 对 一个 "
     "起来 实在 确实 相当 嗨 哈喽 里 中 上 内 求助 求 谢啦 谢了 谢 来着 等于 但是 但 不过 可是 然而 而 因为 所以 即使 虽然 就是 格外 尤其 蛮 推荐 介绍 列举 列出 说说 讲讲 解释 说明 给出 提供 分享 它 它的".split()
-) - {"来", "去", "吃", "个人", "一"}
+)
 # Matched words too common to anchor a swap on their own: they count only when they are the one
 # word between the two that traded places ("a square *a* rectangle").
 WEAK_ANCHORS = frozenset("a an the 的 地 得 了 着 过 吗 呢 吧 啊 呀".split())
