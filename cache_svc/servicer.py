@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cache_svc import spans
-from cache_svc.core.keys import check_images, image_digest
+from reprise.images import check_images, image_digest
 from cache_svc.core.service import CacheService
 from cache_svc.core.types import CacheQuery, Entry, Invalidation, InvalidationKind, LookupOptions
 from reprise import convert
