@@ -52,6 +52,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             convert.decoding_from_pb(request.decoding),
             _tenant(context),
             context.time_remaining(),
+            tuple(request.images),
         )
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:

@@ -69,6 +69,13 @@ def check_image(data: bytes, field: str = "images", limits: ImageLimits = IMAGE_
     return width, height
 
 
+def check_files(images: Sequence[bytes], field: str = "images", limits: ImageLimits = IMAGE_LIMITS) -> None:
+    """Every check that decodes no pixel: count, bytes, and each header (:func:`check_image`)."""
+    check_images(images, field, limits)
+    for i, data in enumerate(images):
+        check_image(data, f"{field}[{i}]", limits)
+
+
 def decode_image(data: bytes, field: str = "images", limits: ImageLimits = IMAGE_LIMITS) -> Any:
     """The picture in ``data`` as an RGB ``PIL.Image``, turned upright by its EXIF orientation.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from inference_svc.core import loader, model_source, placement, precision, prompts
+from inference_svc.core import loader, model_source, placement, precision, prompts, vision
 from inference_svc.core.architecture import UnsupportedModel
 from inference_svc.core.decoding import TextStream, pick_token
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
@@ -285,7 +285,13 @@ class Engine:
         """Replace the sentiment prompt (recomputes its cached KV); used by prompt tuning."""
         self._sentiment = self._build_sentiment_prefix(spec)
 
-    def _chat_prompt(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> prompts.ChatPrompt:
+    def _chat_prompt(
+        self, history: Sequence[Turn], text: str, system_prompt: str | None, images: vision.Pictures | None = None
+    ) -> prompts.ChatPrompt:
+        if images is not None:
+            return vision.chat_prompt(
+                self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text, images, self.model.image_token_id
+            )
         return prompts.chat_prompt(self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text)
 
     # -- sentiment -------------------------------------------------------------
@@ -437,14 +443,16 @@ class Engine:
         *,
         remember: bool = True,
         chunk_tokens: Callable[[], int] | None = None,
+        images: vision.Pictures | None = None,
     ) -> Iterator[Step]:
         """:meth:`chat` as worker steps: one per prefill chunk, one per decode token; items are ChatChunks.
 
         The worker runs other requests between steps, so a long prompt is prefilled
         in chunks between the decode steps of other replies and classify batches.
         ``chunk_tokens()`` sizes each chunk when it starts (default: ``prefill_chunk``).
+        ``images``: the new message's pictures (vision-language models only, :mod:`.vision`).
         """
-        prompt = self._chat_prompt(history, text, system_prompt)
+        prompt = self._chat_prompt(history, text, system_prompt, images)
         ids = prompt.ids
         limit = self.model.max_context
         if len(ids) >= limit:
@@ -456,6 +464,8 @@ class Engine:
         kv = self.model.new_kv(len(ids) + max_new)
         if reused and match.kv is not None:
             kv.copy_prefix(match.kv, reused)
+        if images is not None:
+            vision.attach(kv, prompt, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
         METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
         hidden = None
         chunk = 0
@@ -496,7 +506,7 @@ class Engine:
                 logits = self.model.logits(self.model.forward(torch.tensor([token]), kv))[0]
                 seq.append(token)
         finally:
-            if remember:
+            if remember and images is None:  # every picture's tokens share one id: ids cannot key its KV
                 self.index.insert(seq, kv)
                 self._publish_kv_stats()
             METRICS.generated_tokens.inc(generated)

@@ -18,6 +18,7 @@ only the window, so a prefix cannot be cut out of them): a reused prefix is reco
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -121,14 +122,17 @@ class GenericModel:
     def forward(self, ids: torch.Tensor, kv: GenericKV) -> torch.Tensor:
         """Append ``ids`` (1-D) to ``kv``; the last position's final (normed) hidden state ``[1, hidden]``."""
         start = kv.length
-        if start + ids.numel() > self.max_context:
-            raise ValueError(f"the context holds {self.max_context} tokens; {start + ids.numel()} needed")
-        positions = torch.arange(start, start + ids.numel())[None]
+        return self._decode(ids, kv, input_ids=ids[None], position_ids=torch.arange(start, start + ids.numel())[None])
+
+    def _decode(self, ids: torch.Tensor, kv: GenericKV, **inputs: torch.Tensor) -> torch.Tensor:
+        """Run the decoder on ``inputs`` (ids or embeddings, and positions) for ``ids``, appending them to ``kv``."""
+        if kv.length + ids.numel() > self.max_context:
+            raise ValueError(f"the context holds {self.max_context} tokens; {kv.length + ids.numel()} needed")
         if kv.cache is None:
             from transformers import DynamicCache
 
             kv.cache = DynamicCache(config=self.hf.config)
-        out = self.decoder(input_ids=ids[None], past_key_values=kv.cache, position_ids=positions, use_cache=True)
+        out = self.decoder(**inputs, past_key_values=kv.cache, use_cache=True)
         kv.cache = out.past_key_values
         kv.ids += ids.tolist()
         return out.last_hidden_state[0, -1:].float()
@@ -160,21 +164,33 @@ class GenericModel:
 
 
 def load(directory: Path, max_context: int) -> tuple[Any, GenericModel, int]:
-    """The tokenizer, the model and its weight bytes, from a Hugging Face directory (refusing what would load wrong)."""
+    """The tokenizer, the model and its weight bytes, from a Hugging Face directory (refusing what would load wrong).
+
+    A vision-language directory (:func:`.vision.is_vision_dir`) loads its image-text model class and
+    image processor: a :class:`.vision.VisionModel`, which also takes images.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from inference_svc.core import vision
+
     start = time.perf_counter()
-    try:
-        hf, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
-    except (ValueError, KeyError, OSError, ImportError) as exc:
-        raise UnsupportedModel(f"transformers cannot load {directory} as a causal LM: {exc}") from exc
+    image_processor = None
+    if vision.is_vision_dir(directory, json.loads((directory / "config.json").read_text())):
+        hf, info, image_processor = vision.load_parts(directory)
+    else:
+        try:
+            hf, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
+        except (ValueError, KeyError, OSError, ImportError) as exc:
+            raise UnsupportedModel(f"transformers cannot load {directory} as a causal LM: {exc}") from exc
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(sorted(map(str, v))[:5])}" for k, v in problems.items())
         raise model_source.ModelSourceError(f"the checkpoint does not match its config ({detail})")
     hf.eval()
-    config_max = getattr(hf.config, "max_position_embeddings", None) or max_context
-    model = GenericModel(hf, min(max_context, int(config_max)))
+    # A VL model's config nests its language model's (which holds the context length).
+    config_max = getattr(hf.config.get_text_config(), "max_position_embeddings", None) or max_context
+    context = min(max_context, int(config_max))
+    model = GenericModel(hf, context) if image_processor is None else vision.VisionModel(hf, context, image_processor)
     model.check_head()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())

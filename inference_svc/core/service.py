@@ -10,17 +10,20 @@ The servicer translates protobuf to these calls; nothing here knows about gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
+from inference_svc.core import vision
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
 from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step, Ticket
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
+from reprise.images import check_images, decode_images
 from reprise.text import check_turns, check_visible
 
 
@@ -179,21 +182,27 @@ class InferenceService:
         decoding: Decoding,
         tenant: str = DEFAULT_TENANT,
         seconds_left: float | None = None,
+        images: Sequence[bytes] = (),
     ) -> AsyncIterator[tuple[ChatChunk, float]]:
         """Yields (chunk, queue_ms); queue_ms is the same on every chunk.
 
         Refused at once (``ResourceExhausted``) when the reply, priced at its prompt and
-        ``max_new_tokens``, is not expected to finish within ``seconds_left``.
+        ``max_new_tokens``, is not expected to finish within ``seconds_left``. ``images``
+        (encoded files) go with the new message: vision-language models only.
         """
         self._check_ready()
         self._check_chat(history, text, decoding)
+        if images:
+            self._check_takes_images(images)
         if system_prompt is not None and len(system_prompt) > self._limits.max_text_chars:
             raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {self._limits.max_text_chars}")
         new_tokens = decoding.max_new_tokens or self._engine.config.max_new_tokens
         # Refuse on the reply alone first: a burst of refusals must stay cheap, since every millisecond
         # the event loop holds the GIL (templating, tokenizing) is taken from the model worker's steps.
         self.admission.check(tenant, Cost(0, new_tokens), seconds_left)
+        pictures = await self._pictures(images) if images else None
         prompt_tokens = self._engine.count_chat_tokens(history, text, system_prompt)
+        prompt_tokens += pictures.prompt_tokens if pictures is not None else 0
         # The prefix KV index may hold most of the prompt; pricing all of it errs on the side of refusing.
         ticket = self.admission.admit(tenant, Cost(prompt_tokens, new_tokens), seconds_left)
         queued = time.perf_counter()
@@ -201,13 +210,27 @@ class InferenceService:
 
         def run(cancelled: threading.Event) -> Iterator[Step]:
             started.append(time.perf_counter())
-            return self._engine.chat_steps(history, text, system_prompt, decoding, cancelled, chunk_tokens=self._chunk_tokens)
+            return self._engine.chat_steps(
+                history, text, system_prompt, decoding, cancelled, chunk_tokens=self._chunk_tokens, images=pictures
+            )
 
         try:
             async for chunk in self._worker.stream(run, tenant, ticket):
                 yield chunk, (started[0] - queued) * 1000
         finally:
             self.admission.release(ticket)
+
+    def _check_takes_images(self, images: Sequence[bytes]) -> None:
+        """Images need a vision-language model; then the caps that need no decoding (count, bytes)."""
+        if not vision.takes_images(self._engine.model):
+            d = self._engine.describe()
+            raise InvalidArgument("images", f"model {d.model_id} ({d.architecture}) takes no images")
+        check_images(images)
+
+    async def _pictures(self, images: Sequence[bytes]) -> vision.Pictures:
+        """Decode (pixel caps first) and patch the images off the event loop and off the model thread."""
+        model: vision.VisionModel = self._engine.model
+        return await asyncio.to_thread(lambda: model.prepare(decode_images(images)))
 
     async def describe(self) -> ModelDescription:
         self._check_ready()
