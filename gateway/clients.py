@@ -72,6 +72,7 @@ def cache_query_to_pb(req: CacheRequest) -> cache_pb2.CacheQuery:
         system_prompt=req.system_prompt,
         history=convert.turns_to_pb(req.history),
         decoding=convert.decoding_to_pb(req.decoding),
+        images=list(req.images),
     )
 
 
@@ -228,9 +229,10 @@ class GrpcInference:
         system_prompt: str | None,
         decoding: Decoding,
         timeout_s: float | None,
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[InferenceChunk]:
         msg = inference_pb2.ChatStreamRequest(
-            text=text, history=convert.turns_to_pb(history), decoding=convert.decoding_to_pb(decoding)
+            text=text, history=convert.turns_to_pb(history), decoding=convert.decoding_to_pb(decoding), images=list(images)
         )
         if system_prompt is not None:
             msg.system_prompt = system_prompt

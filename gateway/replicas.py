@@ -232,6 +232,7 @@ class RoutedInference:
         system_prompt: str | None,
         decoding: Decoding,
         timeout_s: float | None,
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[InferenceChunk]:
         key = conversation_key(history, text, system_prompt)
         tried: set[str] = set()
@@ -243,7 +244,7 @@ class RoutedInference:
             with replica.busy():
                 try:
                     async with contextlib.aclosing(
-                        replica.client.chat_stream(history, text, system_prompt, decoding, self._left(deadline))
+                        replica.client.chat_stream(history, text, system_prompt, decoding, self._left(deadline), images)
                     ) as chunks:
                         async for chunk in chunks:
                             started = True

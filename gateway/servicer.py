@@ -24,7 +24,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     def _tenant(self, request: object, context: grpc.aio.ServicerContext) -> str:
         """Who is calling (UNAUTHENTICATED if unknown), then whether the request is too big."""
         tenant = self._auth.tenant(context.invocation_metadata())
-        self._gw.validate.request_size(request.ByteSize())  # type: ignore[attr-defined]
+        # Pictures have caps of their own (reprise.images); the size cap is for everything else.
+        pictures = sum(len(image) for image in getattr(request, "images", ()))
+        self._gw.validate.request_size(request.ByteSize() - pictures)  # type: ignore[attr-defined]
         calling_tenant.set(tenant)  # the inference client passes it on (the service queues tenants fairly)
         return tenant
 
@@ -43,6 +45,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             convert.decoding_from_pb(request.decoding),
             wire.policy_from_pb(request.cache),
             context.time_remaining(),
+            tuple(request.images),
         )
         return wire.chat_response(out)
 
@@ -58,6 +61,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             convert.decoding_from_pb(request.decoding),
             wire.policy_from_pb(request.cache),
             context.time_remaining(),
+            tuple(request.images),
         )
         # aclosing: a caller that goes away releases the flow's slot now, not at garbage collection.
         async with contextlib.aclosing(stream) as deltas:

@@ -194,13 +194,19 @@ def stats_response(s: GatewayStats) -> pb.StatsResponse:
 
 
 def chat_fields(
-    text: str, history: tuple[Turn, ...], system_prompt: str | None, decoding: Decoding, policy: Policy
+    text: str,
+    history: tuple[Turn, ...],
+    system_prompt: str | None,
+    decoding: Decoding,
+    policy: Policy,
+    images: tuple[bytes, ...] = (),
 ) -> dict[str, object]:
     fields: dict[str, object] = dict(
         text=text,
         history=convert.turns_to_pb(history),
         decoding=convert.decoding_to_pb(decoding),
         cache=policy_to_pb(policy),
+        images=list(images),
     )
     if system_prompt is not None:
         fields["system_prompt"] = system_prompt

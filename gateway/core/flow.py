@@ -44,6 +44,7 @@ from gateway.core.types import (
 from reprise import tracing
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
 from reprise.errors import Unavailable
+from reprise.images import check_files
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,13 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None = None,
+        images: tuple[bytes, ...] = (),
     ) -> ChatOutcome:
         with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
-            return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+            check_files(images)
+            return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
 
     async def chat_stream(
         self,
@@ -195,11 +198,13 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None = None,
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[ChatDelta]:
         with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
-            async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s):
+            check_files(images)
+            async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s, images):
                 yield delta
 
     async def analyze(
@@ -359,9 +364,10 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None,
+        images: tuple[bytes, ...] = (),
     ) -> ChatOutcome:
         start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
         async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
             found, info = looked.found, looked.info
             if found.hit is not None:
@@ -391,14 +397,16 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None,
+        images: tuple[bytes, ...],
     ) -> tuple[CacheRequest, Plan, Callable[[], AsyncIterator[object]]]:
         request = self._request(
-            tenant, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding
+            tenant, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding, images=images
         )
         plan = self._policies.plan(TASK_CHAT, policy, decoding)
 
         def source() -> AsyncIterator[object]:
-            return until_finished(self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s))  # type: ignore[return-value]
+            chunks = self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s, images)
+            return until_finished(chunks)  # type: ignore[return-value]
 
         return request, plan, lambda: self._chat_flow(request, plan, source, timeout_s)
 
@@ -425,9 +433,10 @@ class Gateway:
         decoding: Decoding,
         policy: Policy,
         timeout_s: float | None,
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[ChatDelta]:
         start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s)
+        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
         async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
             found, info = looked.found, looked.info
             if found.hit is not None:

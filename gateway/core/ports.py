@@ -68,7 +68,10 @@ class InferencePort(Protocol):
         system_prompt: str | None,
         decoding: Decoding,
         timeout_s: float | None,
-    ) -> AsyncIterator[InferenceChunk]: ...
+        images: tuple[bytes, ...] = (),
+    ) -> AsyncIterator[InferenceChunk]:
+        """The reply to the new message ``text`` (showing ``images``, encoded files), piece by piece."""
+        ...
 
     async def model_identity(self) -> ModelIdentity: ...
 

@@ -81,6 +81,8 @@ class CacheRequest:
     system_prompt: str = ""
     history: tuple[Turn, ...] = ()
     decoding: Decoding = field(default_factory=Decoding)
+    #: Encoded pictures of the new message (the cache keys them by their decoded pixels).
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,9 +61,10 @@ class AsyncClient:
         policy: Policy | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> ChatOutcome:
-        """One chat turn, answered whole."""
-        request = base.chat_request(text, history, system_prompt, decoding, policy)
+        """One chat turn, answered whole. ``images``: encoded pictures (PNG, JPEG...) shown with ``text``."""
+        request = base.chat_request(text, history, system_prompt, decoding, policy, images)
         return wire.chat_outcome(await self._call(self._stub.Chat, request, timeout_s, request_id))
 
     async def chat_stream(
@@ -76,9 +77,10 @@ class AsyncClient:
         policy: Policy | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> AsyncIterator[ChatDelta]:
         """One chat turn, streamed; the first piece carries ``cache``, the last ``finish``/``usage``/``timings``."""
-        request = base.chat_stream_request(text, history, system_prompt, decoding, policy)
+        request = base.chat_stream_request(text, history, system_prompt, decoding, policy, images)
         call = self._stub.ChatStream(
             request, timeout=timeout_s or self.options.timeout_s, metadata=self.options.metadata(request_id)
         )

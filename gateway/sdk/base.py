@@ -78,17 +78,27 @@ def classify_request(text: str, policy: Policy | None) -> pb.ClassifyRequest:
 
 
 def chat_request(
-    text: str, history: Sequence[Turn], system_prompt: str | None, decoding: Decoding | None, policy: Policy | None
+    text: str,
+    history: Sequence[Turn],
+    system_prompt: str | None,
+    decoding: Decoding | None,
+    policy: Policy | None,
+    images: Sequence[bytes] = (),
 ) -> pb.ChatRequest:
-    return pb.ChatRequest(**wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy()))  # type: ignore[arg-type]
+    fields = wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy(), tuple(images))
+    return pb.ChatRequest(**fields)  # type: ignore[arg-type]
 
 
 def chat_stream_request(
-    text: str, history: Sequence[Turn], system_prompt: str | None, decoding: Decoding | None, policy: Policy | None
+    text: str,
+    history: Sequence[Turn],
+    system_prompt: str | None,
+    decoding: Decoding | None,
+    policy: Policy | None,
+    images: Sequence[bytes] = (),
 ) -> pb.ChatStreamRequest:
-    return pb.ChatStreamRequest(
-        **wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy())  # type: ignore[arg-type]
-    )
+    fields = wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy(), tuple(images))
+    return pb.ChatStreamRequest(**fields)  # type: ignore[arg-type]
 
 
 def analyze_request(text: str, decoding: Decoding | None, policy: Policy | None, tasks: Sequence[str]) -> pb.AnalyzeRequest:

@@ -125,7 +125,13 @@ class FakeInference:
         return SentimentResult(label, 0.9), Usage(10, 8, 0)
 
     async def chat_stream(
-        self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding, timeout_s: float | None
+        self,
+        history: tuple[Turn, ...],
+        text: str,
+        system_prompt: str | None,
+        decoding: Decoding,
+        timeout_s: float | None,
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[InferenceChunk]:
         self.chat_calls += 1
         self.timeouts.append(timeout_s)
