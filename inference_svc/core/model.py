@@ -24,6 +24,7 @@ Every method runs on the model worker thread only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,8 +166,10 @@ class Transformer:
         k = self._norm(qk[..., h:, :].float(), layer.k_norm)  # type: ignore[arg-type]
         return torch.cat([q, k], dim=-2).to(self.dtype)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, rows_alone: bool = False) -> torch.Tensor:
         """Full-vocabulary fp32 logits for final hidden states ``[rows, hidden]`` (already normed).
+
+        ``rows_alone``: each row's logits as if it were computed alone (a decode batch: one row per stream).
 
         A head holding int8 rows and an int4 copy (the bf16 quantized formats)
         is read through the int4 copy: 85 MB per token instead of 136 MB, which
@@ -176,8 +179,10 @@ class Transformer:
         head's exact argmax unless that falls outside the int4 top 64 (not seen
         in any measurement), and sampling sees exact logits wherever it has mass.
         """
-        approx = self.head(hidden.to(self.dtype)).float()
         head = self.head
+        if rows_alone and head.fbgemm is not None and hidden.shape[0] > 1:  # it quantizes its input per call
+            return torch.cat([self.logits(hidden[r : r + 1]) for r in range(hidden.shape[0])])
+        approx = head(hidden.to(self.dtype), as_rows=1 if rows_alone else None).float()
         if not head.has_int4 or head.q8 is None or head.s8 is None:
             return approx
         top = top_indices(approx, SHORTLIST)  # [rows, k]
@@ -257,6 +262,101 @@ class Transformer:
             delta = layer.down(ops.silu_mul(gu))
         kv.length = pos + 1
         return ops.add_rmsnorm(x, delta, self.norm, s.eps, torch.float32)
+
+    # -- one token of each of several sequences (continuous batching) -----------
+
+    @torch.inference_mode()
+    def decode_batch(self, tokens: Sequence[int], kvs: Sequence[KVBuffer]) -> torch.Tensor:
+        """Append ``tokens[r]`` to the sequence in ``kvs[r]`` for every r in one pass; normed hidden states ``[rows, hidden]``.
+
+        The matmuls take every row at once: on a CPU a decode step is bound by reading the weights (and,
+        in the int4 kernel, converting them), which several rows share, so a step of eight streams costs
+        a fraction of eight steps. Attention runs per row over its own cache, of its own length. Each row
+        takes exactly the operations of a one-token :meth:`forward` (norms and attention row by row, the
+        linears through the kernel a single row takes), so a row's result does not depend on the other
+        rows of its pass (tested: N concurrent greedy replies equal each run alone).
+        """
+        if len(tokens) != len(kvs):
+            raise ValueError(f"{len(tokens)} tokens for {len(kvs)} KV buffers")
+        for kv in kvs:
+            if kv.length >= kv.capacity:
+                raise ValueError(f"KV buffer holds {kv.capacity} tokens; {kv.length + 1} needed")
+        if len(tokens) == 1:
+            return self.forward(torch.tensor(list(tokens)), kvs[0])
+        if self.ops is not None and self.step_plan is not None:
+            return self._decode_plan(tokens, kvs, self.ops, self.step_plan)
+        return self._decode_rows(tokens, kvs)
+
+    def _decode_plan(self, tokens: Sequence[int], kvs: Sequence[KVBuffer], ops: DecodeOps, plan: StepPlan) -> torch.Tensor:
+        """:meth:`decode_batch` through the whole-step C call (:meth:`.native.DecodeOps.step_batch`)."""
+        s = self.shape
+        positions = [kv.length for kv in kvs]
+        x = self.embed.rows(torch.tensor(list(tokens))).float().contiguous()
+        at = torch.tensor(positions)
+        ops.step_batch(plan, x, [kv.k for kv in kvs], [kv.v for kv in kvs], positions, self._cos[at], self._sin[at], s.heads, s.eps)
+        for kv in kvs:
+            kv.length += 1
+        return torch.cat([ops.add_rmsnorm(x[r : r + 1], None, self.norm, s.eps, torch.float32) for r in range(len(kvs))])
+
+    def _decode_rows(self, tokens: Sequence[int], kvs: Sequence[KVBuffer]) -> torch.Tensor:
+        """:meth:`decode_batch` layer by layer: the linears over all rows (each as a single row takes them), the
+        rest row by row through :meth:`_step`'s operations (the fused C ones where loaded, else torch's)."""
+        s, ops, m = self.shape, self.ops, len(tokens)
+        x = self.embed.rows(torch.tensor(list(tokens))).float().contiguous()
+        positions = [kv.length for kv in kvs]
+        rows = range(m)
+        delta: torch.Tensor | None = None
+        for i, layer in enumerate(self.layers):
+            h = self._rows_norm(x, delta, layer.ln1)
+            qkv = layer.qkv(h, as_rows=1)
+            if layer.q_norm is not None and layer.k_norm is not None:  # Qwen3: norm query and key heads first
+                qk = qkv[:, : self._q + self._kv].reshape(m, s.heads + s.kv_heads, s.head_dim)
+                qkv = torch.cat([self._head_norms(layer, qk).reshape(m, -1), qkv[:, self._q + self._kv :]], dim=-1)
+            o = torch.cat([self._attend_row(qkv[r : r + 1], kvs[r], i, positions[r]) for r in rows])
+            h = self._rows_norm(x, layer.o(o, as_rows=1), layer.ln2)
+            gu = layer.gate_up(h, as_rows=1)
+            if ops is not None:
+                act = torch.cat([ops.silu_mul(gu[r : r + 1]) for r in rows])
+            else:
+                inter = s.intermediate
+                act = torch.cat([F.silu(gu[r : r + 1, :inter]) * gu[r : r + 1, inter:] for r in rows])
+            delta = layer.down(act, as_rows=1)
+        for kv in kvs:
+            kv.length += 1
+        out = self._rows_norm(x, delta, self.norm, torch.float32)
+        return out
+
+    def _rows_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Per row: ``x += delta`` (in place), then RMSNorm(x) * weight in ``dtype`` (default: the compute dtype)."""
+        dtype = dtype or self.dtype
+        if self.ops is not None:
+            return torch.cat([
+                self.ops.add_rmsnorm(x[r : r + 1], None if delta is None else delta[r : r + 1], weight, self.shape.eps, dtype)
+                for r in range(x.shape[0])
+            ])
+        if delta is not None:
+            x += delta
+        return torch.cat([self._norm(x[r : r + 1], weight).to(dtype) for r in range(x.shape[0])])
+
+    def _attend_row(self, qkv: torch.Tensor, kv: KVBuffer, layer: int, pos: int) -> torch.Tensor:
+        """One row's attention at ``pos`` over its own cache (writing its K/V there): ``[1, heads * head_dim]``."""
+        s = self.shape
+        if self.ops is not None:
+            scores = torch.empty(self.ops.scratch_size(s.heads, s.head_dim, pos), dtype=torch.float32)
+            return self.ops.attention(qkv, self._cos[pos], self._sin[pos], kv.k[layer], kv.v[layer], pos, s.heads, scores)
+        cos, sin = self._cos[pos : pos + 1, None, :], self._sin[pos : pos + 1, None, :]
+        qk = qkv[:, : self._q + self._kv].view(1, s.heads + s.kv_heads, s.head_dim)
+        qk = self._rope(qk, cos, sin)
+        q, k = qk[:, : s.heads], qk[:, s.heads :]
+        v = qkv[:, self._q + self._kv :].view(1, s.kv_heads, s.head_dim)
+        kv.k[layer, :, pos : pos + 1] = k.transpose(0, 1)
+        kv.v[layer, :, pos : pos + 1] = v.transpose(0, 1)
+        g = s.group
+        qg = q.reshape(1, s.kv_heads, g, s.head_dim).permute(1, 2, 0, 3).reshape(1, s.kv_heads, g, s.head_dim)
+        o = F.scaled_dot_product_attention(qg, kv.k[layer, :, : pos + 1].unsqueeze(0), kv.v[layer, :, : pos + 1].unsqueeze(0))
+        return o.view(s.kv_heads, g, 1, s.head_dim).permute(2, 0, 1, 3).reshape(1, self._q)
 
     # -- a batch sharing a read-only prefix ----------------------------------
 

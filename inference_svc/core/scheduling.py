@@ -20,8 +20,9 @@ left before the deadline.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from reprise.errors import ResourceExhausted
 
@@ -37,17 +38,32 @@ class Cost:
     decode_tokens: int = 0
 
 
+class BatchPart(Protocol):
+    """A stream's share of a pass the worker runs for several streams at once (continuous batching).
+
+    A stream yields a :class:`Step` carrying one and is resumed after the worker has called
+    ``run(parts)`` once with the parts of every stream waiting on the same ``run`` (one decode
+    row per stream: one forward pass for all of them). ``run`` fills each part's result.
+    """
+
+    #: Runs the parts of one pass; raising fails every stream in it.
+    run: Callable[[Sequence[Any]], None]
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of a stream on the worker: what it computed, and the item to hand the caller (if any).
 
     Streams yield these so the worker can time prefill chunks and decode steps
     (:class:`Rates`) and count down the request's :class:`Ticket` between them.
+    ``batch``: the stream waits for a pass it shares with other streams (:class:`BatchPart`)
+    before its next step.
     """
 
     prefill_tokens: int = 0
     decode_tokens: int = 0
     item: Any = None
+    batch: BatchPart | None = None
 
 
 class Rates:
@@ -66,6 +82,12 @@ class Rates:
     steps, and when it speeds up the slow one keeps admission careful for a while,
     because a request admitted on a rate that does not last runs into its deadline.
 
+    Decode runs batched (every active stream advances one token per pass): the decode
+    rate is the worker's aggregate, tokens of all streams over the time of their passes,
+    which is what the sum of everyone's outstanding work is priced at. One stream cannot
+    decode faster than one pass per token, so the time of a pass (``step_seconds``) is
+    kept too: it bounds how soon a single request's reply can be done.
+
     The first observation of each kind replaces the seed: the seeds are guesses for
     a model nothing has been measured on yet. ``learn=False`` keeps the seeds (tests).
     """
@@ -76,7 +98,10 @@ class Rates:
         # seconds per token: (quick, slow) average per kind
         self._avg = {"prefill": [1.0 / prefill_tps] * 2, "decode": [1.0 / decode_tps] * 2}
         self._spt = {"prefill": 1.0 / prefill_tps, "decode": 1.0 / decode_tps}  # what work is priced at
-        self._seen = {"prefill": not learn, "decode": not learn}
+        self._seen = {"prefill": not learn, "decode": not learn, "step": not learn}
+        # seconds per decode pass (quick, slow): the seed is one token at the seeded decode rate
+        self._avg["step"] = [1.0 / decode_tps] * 2
+        self._spt["step"] = 1.0 / decode_tps
         self._alphas = (alpha, alpha / 10)
         self._learn = learn
         self._lock = threading.Lock()
@@ -89,15 +114,27 @@ class Rates:
     def decode_tps(self) -> float:
         return 1.0 / self._spt["decode"]
 
+    @property
+    def step_seconds(self) -> float:
+        """Seconds one decode pass takes (each stream in it advances one token)."""
+        return self._spt["step"]
+
     def observe(self, kind: str, tokens: int, seconds: float) -> None:
-        """``tokens`` of ``kind`` ("prefill" or "decode") took ``seconds`` on the worker."""
+        """``tokens`` of ``kind`` ("prefill" or "decode") took ``seconds`` on the worker.
+
+        A "decode" observation is one pass: ``tokens`` streams advanced one token each.
+        """
         if not self._learn or tokens <= 0 or seconds <= 0:
             return
         if kind == "prefill":
             if tokens < self.MIN_PREFILL_TOKENS:
                 return
             seconds = max(seconds - self._spt["decode"], seconds / 2)  # net of the pass's fixed part
-        spt = seconds / tokens
+        if kind == "decode":
+            self._average("step", seconds)
+        self._average(kind, seconds / tokens)
+
+    def _average(self, kind: str, spt: float) -> None:
         with self._lock:
             avg = self._avg[kind]
             for i, a in enumerate(self._alphas):
@@ -109,6 +146,10 @@ class Rates:
         """Model time for ``prefill_tokens`` in one pass (its fixed part priced as a decode step) and the decode."""
         fixed = self._spt["decode"] if prefill_tokens else 0.0
         return fixed + prefill_tokens * self._spt["prefill"] + decode_tokens * self._spt["decode"]
+
+    def latency(self, prefill_tokens: int, decode_tokens: int) -> float:
+        """The least time a request of this cost takes however little else runs: its prefill, one pass per token."""
+        return self.seconds(prefill_tokens, 0) + decode_tokens * self._spt["step"]
 
 
 @dataclass(eq=False)
@@ -173,7 +214,9 @@ class Admission:
             return sum(self.outstanding(express_only=True).values()) + own + self.rates.seconds(step_tokens, 0)
         owed = self.outstanding()
         mine = owed.pop(tenant, 0.0) + own
-        return mine + sum(min(w, mine) for w in owed.values())
+        shared = mine + sum(min(w, mine) for w in owed.values())
+        # Work is priced at the batched (aggregate) decode rate; a reply still takes a pass per token.
+        return max(shared, self.rates.latency(cost.prefill_tokens, cost.decode_tokens))
 
     def admit(
         self, tenant: str, cost: Cost, seconds_left: float | None, express: bool = False, step_tokens: int = 0

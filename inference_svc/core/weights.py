@@ -149,9 +149,13 @@ class Linear:
     #: Fewer rows than this go through ``kernel`` even where a dense copy exists (more with AMX).
     kernel_rows: int = DENSE_MIN_ROWS
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` is 2-D ``[rows, in_features]`` in the compute dtype."""
-        rows = x.shape[0]
+    def __call__(self, x: torch.Tensor, as_rows: int | None = None) -> torch.Tensor:
+        """``x`` is 2-D ``[rows, in_features]`` in the compute dtype.
+
+        ``as_rows``: choose the kernel as for that many rows (a decode batch passes 1, so each of its rows,
+        one per stream, takes the path it takes alone instead of the dense copy several rows would take).
+        """
+        rows = x.shape[0] if as_rows is None else as_rows
         if self.native is not None and self.kernel is not None and rows < self.kernel_rows:
             y = self.kernel(x, self.native, self.out_features)
             return y if self.bias is None else y.add_(self.bias)

@@ -7,10 +7,18 @@ the same cores. So exactly one thread runs model code.
 Two kinds of job:
 
 - *calls* run to completion (a classify batch, loading, warm-up);
-- *streams* are generators (a chat reply) advanced one item (token) at a
-  time. Between two tokens of the active streams the worker runs every
-  waiting call, so a classify request waits for at most one decode step, not
-  for a whole reply, and several chats interleave token by token.
+- *streams* are generators (a chat reply) advanced step by step. Between two
+  steps the worker runs every waiting call, so a classify request waits for
+  at most one step, not for a whole reply.
+
+Decode is batched across streams (continuous batching): a stream that needs
+a decode pass yields a :class:`~.scheduling.Step` carrying a
+:class:`~.scheduling.BatchPart` and is parked; once every active stream has
+parked (or done one prefill chunk, or finished), the worker runs one pass
+for all parked parts of the same ``run`` (one forward with a row per stream)
+and resumes them. So each round advances every decoding stream by one token
+in one forward, and a stream joins (its prefill done) or leaves (finished,
+cancelled) between rounds.
 
 Between any two steps of any stream the worker runs every waiting call, so a
 short classify waits for at most one step: one decode token, or one prefill
@@ -38,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from inference_svc.core.metrics import METRICS
-from inference_svc.core.scheduling import DEFAULT_TENANT, Rates, Step, Ticket
+from inference_svc.core.scheduling import DEFAULT_TENANT, BatchPart, Rates, Step, Ticket
 from reprise.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,8 @@ class _Job:
     tenant: str = DEFAULT_TENANT
     #: Counted down as the stream's steps finish (see :class:`~.scheduling.Admission`).
     ticket: Ticket | None = None
+    #: The shared pass the stream waits for (parked) before its next step.
+    part: BatchPart | None = None
 
 
 class ModelWorker:
@@ -82,6 +92,9 @@ class ModelWorker:
         #: When the worker last finished something (a step, a call) or woke up: a step is timed from here.
         self._mark = time.perf_counter()
         self._closing = False
+        #: Decode tokens of the current round and the seconds they took (their steps and shared passes).
+        self._decode_tokens = 0
+        self._decode_seconds = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -117,11 +130,54 @@ class ModelWorker:
                     self._active.append(self._next_waiting())
                 self._publish()
             self._run_calls()
-            for job in list(self._active):
-                self._run_calls()  # before every step: a call waits for one step, not one per active stream
-                if not self._step(job):
-                    self._active.remove(job)
+            self._round()
             METRICS.active_streams.set(len(self._active))
+
+    def _round(self) -> None:
+        """Every active stream once: up to its next pass (parked), one prefill chunk, or its end; then the passes."""
+        self._decode_tokens, self._decode_seconds = 0, 0.0
+        for job in list(self._active):
+            while True:
+                self._run_calls()  # before every step: a call waits for one step, not one per active stream
+                more, worked = self._step(job)
+                if not more:
+                    self._active.remove(job)
+                    break
+                if worked or job.part is not None:
+                    break  # it computed (a chunk, a token) or waits for its pass: the other streams' turn
+        parked = [job for job in self._active if job.part is not None]
+        if parked:
+            self._run_calls()
+            self._run_passes(parked)
+        if self._decode_tokens:
+            # A round's decode: its passes plus each stream's own step (sampling, detokenizing).
+            self.rates.observe("decode", self._decode_tokens, self._decode_seconds)
+
+    def _run_passes(self, parked: list[_Job]) -> None:
+        """One call of each ``run`` for the parked streams waiting on it; they resume in the next round."""
+        groups: dict[Any, list[_Job]] = {}
+        for job in parked:
+            if job.cancelled.is_set():
+                self._finish(job)  # closed before its pass: no row is computed for nobody
+                self._active.remove(job)
+            else:
+                assert job.part is not None
+                groups.setdefault(job.part.run, []).append(job)
+        for run, jobs in groups.items():
+            start = time.perf_counter()
+            try:
+                run([job.part for job in jobs])
+            except Exception as exc:  # the whole pass failed: every stream in it gets the error
+                for job in jobs:
+                    job.deliver(False, exc)
+                    self._finish(job)
+                    self._active.remove(job)
+                continue
+            finally:
+                self._mark = time.perf_counter()
+            self._decode_seconds += self._mark - start
+            for job in jobs:
+                job.part = None
 
     def _next_waiting(self) -> _Job:
         """Round-robin between tenants (under the lock): the first tenant's oldest stream; it moves last."""
@@ -156,8 +212,8 @@ class ModelWorker:
         except BaseException:  # the job reports its own errors; this is a bug guard
             log.exception("model worker job crashed")
 
-    def _step(self, job: _Job) -> bool:
-        """Advance a stream by one item; False when it is finished."""
+    def _step(self, job: _Job) -> tuple[bool, bool]:
+        """Advance a stream by one item: (whether it goes on, whether the step computed tokens)."""
         try:
             if job.iterator is None:
                 job.iterator = job.run()
@@ -169,34 +225,44 @@ class ModelWorker:
             # and the hand-off between steps counts too (under load it can double the time per token).
             now = time.perf_counter()
             seconds, self._mark = now - self._mark, now
+            worked = False
             if isinstance(item, Step):
                 self._account(job, item, seconds)
+                job.part = item.batch
+                worked = bool(item.prefill_tokens or item.decode_tokens)
                 if item.item is None:
-                    return True
+                    return True, worked
                 item = item.item
             job.deliver(True, item)
-            return True
+            return True, worked
         except StopIteration:
             pass
         except Exception as exc:  # passed back as a value: the worker survives
             job.deliver(False, exc)
         except BaseException:
             log.exception("model worker stream crashed")
+        self._finish(job)
+        return False, False
+
+    def _finish(self, job: _Job) -> None:
+        """Close a stream (its generator's cleanup runs, e.g. storing its KV) and tell its consumer it ended."""
+        job.part = None
         if job.iterator is not None:
             try:
-                job.iterator.close()  # runs the generator's cleanup (e.g. storing its KV)
+                job.iterator.close()
             except Exception:
                 log.exception("closing a stream failed")
         job.deliver(True, _END)
         self._mark = time.perf_counter()
-        return False
 
     def _account(self, job: _Job, step: Step, seconds: float) -> None:
-        # A step does one kind of work (a prefill chunk or one decode token), so its time prices that kind.
+        # A prefill step is one chunk, so its time prices prefill. A decode token's time is summed over the
+        # round with the passes it shares (see _round): a batched pass prices all its streams' tokens at once.
         if step.prefill_tokens and not step.decode_tokens:
             self.rates.observe("prefill", step.prefill_tokens, seconds)
         elif step.decode_tokens and not step.prefill_tokens:
-            self.rates.observe("decode", step.decode_tokens, seconds)
+            self._decode_tokens += step.decode_tokens
+            self._decode_seconds += seconds
         if job.ticket is not None:
             job.ticket.progress(step.prefill_tokens, step.decode_tokens)
 

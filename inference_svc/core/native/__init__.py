@@ -408,6 +408,12 @@ class DecodeOps:
         self._step = lib.reprise_decode_step
         self._step.argtypes = [ctypes.POINTER(_Layer), i, p] + [i] * 5 + [ctypes.c_float] + [p] * 4 + [i] * 4 + [p, i, i]
         self._step.restype = i
+        self._batch = lib.reprise_decode_batch
+        self._batch.argtypes = [ctypes.POINTER(_Layer), i, p] + [i] * 5 + [ctypes.c_float] + [p] * 6 + [i] * 2 + [p, i, i]
+        self._batch.restype = i
+        self._batch_scratch = lib.reprise_decode_batch_scratch
+        self._batch_scratch.argtypes = [i] * 5 + [p] + [i] * 2
+        self._batch_scratch.restype = ctypes.c_size_t
         self._step_scratch = lib.reprise_decode_step_scratch
         self._step_scratch.argtypes = [i] * 7
         self._step_scratch.restype = ctypes.c_size_t
@@ -479,6 +485,42 @@ class DecodeOps:
                             plan.kernel_arg, scratch.data_ptr(), torch.get_num_threads(), int(self.simd))
         if failed:
             raise MemoryError("decode step: a kernel had no memory for its buffers")
+
+    def step_batch(
+        self, plan: StepPlan, x: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: list[int],
+        cos: torch.Tensor, sin: torch.Tensor, heads: int, eps: float,
+    ) -> None:
+        """One decode token of each of ``m`` sequences (continuous batching): row ``r`` of the residual ``x``
+        (fp32 ``[m, hidden]``, updated in place) is the next token of the sequence whose caches are ``ks[r]`` /
+        ``vs[r]`` (``[layers, kv_heads, capacity_r, d]``), at position ``positions[r]``; ``cos``/``sin`` hold each
+        row's table row ``[m, d]``. The matmuls take the m rows at once; norms, attention (each row over its own
+        cache) and SiLU run row by row, so every row gets the bits :meth:`step` gives it alone."""
+        m, hidden = x.shape
+        if not (len(ks) == len(vs) == len(positions) == m) or cos.shape != (m, cos.shape[1]) or sin.shape != cos.shape:
+            raise ValueError(f"decode batch: {m} rows need {m} caches, positions and table rows")
+        if not x.is_contiguous():
+            raise ValueError("decode batch: the residual must be contiguous")
+        d = cos.shape[1]
+        for k, v, at in zip(ks, vs, positions):
+            if k.shape != v.shape or k.shape[0] != len(plan.layers) or k.shape[3] != d or at >= k.shape[2]:
+                raise ValueError(f"decode batch: a cache {tuple(k.shape)} does not take position {at}")
+            if not (k.is_contiguous() and v.is_contiguous()) or k.dtype != plan.dtype or v.dtype != plan.dtype:
+                raise ValueError("decode batch: every cache must be contiguous and in the compute dtype")
+        kv_heads = ks[0].shape[1]
+        pointers = ctypes.c_void_p * m
+        kp, vp = pointers(*(k.data_ptr() for k in ks)), pointers(*(v.data_ptr() for v in vs))
+        caps = (ctypes.c_int * m)(*(k.shape[2] for k in ks))
+        pos = (ctypes.c_int * m)(*positions)
+        threads = torch.get_num_threads()
+        size = self._batch_scratch(hidden, heads, kv_heads, d, plan.gate_up, ctypes.cast(pos, ctypes.c_void_p), m, threads)
+        scratch = torch.empty(size, dtype=torch.float32)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        failed = self._batch(plan.layers, len(plan.layers), x.data_ptr(), m, hidden, heads, kv_heads, d, eps,
+                             cos.data_ptr(), sin.data_ptr(), ctypes.cast(kp, ctypes.c_void_p), ctypes.cast(vp, ctypes.c_void_p),
+                             ctypes.cast(caps, ctypes.c_void_p), ctypes.cast(pos, ctypes.c_void_p), _DTYPES[plan.dtype],
+                             plan.kernel_arg, scratch.data_ptr(), threads, int(self.simd))
+        if failed:
+            raise MemoryError("decode batch: a kernel had no memory for its buffers")
 
     def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` for one row ``gu = [gate | up]``."""

@@ -517,3 +517,96 @@ size_t reprise_decode_step_scratch(int hidden, int heads, int kv_heads, int d, i
     return reprise_decode_attention_scratch(heads, d, pos + m - 1) +
            (size_t)m * step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
 }
+
+/* ---- one decode token of each of m sequences, in one call (continuous batching) ----
+ * As reprise_decode_step for one token, but row r is the next token of its own sequence: its K/V caches
+ * (k_caches[r], v_caches[r], [n_layers, kv_heads, caps[r], d]) and its position (pos[r]); cos/sin hold each
+ * row's table row. The norms, SiLU and residual adds run row by row and the matmuls take the m rows at once,
+ * as in reprise_decode_step; each row's attention is the one-token path's attend over its own cache. So a
+ * row gets the bits it gets stepped alone wherever the kernel's product of a row does not depend on the other
+ * rows of its call (every path of both kernels here; tested). scratch: reprise_decode_batch_scratch() floats.
+ * Returns 0, 1 (d too large) or -1 (no memory). */
+static int attend_batch(const char *qkv, const char *cos, const char *sin, void *const *kcs, void *const *vcs,
+                        const int *caps, const int *pos, size_t layer_offset_elems, int m, int heads, int kv_heads,
+                        int d, int dt, char *out, float *work, size_t per, int threads, int simd) {
+    size_t esize = dt == DT_BF16 ? 2 : 4, nqkv = (size_t)(heads + 2 * kv_heads) * d, nq = (size_t)heads * d;
+    if (d > 256) return 1;
+    if (!grouped_attention(heads, kv_heads, d, simd)) {
+        for (int r = 0; r < m; r++) {
+            size_t off = layer_offset_elems * caps[r] * esize;
+            int rc = reprise_decode_attention(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize,
+                                              (char *)kcs[r] + off, (char *)vcs[r] + off, caps[r], pos[r], heads, kv_heads,
+                                              d, dt, out + r * nq * esize, work, threads, simd);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    long long scores = 0;
+    for (int r = 0; r < m; r++) {
+        size_t off = layer_offset_elems * caps[r] * esize;
+        write_kv(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize, (char *)kcs[r] + off,
+                 (char *)vcs[r] + off, caps[r], pos[r], heads, kv_heads, d, dt);
+        scores += (long long)(pos[r] + 1) * heads;
+    }
+    int tasks = m * kv_heads, team = scores >= 2048 ? (threads < tasks ? threads : tasks) : 1;
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1)
+    for (int t = 0; t < tasks; t++) {
+        int r = t / kv_heads;
+        size_t off = layer_offset_elems * caps[r] * esize;
+        attend_kv_head(qkv + r * nqkv * esize, cos + (size_t)r * d * esize, sin + (size_t)r * d * esize,
+                       (char *)kcs[r] + off, (char *)vcs[r] + off, caps[r], pos[r], heads, kv_heads, d, dt,
+                       out + r * nq * esize, t % kv_heads, work + (size_t)omp_get_thread_num() * per);
+    }
+    return 0;
+}
+
+static int max_pos(const int *pos, int m) {
+    int top = 0;
+    for (int r = 0; r < m; r++) top = pos[r] > top ? pos[r] : top;
+    return top;
+}
+
+size_t reprise_decode_batch_scratch(int hidden, int heads, int kv_heads, int d, int gate_up, const int *pos, int m,
+                                    int threads) {
+    size_t per = (size_t)(heads / kv_heads) * (max_pos(pos, m) + 1 + 2 * d);
+    size_t attention = reprise_decode_attention_scratch(heads, d, max_pos(pos, m));
+    size_t parallel = (size_t)(threads > 0 ? threads : 1) * per;
+    return (attention > parallel ? attention : parallel) + (size_t)m * step_buffer(hidden, (heads + 2 * kv_heads) * d, heads * d, gate_up);
+}
+
+int reprise_decode_batch(const struct reprise_layer *layers, int n_layers, float *x, int m, int hidden, int heads,
+                         int kv_heads, int d, float eps, const void *cos, const void *sin, void *const *k_caches,
+                         void *const *v_caches, const int *caps, const int *pos, int dt, int kernel_arg, float *scratch,
+                         int threads, int simd) {
+    size_t esize = dt == DT_BF16 ? 2 : 4;
+    int nqkv = (heads + 2 * kv_heads) * d, nq = heads * d;
+    size_t per = (size_t)(heads / kv_heads) * (max_pos(pos, m) + 1 + 2 * d);
+    size_t attention = reprise_decode_attention_scratch(heads, d, max_pos(pos, m));
+    size_t parallel = (size_t)(threads > 0 ? threads : 1) * per;
+    char *h = (char *)(scratch + (attention > parallel ? attention : parallel));
+    char *y = h + (size_t)m * hidden * esize, *qkv = y + (size_t)m * hidden * esize;
+    char *attn = qkv + (size_t)m * nqkv * esize, *gu = attn + (size_t)m * nq * esize;
+    for (int i = 0; i < n_layers; i++) {
+        const struct reprise_layer *l = layers + i;
+        int ngu = l->gate_up.n, half = ngu / 2;
+        char *act = gu + (size_t)m * ngu * esize;
+        for (int r = 0; r < m; r++)
+            reprise_add_rmsnorm(x + (size_t)r * hidden, NULL, dt, l->ln1, h + (size_t)r * hidden * esize, dt, hidden, eps);
+        int rc = linear(&l->qkv, h, qkv, m, dt, kernel_arg, threads);
+        /* layer i of a cache [n_layers, kv_heads, cap, d] starts kv_heads * d * cap elements per layer in */
+        if (!rc)
+            rc = attend_batch(qkv, (const char *)cos, (const char *)sin, k_caches, v_caches, caps, pos,
+                              (size_t)i * kv_heads * d, m, heads, kv_heads, d, dt, attn, scratch, per, threads, simd);
+        if (!rc) rc = linear(&l->o, attn, y, m, dt, kernel_arg, threads);
+        if (rc) return rc;
+        for (int r = 0; r < m; r++)
+            reprise_add_rmsnorm(x + (size_t)r * hidden, y + (size_t)r * hidden * esize, dt, l->ln2,
+                                h + (size_t)r * hidden * esize, dt, hidden, eps);
+        if ((rc = linear(&l->gate_up, h, gu, m, dt, kernel_arg, threads))) return rc;
+        for (int r = 0; r < m; r++)
+            reprise_silu_mul(gu + (size_t)r * ngu * esize, half, dt, act + (size_t)r * half * esize, simd);
+        if ((rc = linear(&l->down, act, y, m, dt, kernel_arg, threads))) return rc;
+        for (size_t j = 0; j < (size_t)m * hidden; j++) x[j] += load(y, j, dt);
+    }
+    return 0;
+}

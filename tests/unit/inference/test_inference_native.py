@@ -68,6 +68,24 @@ def test_the_avx512_kernel_serves_exactly_where_the_cpu_has_avx512_bf16(library:
             Int4Kernel(library, fast=True)
 
 
+@pytest.mark.parametrize("rows", [2, 3, 4, 5, 8, 9, 16, 17, 33])
+def test_several_rows_on_the_avx512_path_give_each_rows_bits_alone(library: Path, rows: int) -> None:
+    """A decode batch (one row per stream) converts each weight once for all rows; every row's product is still
+    the one it gets alone, bit for bit, so a stream's reply does not depend on who shares its pass. Row counts
+    cover each tile shape (4, 2 and 1 blocks per pass) and tiles of 16 plus a remainder."""
+    kernel = Int4Kernel(library)
+    if not kernel.fast or kernel.amx:  # no AVX512-BF16 here; AMX machines take another path for several rows (below)
+        assert kernel.amx or "avx512_bf16" not in _cpu_flags()
+        return
+    q4, sz, deq = _int4(192, 896)
+    packed = kernel.pack(q4, sz)
+    x = torch.randn(rows, 896, generator=torch.Generator().manual_seed(rows)).bfloat16()
+    y = kernel(x, packed, 192)
+    alone = torch.cat([kernel(x[r : r + 1], packed, 192) for r in range(rows)])
+    assert torch.equal(y, alone)
+    _close_to_exact(y, x.float() @ deq.t())
+
+
 @pytest.mark.parametrize("rows", [2, 16, 17, 40, 64, 65, 130])
 def test_the_amx_path_multiplies_several_rows_where_the_cpu_has_amx(library: Path, rows: int) -> None:
     """2+ rows go through AMX tiles in chunks of 16 rows and passes of 64: every chunk edge is covered."""
