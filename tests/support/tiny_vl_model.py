@@ -42,15 +42,20 @@ MAX_PIXELS = 112 * 112
 MIN_PIXELS = 28 * 28
 
 
-def build_tiny_vl_model(target: Path, *, seed: int = 0) -> Path:
-    """Write a tiny Qwen2VLForConditionalGeneration + tokenizer + image processor directory to ``target``."""
+def build_tiny_vl_model(target: Path, *, seed: int = 0, model_type: str = "qwen2_vl") -> Path:
+    """Write a tiny Qwen2-VL (or, with ``model_type="qwen2_5_vl"``, Qwen2.5-VL) + tokenizer + image processor to ``target``.
+
+    Qwen2.5-VL's vision tower differs (windowed attention with full-attention blocks, SwiGLU MLPs, its own
+    output width); its prompt, image processor and M-RoPE are Qwen2-VL's.
+    """
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     fast = _tokenizer(target)
     ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = 16
-    config = Qwen2VLConfig(
+    config = AutoConfig.for_model(
+        model_type,
         text_config=dict(
             vocab_size=len(fast),
             hidden_size=4 * head_dim,
@@ -66,10 +71,7 @@ def build_tiny_vl_model(target: Path, *, seed: int = 0) -> Path:
             pad_token_id=fast.pad_token_id,
             bos_token_id=None,
         ),
-        vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=4 * head_dim, num_heads=2, mlp_ratio=2,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.3,
-        ),
+        vision_config=_vision_config(model_type, text_hidden=4 * head_dim),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -80,7 +82,7 @@ def build_tiny_vl_model(target: Path, *, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval()
     model.save_pretrained(target)
     (target / "preprocessor_config.json").write_text(
         json.dumps(
@@ -100,6 +102,18 @@ def build_tiny_vl_model(target: Path, *, seed: int = 0) -> Path:
         )
     )
     return target
+
+
+def _vision_config(model_type: str, text_hidden: int) -> dict[str, Any]:
+    common = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.3)
+    if model_type == "qwen2_vl":
+        return dict(depth=1, embed_dim=32, hidden_size=text_hidden, num_heads=2, mlp_ratio=2, **common)
+    if model_type == "qwen2_5_vl":  # one windowed block (56-pixel windows: 2x2 merged patches) and one full one
+        return dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text_hidden,
+            window_size=56, fullatt_block_indexes=[1], **common,
+        )
+    raise ValueError(f"no tiny vision config for {model_type!r}")
 
 
 def _tokenizer(target: Path) -> Any:

@@ -1,5 +1,5 @@
-"""Vision-language models on the generic path: a tiny random Qwen2-VL built from a config answers image + text
-chats exactly as transformers does, over gRPC too; a text-only model refuses images; bad files are refused."""
+"""Vision-language models on the generic path: tiny random Qwen2-VL and Qwen2.5-VL built from a config answer
+image + text chats exactly as transformers does, over gRPC too; a text-only model refuses images; bad files are refused."""
 
 from __future__ import annotations
 
@@ -43,6 +43,16 @@ def engine(vl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return e
 
 
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def any_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """An engine serving a tiny Qwen2-VL, then one serving a tiny Qwen2.5-VL (another vision tower)."""
+    model = build_tiny_vl_model(tmp_path_factory.mktemp(request.param) / request.param, model_type=request.param)
+    e = Engine(EngineConfig(model=str(model), cache_dir=tmp_path_factory.mktemp("any-vl-cache"), max_new_tokens=12))
+    e.load()
+    e.warm_up()
+    return e
+
+
 def _reply(engine: Engine, text: str, pictures: vision.Pictures | None, history: tuple[Turn, ...] = ()) -> tuple[str, object]:
     """Our greedy reply (text) and its last chunk."""
     steps = engine.chat_steps(history, text, None, GREEDY, threading.Event(), images=pictures, remember=False)
@@ -75,7 +85,8 @@ def test_a_vl_directory_is_recognised_and_served_by_its_own_class(engine: Engine
 
 
 @pytest.mark.parametrize("images", [(RED,), (BLUE,), (RED, BLUE)], ids=["red", "blue-wide", "two"])
-def test_image_chat_matches_transformers_greedy_token_for_token(engine: Engine, images: tuple[bytes, ...]) -> None:
+def test_image_chat_matches_transformers_greedy_token_for_token(any_engine: Engine, images: tuple[bytes, ...]) -> None:
+    engine = any_engine
     pictures = engine.model.prepare(decode_images(images))
     ours, last = _reply(engine, QUESTION, pictures)
     assert ours == _transformers_reply(engine, QUESTION, pictures)
@@ -84,7 +95,8 @@ def test_image_chat_matches_transformers_greedy_token_for_token(engine: Engine, 
     assert last.usage.cached_tokens > 0
 
 
-def test_history_turns_before_an_image_message(engine: Engine) -> None:
+def test_history_turns_before_an_image_message(any_engine: Engine) -> None:
+    engine = any_engine
     history = (Turn(Role.USER, "hello"), Turn(Role.ASSISTANT, "hi, how can I help?"))
     pictures = engine.model.prepare(decode_images([RED]))
     ours, _ = _reply(engine, QUESTION, pictures, history)
