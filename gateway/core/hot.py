@@ -121,6 +121,7 @@ class HotLayer:
             return False
         if request in self._slots:
             self._remove(request)
+        request = request.without_image_bytes()  # kept for minutes: its pictures' digests identify it
         self._slots[request] = _Slot(entry, request, self._clock())
         self._by_key.setdefault(entry.key, set()).add(request)
         while len(self._slots) > self._config.max_entries:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 
 from reprise.domain import Answer, Decoding, Finish, SentimentResult, Turn, Usage
 
@@ -81,8 +82,20 @@ class CacheRequest:
     system_prompt: str = ""
     history: tuple[Turn, ...] = ()
     decoding: Decoding = field(default_factory=Decoding)
-    #: Encoded pictures of the new message (the cache keys them by their decoded pixels).
-    images: tuple[bytes, ...] = ()
+    #: Encoded pictures of the new message, sent to the cache (which keys their decoded pixels) and to
+    #: inference. Not part of equality: :attr:`image_ids` stands for them, so a request kept as a
+    #: hot-layer key (:meth:`without_image_bytes`) need not hold megabytes of pictures.
+    images: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    #: SHA-256 of each picture's bytes, in order (filled in from ``images`` when not given).
+    image_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images and not self.image_ids:
+            object.__setattr__(self, "image_ids", tuple(hashlib.sha256(image).hexdigest() for image in self.images))
+
+    def without_image_bytes(self) -> CacheRequest:
+        """The same request (equal, same hash) without the pictures' bytes: for keys kept long."""
+        return replace(self, images=()) if self.images else self
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ MODEL = ModelIdentity("tiny", "r1")
 def key_of(request: CacheRequest) -> str:
     """Stand-in for the cache's exact key: case and outer whitespace do not matter."""
     raw = repr((request.namespace, request.task, request.text.strip().lower(), request.system_prompt,
-                request.history, request.decoding, request.model))
+                request.history, request.decoding, request.model, request.image_ids))
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -115,6 +115,7 @@ class FakeInference:
         self.gate: asyncio.Event | None = None
         self.fail_after: int | None = None  # chat: raise after this many pieces
         self.timeouts: list[float | None] = []
+        self.images: list[tuple[bytes, ...]] = []  # chat: the pictures each call was given
 
     async def classify(self, text: str, timeout_s: float | None) -> tuple[SentimentResult, Usage]:
         self.classify_calls += 1
@@ -134,6 +135,7 @@ class FakeInference:
         images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[InferenceChunk]:
         self.chat_calls += 1
+        self.images.append(images)
         self.timeouts.append(timeout_s)
         if self.gate is not None:
             await self.gate.wait()
