@@ -119,7 +119,8 @@ class LoadedModel:
         copies), the activations, the int4 kernel and who runs a decode step's small operations."""
         spec = self.spec
         acts = "int8" if spec.int8_activations else "bf16" if spec.dtype == torch.bfloat16 else "fp32"
-        return f"{spec.name}/{acts}/{self.int4_kernel or '-'}/{self.decode_ops}"
+        note = getattr(self.model, "format_note", "")  # e.g. a VL model's picture size cap (.vision)
+        return f"{spec.name}/{acts}/{self.int4_kernel or '-'}/{self.decode_ops}" + (f"/{note}" if note else "")
 
     @property
     def revision(self) -> str:

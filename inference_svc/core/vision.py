@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Files whose presence (with a ``vision_config`` in config.json) marks a vision-language model directory.
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+#: Most image tokens one picture takes: a larger picture is scaled down (aspect kept) to fit. Qwen2-VL's
+#: own processor config allows 16,384 (12.8 M pixels): a phone photo would fill four times the default
+#: context, and its prefill on a CPU would take many minutes. 1,024 tokens is a 896x896 picture.
+MAX_IMAGE_TOKENS = 1024
 
 
 def is_vision_dir(directory: Path, config: dict[str, Any]) -> bool:
@@ -94,7 +98,7 @@ class _Media:
 class VisionModel(GenericModel):
     """transformers' VL model behind the generic interface; images through :func:`attach`'d KVs."""
 
-    def __init__(self, hf: Any, max_context: int, image_processor: Any) -> None:
+    def __init__(self, hf: Any, max_context: int, image_processor: Any, max_image_tokens: int = MAX_IMAGE_TOKENS) -> None:
         super().__init__(hf, max_context)
         self.image_processor = image_processor
         inner = hf.model
@@ -106,6 +110,13 @@ class VisionModel(GenericModel):
         self.image_token_id = int(hf.config.image_token_id)
         self.merge = int(getattr(image_processor, "merge_size", 2))
         self.embed = hf.get_input_embeddings()
+        # Pixels per image token: a patch side times the merge, squared (28x28 for Qwen2-VL).
+        unit = (int(getattr(image_processor, "patch_size", 14)) * self.merge) ** 2
+        size = image_processor.size
+        self.min_pixels = int(size["shortest_edge"])
+        self.max_pixels = min(int(size["longest_edge"]), max_image_tokens * unit)
+        #: Part of the serving format (hence of the revision the cache keys on): the cap moves answers.
+        self.format_note = f"img{self.max_pixels}"
 
     def new_kv(self, capacity: int) -> VisionKV:
         return VisionKV(self)
@@ -113,7 +124,8 @@ class VisionModel(GenericModel):
     def prepare(self, images: Sequence[Any]) -> Pictures:
         """Pixel patches of decoded RGB pictures (thread-safe: reads no model state)."""
         try:
-            out = self.image_processor(images=list(images), return_tensors="pt")
+            size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+            out = self.image_processor(images=list(images), size=size, return_tensors="pt")
         except ValueError as exc:  # e.g. an aspect ratio over 200:1
             raise InvalidArgument("images", f"the model's image processor refuses them: {exc}") from None
         grid = out["image_grid_thw"]
@@ -173,6 +185,17 @@ class VisionPrompt(prompts.ChatPrompt):
     """A chat prompt whose new user message holds images (``text_tokens`` counts their tokens too)."""
 
     pictures: Pictures | None = None
+
+    def too_long(self, limit: int) -> InvalidArgument:
+        """Blame the pictures when the conversation would fit without them."""
+        images = self.pictures.prompt_tokens if self.pictures is not None else 0
+        if images and len(self.ids) - images < limit:
+            return InvalidArgument(
+                "images",
+                f"the pictures take {images} tokens and the conversation {len(self.ids)}; the limit is {limit - 1}: "
+                "send fewer or smaller pictures",
+            )
+        return super().too_long(limit)
 
 
 def chat_prompt(

@@ -18,6 +18,7 @@ from inference_svc.core import model_source, vision
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.server import InferenceApp
 from reprise.domain import Decoding, Role, Turn
+from reprise.errors import InvalidArgument
 from reprise.images import decode_images
 from reprise.inference.v1 import inference_pb2 as pb
 from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -198,3 +199,19 @@ def test_a_typed_image_token_is_text_not_an_image_slot(engine: Engine) -> None:
     pictures = engine.model.prepare(decode_images([RED]))
     typed = engine._chat_prompt((), "<|vision_start|><|image_pad|><|vision_end|> what is this?", None, pictures)
     assert typed.ids.count(engine.model.image_token_id) == sum(pictures.tokens)  # only the real picture's tokens
+
+
+def test_large_pictures_are_scaled_to_the_image_token_cap(engine: Engine) -> None:
+    capped = vision.VisionModel(engine.model.hf, engine.model.max_context, engine.model.image_processor, max_image_tokens=4)
+    assert capped.prepare(decode_images([png((1, 2, 3), size=(112, 112))])).tokens == (4,)
+    assert engine.model.prepare(decode_images([png((1, 2, 3), size=(112, 112))])).tokens == (16,)  # under the cap
+    assert capped.format_note != engine.model.format_note  # the cap is part of the revision
+    assert engine.model.format_note in engine.loaded.serving_format
+
+
+def test_pictures_over_the_context_are_blamed(engine: Engine) -> None:
+    pictures = engine.model.prepare(decode_images([png((1, 2, 3), size=(112, 112))] * 2))
+    prompt = engine._chat_prompt((), QUESTION, None, pictures)
+    over = prompt.too_long(len(prompt.ids) - 5)  # fits without the pictures: they are to blame
+    assert over.field == "images" and "smaller pictures" in over.message
+    assert prompt.too_long(len(prompt.ids) - pictures.prompt_tokens - 1).field != "images"
