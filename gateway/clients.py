@@ -55,7 +55,8 @@ def _downstream(service: str, err: grpc.aio.AioRpcError) -> ServiceError:
 def model_identity_from_pb(info: inference_pb2.ModelInfoResponse) -> ModelIdentity:
     """The model as the cache keys it: the prompts shape answers as much as the weights do."""
     revision = f"{info.revision}+{info.prompts_revision}" if info.prompts_revision else info.revision
-    return ModelIdentity(info.model_id, revision)
+    takes_images = info.takes_images if info.HasField("takes_images") else None
+    return ModelIdentity(info.model_id, revision, takes_images)
 
 
 def _cache_error(err: grpc.aio.AioRpcError) -> CacheError:

@@ -105,4 +105,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             prompts_revision=d.prompts_revision,
             int4_kernel=d.int4_kernel,
             decode_ops=d.decode_ops,
+            takes_images=self._service.takes_images,
         )

@@ -43,7 +43,7 @@ from gateway.core.types import (
 )
 from reprise import tracing
 from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
-from reprise.errors import Unavailable
+from reprise.errors import InvalidArgument, Unavailable
 from reprise.images import check_files
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Gateway:
         with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
-            check_files(images)
+            self._check_images(images)
             return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
 
     async def chat_stream(
@@ -203,7 +203,7 @@ class Gateway:
         with self.requests.slot(tenant):
             self.validate.chat(history, text, system_prompt, decoding)
             self.validate.policy(policy)
-            check_files(images)
+            self._check_images(images)
             async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s, images):
                 yield delta
 
@@ -273,6 +273,12 @@ class Gateway:
         )
 
     # -- the flow ---------------------------------------------------------------------------
+
+    def _check_images(self, images: tuple[bytes, ...]) -> None:
+        """Refuse pictures a text-only model would refuse anyway, before the cache decodes them; then the caps."""
+        if images and self._model is not None and self._model.takes_images is False:
+            raise InvalidArgument("images", f"model {self._model.model_id} takes no images")
+        check_files(images)
 
     def _request(self, tenant: str, task: str, text: str, **kw: object) -> CacheRequest:
         if self._model is None:

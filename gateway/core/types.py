@@ -64,6 +64,9 @@ class Policy:
 class ModelIdentity:
     model_id: str
     revision: str
+    #: Whether the model takes images; None when inference did not say. Not part of equality: the
+    #: revision already tells two models apart, and this identity is part of every cache key.
+    takes_images: bool | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

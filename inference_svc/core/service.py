@@ -220,6 +220,12 @@ class InferenceService:
         finally:
             self.admission.release(ticket)
 
+    @property
+    def takes_images(self) -> bool:
+        """The loaded model is a vision-language one (Chat's ``images`` are served)."""
+        self._check_ready()
+        return vision.takes_images(self._engine.model)
+
     def _check_takes_images(self, images: Sequence[bytes]) -> None:
         """Images need a vision-language model; then the caps that need no decoding (count, bytes)."""
         if not vision.takes_images(self._engine.model):

@@ -117,6 +117,8 @@ async def test_a_text_only_model_says_it_takes_no_images(gateway_host: ServiceHo
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Chat(pb.ChatRequest(text=unique("What is in this picture?"), images=[RED]))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "takes no images" in err.value.details()
+    # ModelInfo said so: the gateway refused itself, before the cache decoded a pixel.
+    assert err.value.details().startswith("images: model ")
 
 
 async def test_the_sdk_sends_images(vl_gateway: ServiceHost) -> None:

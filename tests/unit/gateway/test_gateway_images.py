@@ -94,3 +94,20 @@ async def test_bad_pictures_are_refused_before_the_cache_is_asked(world, images,
         async for _ in gw.chat_stream("ns", (), "what is this?", None, GREEDY, Policy(), images=images):
             pass
     assert cache.lookups == 0 and inference.chat_calls == 0
+
+
+async def test_a_model_that_takes_no_images_is_refused_before_the_cache_is_asked(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    gw._model = ModelIdentity(gw.model.model_id, gw.model.revision, takes_images=False)  # noqa: SLF001 (as ModelInfo said)
+    with pytest.raises(InvalidArgument) as err:
+        await gw.chat("ns", (), "what is this?", None, GREEDY, Policy(), images=(RED,))
+    assert err.value.message == "images: model tiny takes no images"
+    assert cache.lookups == 0 and inference.chat_calls == 0
+    assert (await gw.chat("ns", (), "what is this?", None, GREEDY, Policy())).reply  # text is still served
+
+
+async def test_a_model_that_did_not_say_gets_the_pictures(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    assert gw.model.takes_images is None  # an inference server older than the field
+    await gw.chat("ns", (), "what is this?", None, GREEDY, Policy(), images=(RED,))
+    assert inference.images == [(RED,)]
