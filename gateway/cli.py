@@ -60,6 +60,9 @@ def build_parser() -> EnvArgumentParser:
         g.add_argument("--max-new-tokens", type=int)
         g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
         g.add_argument("--seed", type=int)
+        g.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (0 = no limit)")
+        g.add_argument("--min-p", type=float, help="drop tokens below this share of the likeliest one's probability")
+        g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeating tokens (1 = off)")
 
     sp = sub.add_parser("analyze", help="sentiment and a reply for one text")
     sp.add_argument("text")
@@ -92,7 +95,9 @@ def _policy(a: argparse.Namespace) -> Policy:
 
 
 def _decoding(a: argparse.Namespace) -> Decoding:
-    return Decoding(a.temperature, a.top_p, a.max_new_tokens, tuple(a.stop), a.seed)
+    return Decoding(
+        a.temperature, a.top_p, a.max_new_tokens, tuple(a.stop), a.seed, a.top_k, a.min_p, a.repetition_penalty
+    )
 
 
 def _plain(obj: Any) -> Any:

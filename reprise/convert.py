@@ -42,6 +42,9 @@ def decoding_from_pb(msg: pb.DecodingParams) -> Decoding:
         max_new_tokens=msg.max_new_tokens if msg.HasField("max_new_tokens") else None,
         stop=tuple(msg.stop),
         seed=msg.seed if msg.HasField("seed") else None,
+        top_k=msg.top_k if msg.HasField("top_k") else None,
+        min_p=msg.min_p if msg.HasField("min_p") else None,
+        repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else None,
     )
 
 
@@ -55,6 +58,12 @@ def decoding_to_pb(d: Decoding) -> pb.DecodingParams:
         msg.max_new_tokens = d.max_new_tokens
     if d.seed is not None:
         msg.seed = d.seed
+    if d.top_k is not None:
+        msg.top_k = d.top_k
+    if d.min_p is not None:
+        msg.min_p = d.min_p
+    if d.repetition_penalty is not None:
+        msg.repetition_penalty = d.repetition_penalty
     return msg
 
 

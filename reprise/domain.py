@@ -32,13 +32,19 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class Decoding:
-    """Decoding parameters; ``None`` means the serving default."""
+    """Decoding parameters; ``None`` means the serving default (the model's generation config, else off)."""
 
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    #: Sample among the ``top_k`` likeliest tokens only; 0 = no limit.
+    top_k: int | None = None
+    #: Drop tokens less likely than ``min_p`` times the likeliest one; 0 = off.
+    min_p: float | None = None
+    #: Divide the (positive) logits of tokens already in the conversation by this; 1 = off. Greedy too.
+    repetition_penalty: float | None = None
 
     @property
     def greedy(self) -> bool:

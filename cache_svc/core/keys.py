@@ -3,8 +3,10 @@
 The encoding is JSON with sorted keys and no insignificant whitespace, so it
 is stable across Python versions and readable when debugging. Text (and
 history) is normalized first (see :mod:`.normalize`); the system prompt is
-kept verbatim. For greedy decoding, sampling-only parameters (top_p, seed)
-are dropped: they cannot change a greedy answer.
+kept verbatim. For greedy decoding, sampling-only parameters (top_p, top_k,
+min_p, seed) are dropped: they cannot change a greedy answer. A set parameter
+is keyed even at its "off" value (top_p 1, repetition_penalty 1): unset means
+the model's default (its generation config), which may be something else.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ def canonical_decoding(d: Decoding) -> dict[str, object]:
         out["max_new_tokens"] = d.max_new_tokens
     if d.stop:
         out["stop"] = list(d.stop)
+    if d.repetition_penalty is not None:  # changes greedy answers too
+        out["repetition_penalty"] = round(float(d.repetition_penalty), 6)
     if not d.greedy:
         out["temperature"] = round(float(d.temperature or 0.0), 6)
-        if d.top_p is not None and d.top_p < 1.0:
+        if d.top_p is not None:
             out["top_p"] = round(float(d.top_p), 6)
+        if d.top_k is not None:
+            out["top_k"] = d.top_k
+        if d.min_p is not None:
+            out["min_p"] = round(float(d.min_p), 6)
         if d.seed is not None:
             out["seed"] = d.seed
     return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from gateway.core.types import TASKS, Policy
 from reprise.domain import Decoding, Turn
 from reprise.errors import InvalidArgument, ResourceExhausted
+from reprise.sampling import check_sampling
 from reprise.text import check_turns, check_visible
 
 
@@ -81,10 +82,7 @@ class Validator:
 
     def decoding(self, d: Decoding) -> None:
         lim = self.limits
-        if d.temperature is not None and not (math.isfinite(d.temperature) and 0.0 <= d.temperature <= 2.0):
-            raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
-        if d.top_p is not None and not (math.isfinite(d.top_p) and 0.0 < d.top_p <= 1.0):
-            raise InvalidArgument("decoding.top_p", "must be in (0, 1]")
+        check_sampling(d)
         if d.max_new_tokens is not None and not 1 <= d.max_new_tokens <= lim.max_new_tokens:
             raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {lim.max_new_tokens}]")
         if len(d.stop) > lim.max_stop_strings:

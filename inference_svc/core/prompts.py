@@ -113,15 +113,21 @@ CHAT_SYSTEM_PROMPT = (
 SCORING_VERSION = 2
 
 
-def revision(sentiment: SentimentPrompt, chat_system_prompt: str) -> str:
+def revision(
+    sentiment: SentimentPrompt, chat_system_prompt: str, decoding_defaults: dict[str, float | int] | None = None
+) -> str:
     """A short digest of the built-in prompts: answers made under other prompts are other answers.
 
     The gateway puts it into every cache key next to the weights' revision, so
     an upgrade that changes a prompt (or its calibration) never serves replies
-    or labels computed under the old one.
+    or labels computed under the old one. ``decoding_defaults``: the model's
+    generation-config defaults in force (:func:`.generation.describe`); none
+    leaves the digest as it was before they existed.
     """
+    extra = {"decoding_defaults": decoding_defaults} if decoding_defaults else {}
     canonical = json.dumps(
         {
+            **extra,
             "sentiment": {
                 "system": sentiment.system,
                 "examples": [[text, label.name] for text, label in sentiment.examples],
@@ -191,6 +197,20 @@ def template_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation:
         sizes[i] += len(content)
         ids += tokenizer.encode(parts[at + 1], add_special_tokens=False)
     return ids, sizes
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The control token the chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``), read from the template itself; ``None`` when it closes with plain text or fails."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SLOT.format(0)}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 (a template may refuse this shape; then configs alone name the end)
+        return None
+    after = _SLOT_RE.split(rendered)[-1] if _SLOT_RE.search(rendered) else ""
+    ids = tokenizer.encode(after, add_special_tokens=False)[:1]
+    control = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids[0] if ids and ids[0] in control else None
 
 
 @dataclass(frozen=True)

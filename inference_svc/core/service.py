@@ -23,6 +23,7 @@ from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step,
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
+from reprise.sampling import check_sampling
 from reprise.images import check_images, decode_images
 from reprise.text import check_turns, check_visible
 
@@ -126,10 +127,7 @@ class InferenceService:
         if len(history) > lim.max_history_turns:
             raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
         check_turns(history)
-        if decoding.temperature is not None and not 0.0 <= decoding.temperature <= 2.0:
-            raise InvalidArgument("decoding.temperature", "must be in [0, 2]")
-        if decoding.top_p is not None and not 0.0 < decoding.top_p <= 1.0:
-            raise InvalidArgument("decoding.top_p", "must be in (0, 1]")
+        check_sampling(decoding)
         if decoding.max_new_tokens is not None and not 1 <= decoding.max_new_tokens <= lim.max_new_tokens:
             raise InvalidArgument("decoding.max_new_tokens", f"must be in [1, {lim.max_new_tokens}]")
         if len(decoding.stop) > lim.max_stop_strings:

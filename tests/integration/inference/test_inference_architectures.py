@@ -97,7 +97,10 @@ def test_greedy_output_matches_transformers_token_for_token(name: str, built: di
     reply = "".join(c.delta for c in chunks)
     prompt = prompts.chat_prompt(engine.tokenizer, None, engine.config.chat_system_prompt, (), PROMPT).ids
     generated = _greedy_reference(reference, prompt, STEPS)
-    eos = {engine.tokenizer.eos_token_id, engine.tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    # Where transformers' generate stops: its generation config's end-of-sequence ids (here <|im_end|> alone,
+    # so a reply goes on past an <|endoftext|>, as the engine's does).
+    eos_ids = reference.generation_config.eos_token_id
+    eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
     stop = next((i for i, t in enumerate(generated) if t in eos), len(generated))
     assert reply == engine.tokenizer.decode(generated[:stop], skip_special_tokens=True)
     # Sentiment reads the LM head's rows: the same logits as transformers for the label tokens.
