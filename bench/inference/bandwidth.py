@@ -36,9 +36,10 @@ from typing import Any
 SOURCE = Path(__file__).with_name("native_probe") / "stream_read.c"
 FLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-Wall")
 BUILD_DIR = Path(__file__).resolve().parents[2] / ".cache" / "native_probe"
-#: Default buffer: 16x the 32 MiB L3 of the Zen 4 VMs here, so no run is served from cache.
-DEFAULT_MB = 512
-DEFAULT_RUNS = 7
+#: Default buffer: 8x the 32 MiB L3 of the Zen 4 VMs here, so a sweep finds nothing of itself in cache;
+#: no larger, so that among many short runs (~10 ms each) some escape the other processes sharing the cores.
+DEFAULT_MB = 256
+DEFAULT_RUNS = 15
 #: Vector paths of the probe (``simd`` argument).
 SIMD = {-1: "best", 0: "scalar", 1: "avx2", 2: "avx512"}
 #: How far ahead ``int4_gemv.c`` prefetches into L2 (32 groups x 1,280 bytes).

@@ -104,9 +104,16 @@ def test_result_files_history_and_doc_block(tmp_path: Path) -> None:
     assert sum(line.startswith("| 2026-12-07 06:00 | amd-epyc-zen4 |") for line in history) == 2
     doc = tmp_path / "doc.md"
     doc.write_text(f"# Inference\n\nbefore\n\n{peer_bench.DOC_BEGIN}\nold text\n{peer_bench.DOC_END}\n\nafter\n")
-    peer_bench.write_doc(r, doc)
+    assert peer_bench.write_doc(r, doc)
     text = doc.read_text()
     assert "old text" not in text and "before" in text and "after" in text and "| 16 | 200.0 | 4.00× |" in text
+
+
+def test_doc_without_the_block_is_left_alone(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Inference\n")
+    assert not peer_bench.write_doc(_result(), doc)
+    assert doc.read_text() == "# Inference\n"
 
 
 def test_markdown_says_when_llamacpp_was_not_measured() -> None:
