@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=$(call cpu_has,avx512f) \
 BENCH_LOCK ?= /tmp/reprise-bench.lock
 BENCH_INFERENCE_ARGS ?=
 
-.PHONY: llamacpp bench-inference bench-sentiment bench-sched
+.PHONY: llamacpp bench-inference bench-sentiment bench-sched bench-chat
 
 llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the benchmark peer
 	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then echo "llama-cpp-python already installed"; \
@@ -42,3 +42,8 @@ bench-sentiment: install model ## sentiment on clean texts and hard cases (negat
 BENCH_SCHED_ARGS ?=
 bench-sched: install model ## inference scheduling: short-behind-long latency, 50 chats with deadlines -> bench/results/sched.{json,md}
 	flock $(BENCH_LOCK) $(PY) -m bench.load_sched $(BENCH_SCHED_ARGS)
+
+# Chat quality (issue 23): 40 zh + en messages through the default model, before and after, scored by rubric.
+BENCH_CHAT_ARGS ?=
+bench-chat: install model ## chat replies of the default model scored (loops, length, refusals, echo, language) -> bench/results/chat-quality-<cpu>.{json,md}
+	flock $(BENCH_LOCK) $(PY) -m bench.inference.chat_quality $(BENCH_CHAT_ARGS)

@@ -99,12 +99,15 @@ SENTIMENT = SentimentPrompt(
     bias_cjk=0.6975,
 )
 
-#: Chosen on a handful of statements and questions (docs/inference.md, "Chat prompt"): the shorter
-#: "Answer briefly." prompt made the 0.5B model echo most statements, and even questions, back.
+#: Issue 23 found the earlier wording ("If the user tells you about an experience, reply to them directly
+#: ("you"), with empathy or advice") refusing writing requests or answering them with advice, opening a
+#: product review with "You're welcome!", and once replying with the prompt itself; its Chinese replies ran
+#: to the token limit. This one asks for the text itself, short replies, and the user's language
+#: (docs/inference.md, "Chat prompt"; measured by make bench-chat).
 CHAT_SYSTEM_PROMPT = (
-    "You are Reprise, a concise and helpful assistant. Answer questions briefly. If the user tells you about "
-    'an experience, reply to them directly ("you"), with empathy or advice, in one or two sentences and in '
-    "their language."
+    "You are Reprise, a helpful assistant. Do what the user asks. When asked to write something (a message, "
+    "a review, a poem, a story, a reply to a customer), write the text itself, ready to use. Answer questions "
+    "clearly. Keep replies short, a few sentences, unless asked for more. Reply in the language the user writes in."
 )
 
 

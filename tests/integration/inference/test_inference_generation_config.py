@@ -12,7 +12,6 @@ import shutil
 import threading
 from pathlib import Path
 
-import pytest
 import torch
 
 from inference_svc.core import prompts

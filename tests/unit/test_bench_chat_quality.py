@@ -1,0 +1,47 @@
+"""The chat benchmark's automatic rubric (bench/inference/chat_quality.py) flags what it says it flags."""
+
+from __future__ import annotations
+
+from bench.inference.chat_quality import BEFORE_PROMPT, judge, load_messages, loop_share
+from reprise.domain import Finish
+
+
+def _m(text: str = "写一段关于秋天的短文。", kind: str = "writing", expect: str = "zh") -> dict:
+    return {"text": text, "kind": kind, "expect_lang": expect}
+
+
+def test_the_issues_greedy_loop_is_a_loop_and_plain_prose_is_not() -> None:
+    looped = "秋天，是秋天的季节，是秋天的美丽，是秋天的丰收，是秋天的季节，是秋天的美丽，是秋天的丰收，是秋天的季节，是秋天的美丽。"
+    assert "loop" in judge(_m(), looped, Finish.LENGTH, BEFORE_PROMPT)["failed"]
+    prose = "秋天来了，树叶慢慢变黄，随风飘落。田野里稻谷成熟，农民们忙着收割。天空高远，空气清爽，傍晚的夕阳把山坡染成金色。"
+    assert judge(_m(), prose, Finish.STOP, BEFORE_PROMPT) == {"failed": [], "score": 2, "loop_share": loop_share(prose), "reply_lang": "zh"}
+    english = "Autumn arrives quietly. Leaves turn gold and red, the air smells of woodsmoke, and evenings draw in early."
+    assert judge(_m("Write about autumn.", expect="en"), english, Finish.STOP, BEFORE_PROMPT)["score"] == 2
+    assert "loop" in judge(_m(expect="en"), "I am here to help you. " * 6, Finish.STOP, BEFORE_PROMPT)["failed"]
+
+
+def test_refusals_deflections_echoes_language_and_length_are_flagged() -> None:
+    def failed(reply: str, finish: Finish = Finish.STOP, **kw: str) -> list[str]:
+        return judge(_m(**kw), reply, finish, BEFORE_PROMPT)["failed"]
+
+    assert failed("抱歉，我无法帮你写这段文字。") == ["refusal"]
+    assert failed("I'm sorry, but I can't help with that.", text="Write a toast.", expect="en") == ["refusal"]
+    assert failed("Here are some tips for writing a review: be specific.", text="Write a review.", expect="en") == ["deflected"]
+    assert failed(BEFORE_PROMPT, text="Write a toast.", expect="en") == ["echo"]
+    assert failed("写一段关于秋天的短文。秋天很美。") == ["echo"]  # opens with the message
+    assert failed("Autumn is the season of harvest and falling leaves.") == ["language"]
+    assert failed("秋天很美，天高云淡。", Finish.LENGTH) == ["length"]
+    assert judge(_m(), "秋天很美，天高云淡。", Finish.LENGTH, BEFORE_PROMPT)["score"] == 1
+    assert failed("   ") == ["empty"]
+
+
+def test_code_does_not_decide_the_reply_language() -> None:
+    reply = "可以这样写：\n```python\ndef is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))\n```\n这个函数检查n是否为质数。"
+    assert judge(_m("用Python写一个函数判断质数。", kind="coding"), reply, Finish.STOP, BEFORE_PROMPT)["failed"] == []
+
+
+def test_the_message_set_is_forty_zh_and_en_messages() -> None:
+    messages = load_messages()
+    assert len(messages) == 40 and len({m["id"] for m in messages}) == 40
+    assert sum(m["lang"] == "zh" for m in messages) == 20
+    assert {m["expect_lang"] for m in messages} == {"zh", "en"}
