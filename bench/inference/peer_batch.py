@@ -137,13 +137,13 @@ class _Runner:
         return [int(t) for t in logits.argmax(axis=1)]
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, float, list[list[int]]]:
-        """Prefill every prompt in one batch, then ``new_tokens`` greedy steps of all sequences together.
+        """Prefill every prompt in one batch, then ``new_tokens - 1`` greedy steps of all sequences together.
 
         Returns (prefill seconds, decode seconds, generated tokens per sequence).
         """
         self.clear()
-        n, p = len(prompts), len(prompts[0])
-        rows = [(tok, pos, s, pos == p - 1) for s, prompt in enumerate(prompts) for pos, tok in enumerate(prompt)]
+        n = len(prompts)
+        rows = [(tok, pos, s, pos == len(prompt) - 1) for s, prompt in enumerate(prompts) for pos, tok in enumerate(prompt)]
         start = time.perf_counter()
         self.decode(rows)
         nxt = self.argmax(n)
@@ -151,7 +151,7 @@ class _Runner:
         out = [[t] for t in nxt]
         start = time.perf_counter()
         for step in range(new_tokens - 1):  # the first new token came from the prefill's logits
-            self.decode([(nxt[s], p + step, s, True) for s in range(n)])
+            self.decode([(nxt[s], len(prompts[s]) + step, s, True) for s in range(n)])
             nxt = self.argmax(n)
             for s in range(n):
                 out[s].append(nxt[s])
@@ -166,13 +166,16 @@ class _Runner:
 
 def measure_parallel(gguf: Path, threads: int, prompt_tokens: int | Sequence[int] = PROMPT_TOKENS,
                      parallel: Sequence[int] = LEVELS, new_tokens: int = NEW_TOKENS, rounds: int = ROUNDS,
-                     kv_unified: bool = False) -> dict[str, Any]:
+                     kv_unified: bool = False, texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Aggregate greedy decode tok/s (and batched prefill tok/s) of llama.cpp at each level of ``parallel``.
 
     ``prompt_tokens``: a prompt's length (its tokens are taken from :data:`PROMPT_TEXT`) or the token ids of
-    the base prompt; sequence ``s`` gets it rotated by ``s``. Decode tok/s counts the ``new_tokens - 1``
-    tokens of the decode steps (the first new token comes with the prefill). The median over ``rounds``
-    (after one untimed warm-up at the first level) is reported, with every round's figure.
+    the base prompt; sequence ``s`` gets it rotated by ``s``. ``texts`` instead: sequence ``s`` gets
+    ``texts[s % len(texts)]`` as tokenized by llama.cpp (raw: apply a chat template first if wanted).
+    Decode tok/s counts the ``new_tokens - 1`` tokens of the decode steps (the first new token comes with
+    the prefill); ``end_to_end_tok_s`` counts all ``new_tokens`` over prefill + decode, as a client sees a
+    round. The median over ``rounds`` (after one untimed warm-up at the first level) is reported, with
+    every round's figure.
     """
     import llama_cpp
 
@@ -180,14 +183,16 @@ def measure_parallel(gguf: Path, threads: int, prompt_tokens: int | Sequence[int
         raise ValueError("need new_tokens >= 2, rounds >= 1 and parallel levels >= 1")
     top = max(parallel)
     length = prompt_tokens if isinstance(prompt_tokens, int) else len(prompt_tokens)
+    if texts:  # room for the longest (a token per byte at most)
+        length = max(len(t.encode()) for t in texts)
     runner = _Runner(gguf, threads, top, length + new_tokens + 8, kv_unified)
     try:
-        if isinstance(prompt_tokens, int):
-            text = runner.tokenize(PROMPT_TEXT * (prompt_tokens // 40 + 1))
-            base = text[:prompt_tokens]
+        if texts:
+            all_prompts = [runner.tokenize(texts[s % len(texts)]) for s in range(top)]
+        elif isinstance(prompt_tokens, int):
+            all_prompts = rotated_prompts(runner.tokenize(PROMPT_TEXT * (prompt_tokens // 40 + 1))[:prompt_tokens], top)
         else:
-            base = list(prompt_tokens)
-        all_prompts = rotated_prompts(base, top)
+            all_prompts = rotated_prompts(list(prompt_tokens), top)
         runner.run(all_prompts[: parallel[0]], min(new_tokens, 8))  # warm-up: page in the weights, build graphs
         levels: dict[str, Any] = {}
         for n in parallel:
@@ -200,7 +205,8 @@ def measure_parallel(gguf: Path, threads: int, prompt_tokens: int | Sequence[int
                 "decode_tok_s": aggregate_tok_s(n, new_tokens - 1, statistics.median(decodes)),
                 "decode_tok_s_rounds": [aggregate_tok_s(n, new_tokens - 1, d) for d in decodes],
                 "per_sequence_tok_s": (new_tokens - 1) / statistics.median(decodes),
-                "prefill_tok_s": n * length / statistics.median(prefills),
+                "end_to_end_tok_s": statistics.median(aggregate_tok_s(n, new_tokens, p + d) for p, d in zip(prefills, decodes)),
+                "prefill_tok_s": sum(map(len, all_prompts[:n])) / statistics.median(prefills),
                 "prefill_s": statistics.median(prefills),
                 "decode_s": statistics.median(decodes),
                 "first_sequence_tokens": outs[0][:16] if outs else [],
@@ -211,7 +217,7 @@ def measure_parallel(gguf: Path, threads: int, prompt_tokens: int | Sequence[int
             "version": llama_cpp.__version__,
             "gguf": gguf.name,
             "threads": threads,
-            "prompt_tokens": length,
+            "prompt_tokens": [len(p) for p in all_prompts] if texts else length,
             "new_tokens": new_tokens,
             "rounds": rounds,
             "kv_unified": kv_unified,

@@ -11,6 +11,7 @@ always runs. Run under the shared bench lock (the Make target does).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.inference import bandwidth, peer_batch
+from bench.inference import bandwidth, peer_batch, peer_server
 
 log = logging.getLogger("bench.inference.peer_bench")
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,8 @@ def run(levels: tuple[int, ...], rounds: int, new_tokens: int, prompt_tokens: in
         r["llamacpp"] = peer_batch.measure_parallel(peer_batch.default_gguf(), threads, prompt_tokens, levels, new_tokens, rounds)
     else:
         r["llamacpp"] = {"unavailable": "llama-cpp-python is not installed (`make llamacpp`)"}
+    log.info("llama-server at %s concurrent chats (when a binary is found)", levels)
+    r["llama_server"] = asyncio.run(peer_server.run(levels, rounds, new_tokens, peer_server.PROMPTS))
     r["loadavg_end"] = os.getloadavg()[0]
     return r
 
@@ -119,20 +122,39 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     if "levels" in lc:
+        pt = lc["prompt_tokens"]
+        pt = f"{pt}" if isinstance(pt, int) else f"{min(pt)}-{max(pt)}"
         lines += [
             f"**llama.cpp under concurrency** ({lc['engine']} {lc['version']}, {lc['gguf']}, {lc['threads']} threads, "
-            f"{lc['prompt_tokens']}-token prompts (one per sequence), {lc['new_tokens']} greedy tokens each, all sequences "
+            f"{pt}-token prompts (one per sequence), {lc['new_tokens']} greedy tokens each, all sequences "
             f"in one `llama_decode` per step; median of {lc['rounds']} rounds):",
             "",
-            "| parallel sequences | aggregate decode tok/s | × one | per sequence tok/s | batched prefill tok/s |",
-            "|---|---|---|---|---|",
+            "| parallel sequences | aggregate decode tok/s | × one | per sequence tok/s | batched prefill tok/s | end to end tok/s (prefill included) |",
+            "|---|---|---|---|---|---|",
         ]
         for lvl, v in lc["levels"].items():
             lines.append(
-                f"| {lvl} | {v['decode_tok_s']:.1f} | {lc['speedup'][lvl]:.2f}× | {v['per_sequence_tok_s']:.1f} | {v['prefill_tok_s']:.0f} |"
+                f"| {lvl} | {v['decode_tok_s']:.1f} | {lc['speedup'][lvl]:.2f}× | {v['per_sequence_tok_s']:.1f} | {v['prefill_tok_s']:.0f} "
+                f"| {v['end_to_end_tok_s']:.1f} |"
             )
     else:
         lines.append(f"llama.cpp under concurrency: not measured ({lc.get('unavailable', '?')}).")
+    sv = r.get("llama_server", {})
+    if "levels" in sv:
+        lines += [
+            "",
+            f"**llama.cpp's server** (`{sv['engine']}`, continuous batching, {sv['threads']} threads, {sv['gguf']}): N greedy "
+            f"chats at once over HTTP (OpenAI chat completions, at most {sv['new_tokens']} tokens each, the prompts of "
+            "`bench/inference/concurrency.py`); completion tokens of all replies / wall time, prefill included; median of "
+            f"{sv['rounds']} rounds:",
+            "",
+            "| concurrent chats | aggregate tok/s | × one | wall s |",
+            "|---|---|---|---|",
+        ]
+        for lvl, v in sv["levels"].items():
+            lines.append(f"| {lvl} | {v['tok_s']:.1f} | {sv['speedup'][lvl]:.2f}× | {v['wall_s']:.2f} |")
+    elif sv:
+        lines += ["", f"llama.cpp's server: not measured ({sv.get('unavailable', '?')[:120]}...)."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,12 +3,13 @@ the llama.cpp peer's prompt and rate helpers, and the result/doc writers (no lla
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
 import pytest
 
-from bench.inference import bandwidth, peer_batch, peer_bench
+from bench.inference import bandwidth, peer_batch, peer_bench, peer_server
 
 
 def test_roofline_is_bytes_per_second_over_bytes_per_token() -> None:
@@ -75,7 +76,7 @@ def test_aggregate_rate_counts_every_sequence() -> None:
 
 
 def _result() -> dict:
-    levels = {str(n): {"decode_tok_s": 50.0 * n ** 0.5, "per_sequence_tok_s": 50.0 / n ** 0.5, "prefill_tok_s": 300.0} for n in (1, 4, 8, 16)}
+    levels = {str(n): {"decode_tok_s": 50.0 * n ** 0.5, "per_sequence_tok_s": 50.0 / n ** 0.5, "prefill_tok_s": 300.0, "end_to_end_tok_s": 40.0} for n in (1, 4, 8, 16)}
     return {
         "date": "2026-12-07 06:00", "commit": "abc1234", "cpu": "AMD EPYC (family 25 model 17)", "cpu_kind": "amd-epyc-zen4",
         "cpus": [0, 1], "loadavg_start": 0.3, "loadavg_end": 0.4,
@@ -121,3 +122,41 @@ def test_markdown_says_when_llamacpp_was_not_measured() -> None:
     r["llamacpp"] = {"unavailable": "llama-cpp-python is not installed (`make llamacpp`)"}
     assert "not measured (llama-cpp-python is not installed" in peer_bench.markdown(r)
     assert peer_bench.history_row(r).endswith("| 132.8 |  |  |  |  |\n")
+
+
+async def test_server_levels_send_n_distinct_chats_at_once_and_count_their_tokens() -> None:
+    in_flight, peak, seen = 0, 0, []
+
+    async def chat(prompt: str, max_new_tokens: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        seen.append(prompt)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return max_new_tokens - 1
+
+    out = await peer_server.measure_levels(chat, ["a", "b", "c"], levels=(1, 4), new_tokens=10, rounds=2)
+    assert peak == 4
+    assert out["4"]["completion_tokens"] == [36, 36] and out["1"]["completion_tokens"] == [9, 9]
+    assert out["4"]["tok_s"] == pytest.approx(36 / out["4"]["wall_s"], rel=0.5)
+    assert seen[-4:] == ["a", "b", "c", "a"]  # prompt i % len(prompts)
+
+
+async def test_server_not_found_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(peer_server, "LOCAL_BINARY", tmp_path / "none")
+    monkeypatch.setenv("LLAMA_SERVER", str(tmp_path / "none"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = await peer_server.run((1,), 1, 8, ["x"])
+    assert r["unavailable"].startswith("no llama-server binary")
+
+
+def test_markdown_has_the_server_table_when_it_was_measured() -> None:
+    r = _result()
+    r["llama_server"] = {
+        "engine": "llama-server --parallel 16", "threads": 2, "gguf": "m.gguf", "new_tokens": 64, "rounds": 3,
+        "levels": {"1": {"tok_s": 50.0, "wall_s": 1.3}, "8": {"tok_s": 100.0, "wall_s": 5.1}}, "speedup": {"1": 1.0, "8": 2.0},
+    }
+    assert "| 8 | 100.0 | 2.00× | 5.10 |" in peer_bench.markdown(r)
+    r["llama_server"] = {"unavailable": "no llama-server binary (build it)"}
+    assert "llama.cpp's server: not measured (no llama-server binary" in peer_bench.markdown(r)
