@@ -133,6 +133,8 @@ async def test_multi_turn_reports_cached_tokens(stub: pb_grpc.InferenceStub) -> 
         (pb.ChatRequest(text=" "), "text"),
         (pb.ChatRequest(text="hi", decoding=common_pb2.DecodingParams(max_new_tokens=0)), "decoding.max_new_tokens"),
         (pb.ChatRequest(text="hi", decoding=common_pb2.DecodingParams(temperature=3)), "decoding.temperature"),
+        (pb.ChatRequest(text="hi", decoding=common_pb2.DecodingParams(min_p=1.5)), "decoding.min_p"),
+        (pb.ChatRequest(text="hi", decoding=common_pb2.DecodingParams(repetition_penalty=0)), "decoding.repetition_penalty"),
         (pb.ChatRequest(text="hi", decoding=common_pb2.DecodingParams(stop=[""])), "decoding.stop[0]"),
         (pb.ChatRequest(text="hi", history=[common_pb2.Turn(role=common_pb2.ROLE_ASSISTANT, content="x")]), "history[0].role"),
     ],

@@ -60,6 +60,8 @@ U, A = Role.USER, Role.ASSISTANT
         (lambda: V.decoding(Decoding(temperature=2.5)), "decoding.temperature", "[0, 2]"),
         (lambda: V.decoding(Decoding(temperature=float("nan"))), "decoding.temperature", "[0, 2]"),
         (lambda: V.decoding(Decoding(top_p=0.0)), "decoding.top_p", "(0, 1]"),
+        (lambda: V.decoding(Decoding(top_k=-1)), "decoding.top_k", ">= 0"),
+        (lambda: V.decoding(Decoding(repetition_penalty=2.5)), "decoding.repetition_penalty", "(0, 2]"),
         (lambda: V.decoding(Decoding(max_new_tokens=0)), "decoding.max_new_tokens", "[1, 100]"),
         (lambda: V.decoding(Decoding(max_new_tokens=101)), "decoding.max_new_tokens", "[1, 100]"),
         (lambda: V.decoding(Decoding(stop=("a", "b", "c"))), "decoding.stop", "limit is 2"),
