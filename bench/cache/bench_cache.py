@@ -31,6 +31,7 @@ from cache_svc.core.index import IndexConfig, PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.normalize import Normalization
 from bench.cache import truth
+from gateway.core.policy import CHAT_CACHE_TIMEOUT_S
 from cache_svc.core.service import CacheConfig, CacheService, embedding_text
 from cache_svc.core.store import RedisStore
 from cache_svc.core.types import CacheQuery, Entry, LookupOptions, Tier
@@ -190,7 +191,11 @@ async def burst(url: str, embedder: Embedder, n: int = 50) -> dict:
         wall = (time.perf_counter() - t0) * 1000
         lat = [ms for ms, _ in rows]
         out[name] = {"wall_ms": round(wall, 1), "p50_ms": round(pct(lat, 50), 1), "max_ms": round(max(lat), 1),
-                     "within_30ms": sum(ms <= 30 for ms in lat), "semantic": sum(t is Tier.SEMANTIC for _, t in rows)}
+                     "within_30ms": sum(ms <= 30 for ms in lat), "semantic": sum(t is Tier.SEMANTIC for _, t in rows),
+                     # The gateway's chat lookup budget: a lookup slower than this is a BYPASS.
+                     "within_chat_budget": sum(ms <= CHAT_CACHE_TIMEOUT_S * 1000 for ms in lat),
+                     "semantic_within_chat_budget": sum(t is Tier.SEMANTIC and ms <= CHAT_CACHE_TIMEOUT_S * 1000
+                                                        for ms, t in rows)}
         await service.close()
     await client.aclose()
     return out
@@ -202,10 +207,15 @@ def render(report: dict) -> str:
     if "burst" in report:
         b = report["burst"]
         lines += ["", f"## A burst of {b['lookups']} distinct paraphrase lookups at once (in-service)", "",
-                  "| embeddings | wall ms | p50 ms | max ms | within a 30 ms budget | served semantic |", "|---|---|---|---|---|---|"]
+                  f"Every lookup's answer counts only if it came within the gateway's chat lookup budget "
+                  f"({CHAT_CACHE_TIMEOUT_S * 1000:.0f} ms; slower is a BYPASS there). A paraphrase verification "
+                  "cannot prove the same request is a MISS, not a BYPASS.", "",
+                  "| embeddings | wall ms | p50 ms | max ms | within 30 ms | within the chat budget | served semantic "
+                  "| semantic within the chat budget |", "|---|---|---|---|---|---|---|---|"]
         for name in ("batched", "one at a time"):
             x = b[name]
-            lines.append(f"| {name} | {x['wall_ms']} | {x['p50_ms']} | {x['max_ms']} | {x['within_30ms']} | {x['semantic']} |")
+            lines.append(f"| {name} | {x['wall_ms']} | {x['p50_ms']} | {x['max_ms']} | {x['within_30ms']} | "
+                         f"{x.get('within_chat_budget', '–')} | {x['semantic']} | {x.get('semantic_within_chat_budget', '–')} |")
     lines += ["", "## Embedders", "",
               "| embedder | lang | paraphrase p10 | paraphrase p50 | related p50 | related p90 | embed p50 ms |",
               "|---|---|---|---|---|---|---|"]

@@ -40,7 +40,11 @@ _TITLE = re.compile(r"《([^》]+)》")
 _NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*%?$")
 _ZH_NUMERAL = re.compile(r"[零〇一二两兩三四五六七八九十百千万萬亿億半]+")
 _ZH_CLASSIFIERS = frozenset("个個首张張封部本双雙件条條只隻位杯次篇段句家台辆輛份种種块塊把间間座棵颗朵匹头架艘道场项顿趟遍盏枝支片")
-_CONTRACTIONS = {"won't": ("will", "not"), "can't": ("can", "not"), "shan't": ("shall", "not")}
+_CONTRACTIONS = {"won't": ("will", "not"), "can't": ("can", "not"), "shan't": ("shall", "not"),
+                 **{f"{p}'d": (p, "would") for p in ("i", "we", "you", "they", "he", "she")}}
+# Words that hold a numeral character but no number (一下, 一定), longest first: taken out of a
+# longer jieba word before its numerals are read (解释一下 is not "explain 1").
+_ZH_NOT_NUMBERS = sorted(lx.ZH_NUMBER_EXCEPTIONS, key=len, reverse=True)
 
 
 class Guard(Protocol):
@@ -97,6 +101,9 @@ def _zh_numbers(word: str, next_word: str) -> list[tuple[float, bool]]:
     """``(value, article)`` for each numeral run in a jieba word; article: a lone 一 before a classifier."""
     if word in lx.ZH_NUMBER_EXCEPTIONS or "第" in word:
         return []
+    for part in _ZH_NOT_NUMBERS:
+        if len(part) > 1 and part in word:
+            word = word.replace(part, " ")
     out = []
     for m in _ZH_NUMERAL.finditer(word):
         value = _zh_value(m.group(0))

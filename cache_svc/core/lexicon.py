@@ -113,7 +113,7 @@ CLOSED_CLASS: dict[str, tuple[str, str]] = {
     }),
     **_closed("question", {
         "what": "what which 什么 啥 哪个 哪些 什么样", "how": "how 怎么 如何 怎样 怎么样 咋 怎么办 咋办",
-        "why": "why 为什么 为何 为啥", "when": "when 什么时候 何时 几时", "where": "where 哪里 哪儿 在哪 哪 何处",
+        "why": "why 为什么 为何 为啥 怎么回事", "when": "when 什么时候 何时 几时", "where": "where 哪里 哪儿 在哪 哪 何处",
         "who": "who whom 谁", "whose": "whose", "howmany": "多少 几", "howlong": "多久 多长时间",
     }),
     **_closed("quantifier", {
@@ -197,7 +197,25 @@ CASUAL_EN: dict[str, tuple[str, ...]] = {
     "wont": ("will", "not"), "im": ("i",), "ive": ("i",), "youre": ("you",), "theyre": ("they",),
     "whats": ("what",), "hows": ("how",), "wheres": ("where",), "whos": ("who",), "thats": ("that",),
     "u": ("you",), "ur": ("your",), "pls": ("please",), "plz": ("please",), "thx": ("thanks",), "ty": ("thanks",),
+    "gonna": ("going", "to"), "wanna": ("want", "to"), "gotta": ("have", "to"), "shld": ("should",),
+    "cld": ("could",), "wld": ("would",), "abt": ("about",), "cuz": ("because",), "coz": ("because",),
+    "bc": ("because",), "b4": ("before",), "tmrw": ("tomorrow",), "tmr": ("tomorrow",), "thru": ("through",),
+    "yr": ("year",), "yrs": ("years",), "mo": ("month",), "wk": ("week",), "wks": ("weeks",), "hr": ("hour",),
+    "cannot": ("can", "not"), "info": ("information",), "pic": ("picture",), "pics": ("pictures",), "approx": ("approximately",),
 }
+# A question asked about a manner ("what's the way to X", "X的方法是什么") asks how; about a
+# reason ("what causes X", "是什么原因") asks why. These nouns then carry nothing of their own,
+# nor does a plain "good" before a manner noun ("a good way to", "好办法"); "best" still does.
+MANNER_NOUNS = frozenset(
+    "way ways method methods process procedure steps step approach tips tip advice suggestions trick tricks "
+    "方法 办法 步骤 流程 方式 法子 招 窍门 技巧 建议 诀窍 做法 办法呢".split()
+)
+REASON_NOUNS = frozenset("cause causes reason reasons 原因 缘故 缘由".split())
+PLAIN_GOOD = frozenset("good 好 什么好".split())
+# After "how" (怎么/如何), a verb that only says "deal with it" asks nothing more: 怎么办 = 怎么处理 = 怎么解决.
+ZH_HOW_VERBS = frozenset("处理 解决 应对 办 弄 搞".split())
+# Pairs of words that together are a filler ("quick question: ...", "thanks in advance").
+FILLER_PAIRS_EN = frozenset({("quick", "question"), ("in", "advance"), ("just", "wondering")})
 # Irregular English verb forms -> the base form (the stemmer only knows regular endings).
 IRREGULAR_EN = {
     form: base
@@ -229,7 +247,7 @@ FUNCTION_WORDS_EN = frozenset(
     "a an the this that these those is am are was were be been being do does did doing can could would will "
     "shall have has had having and or but so if then also too as of for with about please kindly just really "
     "actually basically very quite there here want wanna wonder wondering know tell let hi hello hey thanks "
-    "thank ok okay yes um some someone anyone somebody anybody possible way ways get getting give show "
+    "thank ok okay yes um umm uh hmm some someone anyone somebody anybody possible way ways get getting give show "
     "any it its at in on help whether truly extremely absolutely totally super incredibly genuinely seriously even though although however yet because since exactly explain describe suggest recommend list provide share".split()
 )
 FUNCTION_WORDS_ZH = frozenset(
@@ -237,7 +255,8 @@ FUNCTION_WORDS_ZH = frozenset(
     "帮我 一下 一点 一点儿 下 能 能否 可以 可不可以 能不能 会 想 想要 要 知道 告诉 问 问下 问一下 个 这 那 这个 那个 "
     "这些 那些 这款 那款 这种 那种 这样 那样 款 种 些 很 挺 真 太 非常 特别 十分 比较 还 也 就 又 才 您好 你好 谢谢 "
     "多谢 一些 有没有 有什么 样 给 让 把 叫 什么的 呃 是不是 对吧 好吗 行吗 可以吗 关于 对于 对 一个 "
-    "起来 实在 确实 相当 嗨 哈喽 里 中 上 内 求助 求 谢啦 谢了 谢 来着 等于 但是 但 不过 可是 然而 而 因为 所以 即使 虽然 就是 格外 尤其 蛮 推荐 介绍 列举 列出 说说 讲讲 解释 说明 给出 提供 分享 它 它的".split()
+    "起来 实在 确实 相当 嗨 哈喽 里 中 上 内 求助 求 谢啦 谢了 谢 来着 等于 但是 但 不过 可是 然而 而 因为 所以 即使 虽然 就是 格外 尤其 蛮 推荐 介绍 列举 列出 说说 讲讲 解释 说明 给出 提供 分享 它 它的 "
+    "如果 的话 要是 假如 请教 在线等 急 来着 已经 嗯嗯 哎".split()
 )
 # Matched words too common to anchor a swap on their own: they count only when they are the one
 # word between the two that traded places ("a square *a* rectangle").

@@ -51,6 +51,7 @@ from typing import Protocol
 import numpy as np
 
 from cache_svc.core import lexicon as lx
+from cache_svc.core import thesaurus
 from cache_svc.core.guard import _ZH_CLASSIFIERS, _ZH_NUMERAL, LexicalGuard, _Token, tokenize
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -94,6 +95,12 @@ def language(text: str) -> str:
 class VerifyConfig:
     #: Cosine between two words' own embeddings for one to stand in for the other.
     synonym_min: float = 0.88
+    #: The same cosine for two words a curated thesaurus holds interchangeable (:mod:`.thesaurus`):
+    #: the thesaurus vouches for the pair, the cosine only rules out a sense the request cannot mean.
+    thesaurus_min: float = 0.5
+    #: The cosine for two Chinese words of one Cilin category (the level above its synonym groups:
+    #: 维修 / 修理): related, not always equal, so they need to embed closer than curated synonyms.
+    cilin_category_min: float = 0.7
     #: Memoised word embeddings (words, not requests: bounded by the vocabulary in use).
     word_cache_size: int = 50_000
 
@@ -136,6 +143,9 @@ def _zh_core(word: str, entity: bool) -> str:
 
     三个 -> "" (the number 3 is a token of its own), 五百字 -> 字, 真不错 -> 不错, 好吃吗 -> 好吃.
     """
+    for tail in ("一下", "一点"):  # 解释一下 = 解释
+        if len(word) > len(tail) and word.endswith(tail):
+            word = word[: -len(tail)]
     if not entity and word not in lx.ZH_NUMBER_EXCEPTIONS and "第" not in word:
         word = _ZH_NUMERAL.sub("", word)
         if len(word) == 1 and word in _ZH_CLASSIFIERS:
@@ -165,8 +175,47 @@ def words(text: str | list[_Token]) -> list[_Word]:
         if text == "what" and pos + 1 < len(tokens) and tokens[pos + 1].text == "time":
             text, skip = "when", pos + 1  # "what time does it open" asks when
         got = _classify(text, tok.entity, tok.number is not None)
+        if got is not None and _filler(tokens, pos):
+            got = (tok.text, "function")
         if got is not None:
             out.append(_Word(got[0], tok.text, got[1], pos))
+    return _manner_and_reason(out)
+
+
+def _filler(tokens: list[_Token], pos: int) -> bool:
+    """A word that is a filler only where it stands: "I'd *like* to know", "quick question",
+    怎么*处理*, 发烧的*时候*, *这部*电影."""
+    text = tokens[pos].text
+    before = tokens[pos - 1].text if pos else ""
+    after = tokens[pos + 1].text if pos + 1 < len(tokens) else ""
+    if text == "like" and before == "would":
+        return True
+    if (before, text) in lx.FILLER_PAIRS_EN or (text, after) in lx.FILLER_PAIRS_EN:
+        return True
+    if text in lx.ZH_HOW_VERBS and lx.CLOSED_CLASS.get(before, ("",))[0] == "question.how":
+        return True
+    if text == "时候" and before == "的":
+        return True
+    return len(text) == 2 and text[0] in "这那" and text[1] in _ZH_CLASSIFIERS
+
+
+def _manner_and_reason(ws: list[_Word]) -> list[_Word]:
+    """"What is the way to X" asks how, "what causes X" asks why: say so, and drop the nouns that said it."""
+    # ("by the way" is a filler, not a manner.)
+    texts = [w.text if [v.text for v in ws[max(i - 2, 0):i]] != ["by", "the"] else "" for i, w in enumerate(ws)]
+    asks = ("question.how", lx.MANNER_NOUNS) if any(t in lx.MANNER_NOUNS for t in texts) else (
+        ("question.why", lx.REASON_NOUNS) if any(t in lx.REASON_NOUNS for t in texts) else None)
+    if asks is None:
+        return ws
+    key, nouns = asks
+    out: list[_Word] = []
+    for i, w in enumerate(ws):
+        if texts[i] in nouns or (w.text in lx.PLAIN_GOOD and i + 1 < len(ws) and texts[i + 1] in nouns):
+            out.append(_Word(w.text, w.text, "function", w.pos))
+        elif w.key == "question.what":
+            out.append(_Word(key, w.text, "question", w.pos))
+        else:
+            out.append(w)
     return out
 
 
@@ -180,11 +229,14 @@ class RequestVerifier:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         _stemmer()
+        thesaurus.warm()  # ~1.5 s once per process, at start rather than on the first lookup
 
     def check(self, query: str, candidate: str, task: str) -> str | None:
         la, lb = language(query), language(candidate)
         if la != lb:
             return f"language differs ({la} vs {lb})"
+        if task == "sentiment" and (quoted := _quoted(query)) and quoted == _quoted(candidate):
+            return None  # "is this review positive: “...”" / "sentiment of “...”": the label is the quote's
         ta, tb = tokenize(query), tokenize(candidate)
         why = self._guard.check_tokens(ta, tb)
         if why is not None:
@@ -208,6 +260,8 @@ class RequestVerifier:
         if ca and cb:
             merged, ca, cb = _merge_segmentation(ca, cb)
             pairs += merged
+        if ca or cb:
+            ca, cb = _drop_typos(ca, b), _drop_typos(cb, a)
         if ca and cb:
             more, ca, cb = self._match_synonyms(ca, cb)
             pairs += more
@@ -220,21 +274,25 @@ class RequestVerifier:
         return _swapped(pairs)
 
     def _match_synonyms(self, a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Word, _Word]], list[_Word], list[_Word]]:
-        """Pair off substitutions whose words embed close together (greedy, best first)."""
+        """Pair off substitutions (greedy, closest first): words that embed close together and are
+        no known opposites, or that a curated thesaurus holds interchangeable."""
         if self._embedder is None:
             return [], a, b
         va, vb = self._vectors_of([w.text for w in a]), self._vectors_of([w.text for w in b])
         sims = va @ vb.T
+        cfg = self._config
+        floor = min(cfg.synonym_min, cfg.thesaurus_min, cfg.cilin_category_min)
         pairs: list[tuple[_Word, _Word]] = []
         used_a: set[int] = set()
         used_b: set[int] = set()
         for flat in np.argsort(-sims, axis=None):
             i, j = divmod(int(flat), sims.shape[1])
-            if sims[i, j] < self._config.synonym_min:
+            sim = float(sims[i, j])
+            if sim < floor:
                 break
             if i in used_a or j in used_b or a[i].cls == "entity" or b[j].cls == "entity":
                 continue
-            if _antonyms(a[i].text, b[j].text):
+            if not _substitutes(a[i].text, b[j].text, sim, cfg):
                 continue
             pairs.append((a[i], b[j]))
             used_a.add(i)
@@ -262,6 +320,11 @@ class RequestVerifier:
                     self._vectors.popitem(last=False)
         with self._lock:
             return np.stack([self._vectors[t] for t in texts])
+
+
+def _drop_typos(left: list[_Word], other: list[_Word]) -> list[_Word]:
+    """The words left over without those that misspell a word of the other request (recomend / recommend)."""
+    return [w for w in left if not (w.cls == "content" and any(thesaurus.typo(w.text, v.text) for v in other))]
 
 
 def _match_exact(a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Word, _Word]], list[_Word], list[_Word]]:
@@ -335,8 +398,30 @@ def _merge_segmentation(a: list[_Word], b: list[_Word]) -> tuple[list[tuple[_Wor
     return pairs, [w for w in a if w not in za], [w for w in b if w not in zb]
 
 
+_QUOTED = re.compile(r'“([^”]{8,})”|"([^"]{8,})"|「([^」]{8,})」|『([^』]{8,})』')
+
+
+def _quoted(text: str) -> str:
+    """The one quoted passage of a request (whitespace and case folded), or "" when there is not exactly one."""
+    found = _QUOTED.findall(text)
+    if len(found) != 1:
+        return ""
+    return " ".join("".join(found[0]).casefold().split())
+
+
 def _chars(ws: list[_Word]) -> list[_Word]:
     return [_Word(ch, ch, w.cls, w.pos + i / 100) for w in ws for i, ch in enumerate(w.key.strip("《》"))]
+
+
+def _substitutes(x: str, y: str, sim: float, cfg: VerifyConfig) -> bool:
+    """Whether ``y`` may stand in for ``x`` (their word embeddings' cosine is ``sim``)."""
+    if (x, y) in lx.ANTONYM_SET or (y, x) in lx.ANTONYM_SET or thesaurus.antonyms(x, y):
+        return False
+    if sim >= cfg.thesaurus_min and thesaurus.synonyms(x, y):
+        return True  # curated: trusted over the shared-ending rule (去除/清除)
+    if sim >= cfg.cilin_category_min and thesaurus.related(x, y):
+        return True
+    return sim >= cfg.synonym_min and not _antonyms(x, y)
 
 
 def _antonyms(x: str, y: str) -> bool:

@@ -20,17 +20,21 @@ pytestmark = pytest.mark.unit
 
 # Pairs the fake embedder puts at cosine ~0.95 (as USE does for these; and for hot/cold, encrypt/decrypt).
 SYNONYMS = [("fast", "quick"), ("big", "large"), ("film", "movie"), ("购买", "买"), ("hot", "cold"),
-            ("encrypt", "decrypt"), ("barely", "hardly")]
+            ("encrypt", "decrypt"), ("barely", "hardly"), ("rise", "fall"), ("tight", "loose")]
+# Pairs it puts at cosine ~0.6 (below the embedding bar, above the thesaurus bar), and ~0.8.
+MIDDLE = [("couch", "sofa"), ("fix", "repair"), ("teach", "learn"), ("cat", "dog")]
+CLOSER = [("维修", "修理"), ("上海", "北京")]
 
 
 class FakeWords:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         rows = []
         for t in texts:
-            group = next((f"{a}|{b}" for a, b in SYNONYMS if t in (a, b)), t)
+            weight, group = next(((w, f"{a}|{b}") for w, pairs in ((0.3, SYNONYMS), (0.8, MIDDLE), (0.5, CLOSER))
+                                  for a, b in pairs if t in (a, b)), (0.0, t))
             base = np.random.default_rng(zlib.crc32(group.encode())).standard_normal(256)
             own = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(256)
-            v = base + (0.3 * own if group != t else 0)
+            v = base + weight * own
             rows.append(v / np.linalg.norm(v))
         return np.asarray(rows, dtype=np.float32)
 
@@ -154,3 +158,68 @@ def test_guard_former_false_refusals() -> None:
     reason = g.check("晚上把黄油放在室温下", "把黄油放在室温下过夜")
     assert reason is None or "antonym" not in reason
     assert g.check("电梯上", "电梯下") is not None  # the whole words still are
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # a thesaurus vouches for words that embed only moderately close (WordNet, Cilin)
+        ("Is this couch easy to clean?", "Is this sofa easy to clean?"),
+        ("How do I fix a squeaky door?", "How do I repair a squeaky door?"),
+        ("怎么维修洗衣机", "怎么修理洗衣机"),
+        # a misspelt word stands for the word it misspells
+        ("recomend a good laptop for programming", "Recommend a good laptop for programming"),
+        # casual spellings and fillers that are fillers only where they stand
+        ("is it gonna rain tomorrow", "Is it going to rain tomorrow?"),
+        ("I'd like to know how to apply for a passport", "How do I apply for a passport?"),
+        ("Quick question: how do I take a screenshot on a Mac?", "How do I take a screenshot on a Mac?"),
+        ("I cannot log in to my account", "I can't log in to my account"),
+        ("电脑很卡怎么处理？", "电脑很卡怎么办？"),
+        ("解释一下什么是通货膨胀", "什么是通货膨胀"),
+        ("孩子发烧的时候可以洗澡吗", "孩子发烧可以洗澡吗"),
+        # a question about a manner asks how; about a cause, why
+        ("What's the way to reverse a string in JavaScript?", "How can I reverse a string in JavaScript?"),
+        ("Can you tell me the steps to cancel my gym membership?", "How do I cancel my gym membership?"),
+        ("冲泡绿茶的方法是什么？", "怎么冲泡绿茶？"),
+        ("背英语单词有什么好办法？", "怎么背英语单词？"),
+        ("What causes car brakes to squeal?", "Why do car brakes squeal?"),
+        ("跑步后膝盖疼是什么原因？", "跑步后膝盖疼是怎么回事？"),
+    ],
+)
+def test_serves_paraphrases_beyond_embeddings(a: str, b: str) -> None:
+    assert serves(a, b), (V.check(a, b, "chat"), V.check(b, a, "chat"))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "why"),
+    [
+        # WordNet's antonyms veto words that embed as close as synonyms (and are in no word list)
+        ("Why do prices rise in winter?", "Why do prices fall in winter?", "unmatched"),
+        ("How do I make my shoelaces tighter?", "How do I make my shoelaces looser?", "unmatched"),
+        # a thesaurus sense too rare to count (learn's fifth sense is "teach"), and mere neighbours
+        ("How can I learn Spanish quickly?", "How can I teach Spanish quickly?", "unmatched"),
+        ("Is my cat too fat?", "Is my dog too fat?", "unmatched"),
+        ("上海明天会下雨吗", "北京明天会下雨吗", "differs"),
+        # two real words one letter apart are not a typo
+        ("What is the effect of caffeine on sleep?", "What is the affect of caffeine on sleep?", "unmatched"),
+        ("Best dessert in the Sahara", "Best desert in the Sahara", "unmatched"),
+        # a manner question still differs in what it asks about the manner
+        ("What is the best way to invest $1000?", "What is the worst way to invest $1000?", "antonym"),
+        ("By the way, what is the capital of Peru?", "How is the capital of Peru?", "question"),
+    ],
+)
+def test_refuses_beyond_embeddings(a: str, b: str, why: str) -> None:
+    for query, candidate in ((a, b), (b, a)):
+        reason = V.check(query, candidate, "chat")
+        assert reason is not None and why in reason, (query, candidate, reason)
+
+
+def test_sentiment_requests_framing_one_quoted_review_are_one_request() -> None:
+    review = "“The battery lasts two days and the screen is gorgeous.”"
+    assert V.check(f"Is this review positive or negative: {review}", f"Classify the sentiment: {review}",
+                   "sentiment") is None
+    other = "“The battery lasts two hours and the screen is dim.”"
+    assert V.check(f"Is this review positive or negative: {review}", f"Classify the sentiment: {other}",
+                   "sentiment") is not None
+    # for chat the framing is the request: the quote alone does not make two requests one
+    assert V.check(f"Translate into French: {review}", f"Summarise: {review}", "chat") is not None
