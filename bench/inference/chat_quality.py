@@ -8,8 +8,8 @@ README) through the real default model, once per configuration, and scores each 
 - ``loop``: a repeated n-gram run (:func:`loop_share`) or a line said three times;
 - ``length``: the reply hit the token limit (finish = LENGTH);
 - ``refusal``: a refusal phrase (我无法, "I can't help", "As an AI", ...);
-- ``deflected``: a writing request answered with advice ("Here are some tips") instead of the text;
-- ``echo``: the reply repeats the system prompt (a 24-character run of it) or opens with the message;
+- ``deflected``: a writing request answered with advice ("Here are some tips", "You should") instead of the text;
+- ``echo``: the reply repeats the system prompt (a 24-character run of it) or is the message itself;
 - ``language``: the reply's prose (code removed) is not in the expected language;
 - ``empty``: nothing visible.
 
@@ -85,12 +85,18 @@ REFUSAL = re.compile(
     r"I'm sorry,? but I|As an AI",
     re.I,
 )
-#: A writing request answered with how-to advice instead of the text asked for (looked for at the reply's start).
-DEFLECTED = re.compile(r"^\W*(here are some (tips|suggestions|ways|steps)|tips for|to write a|以下是一些(建议|技巧)|写.{0,8}(时|的技巧)|建议你)", re.I)
+#: A writing request answered with how-to advice, or advice to the user, instead of the text asked for
+#: (looked for at the reply's start): "Here are some tips", "You should inform the owner", 以下是一些建议.
+DEFLECTED = re.compile(
+    r"^\W*(here are some (tips|suggestions|ways|steps)|tips for|to write a|you (should|could|can|may want to|need to) |"
+    r"以下是一些(建议|技巧)|写.{0,8}(时|的技巧)|建议你|你(应该|可以|需要))",
+    re.I,
+)
 WRITING_KINDS = {"writing", "customer_reply"}
 #: Share of repeated 4-grams (words in English, characters in Chinese) above which a reply loops.
 LOOP_SHARE = 0.3
-#: A reply opening with this much of the message (difflib ratio over the message's length) echoes it.
+#: A reply this similar to the message as a whole (difflib ratio) echoes it; a reply that restates the
+#: request before answering it ("Sure! Here is a product description that ...") is not an echo.
 ECHO_MESSAGE = 0.6
 #: Characters in a row shared with the system prompt that count as echoing it.
 ECHO_SYSTEM_CHARS = 24
@@ -138,7 +144,7 @@ def judge(message: dict[str, Any], reply: str, finish: Finish | None, system: st
     text = message["text"]
     visible = reply.strip()
     share = loop_share(visible)
-    opening = difflib.SequenceMatcher(None, text, visible[: len(text)]).ratio() if visible else 0.0
+    same = difflib.SequenceMatcher(None, text, visible, autojunk=False).ratio() if visible else 0.0
     lang = "zh" if cjk_share(prose(visible)) > 0.3 else "en"
     fails = {
         "empty": not visible,
@@ -146,7 +152,7 @@ def judge(message: dict[str, Any], reply: str, finish: Finish | None, system: st
         "length": finish is Finish.LENGTH,
         "refusal": bool(REFUSAL.search(visible)),
         "deflected": message["kind"] in WRITING_KINDS and bool(DEFLECTED.search(visible)),
-        "echo": echoes_system(visible, system) or (message["kind"] != "translation" and opening >= ECHO_MESSAGE),
+        "echo": echoes_system(visible, system) or (message["kind"] != "translation" and same >= ECHO_MESSAGE),
         "language": bool(visible) and lang != message["expect_lang"],
     }
     failed = [k for k, v in fails.items() if v]
@@ -203,7 +209,8 @@ def _decoding_doc(engine: Engine, decoding: Decoding) -> dict[str, Any]:
     from inference_svc.core.decoding import with_defaults
 
     d = with_defaults(decoding, engine.decoding_defaults)
-    fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    # Greedy decoding reads no sampling filter: listing the model's top_p/top_k there would mislead.
+    fields = ("repetition_penalty",) if d.greedy else ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     return {"greedy": d.greedy, **{f: getattr(d, f) for f in fields if getattr(d, f) is not None}}
 
 
@@ -276,15 +283,37 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         return {i: {name: rows[name][i] for name in rows} for i in ids}
 
     done = complete(b) | complete(a)
+    messages = {m["id"]: m for m in load_messages()}
+    for rows in done.values():  # judged again with this file's checks (the replies are what was generated)
+        for name, row in rows.items():
+            system = a["configs"][name]["system_prompt"]
+            row.update(judge(messages[row["id"]], row["reply"], Finish(row["finish"]) if row["finish"] else None, system))
     order = [m["id"] for m in load_messages() if m["id"] in done]
     report = {**a, "loadavg_start": max(a["loadavg_start"], b["loadavg_start"]),
               "loadavg_end": max(a.get("loadavg_end", 0.0), b.get("loadavg_end", 0.0)), "parts": 2, "configs": {}}
     for name, c in a["configs"].items():
         rows = [done[i][name] for i in order]
+        if c["decoding"].get("greedy"):  # as _decoding_doc lists it now
+            c = {**c, "decoding": {k: v for k, v in c["decoding"].items() if k in ("greedy", "repetition_penalty")}}
         report["configs"][name] = {**c, "seconds": round(c["seconds"] + b["configs"][name]["seconds"], 1),
                                    "rows": rows, "totals": totals(rows)}
     report["messages"] = len(order)
     return report
+
+
+HISTORY = engines.RESULTS / "chat-quality-history.md"
+
+
+def append_history(report: dict[str, Any]) -> None:
+    """One row per finished run in ``bench/results/chat-quality-history.md`` (the current file keeps only the last)."""
+    if not HISTORY.exists():
+        HISTORY.write_text(
+            "# Chat quality history (`make bench-chat`)\n\n| date | CPU kind | prompts revision | messages | "
+            "configuration: score (ok) |\n|---|---|---|---|---|\n"
+        )
+    cells = ", ".join(f"{n}: {c['totals']['score']}/{c['totals']['max']} ({c['totals']['ok']} ok)" for n, c in report["configs"].items())
+    with HISTORY.open("a") as f:
+        f.write(f"| {report['date']} | {report['cpu_kind']} | {report['prompts_revision']} | {report['messages']} | {cells} |\n")
 
 
 def write_doc(report: dict[str, Any]) -> None:
@@ -317,6 +346,7 @@ def main() -> None:
         out = engines.RESULTS / (args.out or f"chat-quality-{report['cpu_kind']}")
         out.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         out.with_suffix(".md").write_text(markdown(report))
+        append_history(report)
         if not args.no_doc:
             write_doc(report)
         print(markdown(report))
@@ -353,8 +383,10 @@ def main() -> None:
     run(engine, [CONFIGS[n] for n in args.config or ("before", "after")], messages, save)
     for name, res in report["configs"].items():
         print(f"{name}: score {res['totals']['score']}/{res['totals']['max']}, ok {res['totals']['ok']}", flush=True)
-    if not args.no_doc and not args.limit:
-        write_doc(report)
+    if not args.limit:
+        append_history(report)
+        if not args.no_doc:
+            write_doc(report)
     print(markdown(report))
 
 

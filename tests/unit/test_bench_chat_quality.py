@@ -28,7 +28,9 @@ def test_refusals_deflections_echoes_language_and_length_are_flagged() -> None:
     assert failed("I'm sorry, but I can't help with that.", text="Write a toast.", expect="en") == ["refusal"]
     assert failed("Here are some tips for writing a review: be specific.", text="Write a review.", expect="en") == ["deflected"]
     assert failed(BEFORE_PROMPT, text="Write a toast.", expect="en") == ["echo"]
-    assert failed("写一段关于秋天的短文。秋天很美。") == ["echo"]  # opens with the message
+    assert failed("写一段关于秋天的短文。") == ["echo"]  # the message itself
+    assert failed("好的，下面是一段关于秋天的短文：秋天来了，树叶变黄，稻谷成熟，天空高远，空气清爽。") == []  # restated, then written
+    assert failed("You should ask the owner to cook faster.", text="Write an apology.", expect="en", kind="customer_reply") == ["deflected"]
     assert failed("Autumn is the season of harvest and falling leaves.") == ["language"]
     assert failed("秋天很美，天高云淡。", Finish.LENGTH) == ["length"]
     assert judge(_m(), "秋天很美，天高云淡。", Finish.LENGTH, BEFORE_PROMPT)["score"] == 1
