@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cache_svc.core.embedders import Embedder, load_embedder
+from cache_svc.core.embedders import Embedder, EmbedQueue, QueuedEmbedder, load_embedder
 from cache_svc.core.index import IndexConfig, VectorIndex
 from cache_svc.core.normalize import Normalization
 from cache_svc.core.service import CacheConfig, CacheService
@@ -92,10 +92,15 @@ class CacheApp:
             # Loading weights takes a second or more: keep the event loop (and health) responsive.
             embedder = await asyncio.to_thread(load_embedder, sem.embedder, sem.threads)
         index = VectorIndex(embedder.dim, sem.index) if embedder is not None else None
-        guard = await asyncio.to_thread(RequestVerifier, embedder) if (sem.guard and embedder is not None) else None
+        # One queue batches the lookups' sentences and the verifier's words together.
+        queue = EmbedQueue(embedder, self._config.embed_batch) if embedder is not None else None
+        guard = (
+            await asyncio.to_thread(RequestVerifier, QueuedEmbedder(queue, asyncio.get_running_loop()))
+            if (sem.guard and queue is not None) else None
+        )
         service = CacheService(
             RedisStore(self._redis, self._prefix), self._config,
-            embedder=embedder, index=index, guard=guard, normalize=self.settings.normalization,
+            embedder=embedder, index=index, guard=guard, normalize=self.settings.normalization, embed_queue=queue,
         )
         # Wait for Redis instead of failing: a sidecar may start before its Redis.
         delay = 0.1

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_svc.core.embedders import Embedder, load_embedder
+from cache_svc.core.embedders import Embedder, EmbedQueue, QueuedEmbedder, load_embedder
 from cache_svc.core.index import IndexConfig, PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.normalize import Normalization
@@ -175,8 +175,12 @@ async def burst(url: str, embedder: Embedder, n: int = 50) -> dict:
     client = connect(RedisOptions(url))
     out: dict = {"lookups": len(topics)}
     for name, batch in (("batched", CacheConfig().embed_batch), ("one at a time", 1)):
+        # As the server wires it: the verifier's words join the lookups' queue (one at a time: they do not).
+        queue = EmbedQueue(embedder, batch)
+        words = QueuedEmbedder(queue, asyncio.get_running_loop()) if batch > 1 else embedder
         service = CacheService(RedisStore(client, f"burst{uuid.uuid4().hex[:6]}"), CacheConfig(embed_batch=batch),
-                               embedder=embedder, index=VectorIndex(embedder.dim), guard=RequestVerifier(embedder))
+                               embedder=embedder, index=VectorIndex(embedder.dim), guard=RequestVerifier(words),
+                               embed_queue=queue)
         await service.start()
         for i, r in enumerate(topics):
             await service.store(CacheQuery(f"b{i}", "chat", r["a"]), Answer(reply="x"), None, False)

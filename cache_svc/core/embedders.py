@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -116,6 +117,16 @@ class EmbedQueue:
         self._max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._running = False
+        # A thread of its own: verification threads wait on this queue (see QueuedEmbedder), so
+        # the embedding must never need a thread of the loop's shared pool they may all hold.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, text: str) -> np.ndarray:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -131,7 +142,7 @@ class EmbedQueue:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 texts = list(dict.fromkeys(t for t, _ in batch))  # a burst of one text embeds it once
                 try:
-                    rows = await asyncio.to_thread(self._embedder.embed, texts)
+                    rows = await asyncio.get_running_loop().run_in_executor(self._thread, self._embedder.embed, texts)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter, the queue survives
                     for _, f in batch:
                         if not f.done():
@@ -143,3 +154,32 @@ class EmbedQueue:
                         f.set_result(by_text[t])
         finally:
             self._running = False
+
+
+class QueuedEmbedder:
+    """An :class:`Embedder` for worker threads whose texts join an :class:`EmbedQueue` on the loop.
+
+    Verification runs in worker threads and embeds the words it cannot align otherwise. Called
+    directly, each verification would be one embedder call (~2.5 ms for a few words); through the
+    queue, the verifications of a burst share calls with each other and with the lookups' own
+    sentences. Called on the loop's own thread (where it must not block), it embeds directly.
+    """
+
+    def __init__(self, queue: EmbedQueue, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue = queue
+        self._loop = loop
+        self.name = getattr(queue.embedder, "name", "queued")
+        self.dim = queue.embedder.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or self._loop.is_closed():
+            return self._queue.embedder.embed(texts)
+        rows = asyncio.run_coroutine_threadsafe(self._gather(list(texts)), self._loop).result()
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    async def _gather(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(self._queue.embed(t) for t in texts)))

@@ -123,6 +123,7 @@ class CacheService:
         guard: Verifier | None = None,
         normalize: Normalization = Normalization(),
         replica_id: str | None = None,
+        embed_queue: EmbedQueue | None = None,
     ) -> None:
         if (embedder is None) != (index is None):
             raise ValueError("the semantic tier needs both an embedder and an index")
@@ -131,7 +132,8 @@ class CacheService:
         self._store = store
         self._config = config
         self._embedder = embedder
-        self._embed_queue = EmbedQueue(embedder, config.embed_batch) if embedder is not None else None
+        # Shared with the verifier's word embeddings when the composition root passes one in.
+        self._embed_queue = embed_queue or (EmbedQueue(embedder, config.embed_batch) if embedder is not None else None)
         self._index = index
         self._guard = guard
         self._normalize = normalize
@@ -170,6 +172,8 @@ class CacheService:
 
     async def close(self) -> None:
         self._hub.close()
+        if self._embed_queue is not None:
+            self._embed_queue.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

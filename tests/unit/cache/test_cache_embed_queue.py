@@ -49,3 +49,24 @@ async def test_a_failed_call_fails_its_callers_and_the_queue_goes_on() -> None:
     with pytest.raises(RuntimeError):
         await queue.embed("bad")
     assert int((await queue.embed("good"))[0]) == 4
+
+
+async def test_worker_threads_share_the_queue_and_never_starve_it() -> None:
+    """Verification threads embed words through the queue: their calls batch together, and the
+    queue's own thread embeds even when every thread of the loop's shared pool waits on it."""
+    from cache_svc.core.embedders import QueuedEmbedder
+
+    rec = Recorder()
+    queue = EmbedQueue(rec, max_batch=64)
+    words = QueuedEmbedder(queue, asyncio.get_running_loop())
+    threads = 40  # more than the default pool's workers: all of them block in words.embed
+    calls = [asyncio.to_thread(words.embed, [f"w{i}", "shared"]) for i in range(threads)]
+    pending = asyncio.gather(*calls)
+    await asyncio.sleep(0.1)
+    rec.release.set()
+    rows = await asyncio.wait_for(pending, 10)
+    assert [r[:, 0].tolist() for r in rows] == [[len(f"w{i}"), 6] for i in range(threads)]
+    assert len(rec.calls) < threads  # batched: far fewer embedder calls than callers
+    # On the loop's own thread it must not block on itself: it embeds directly.
+    assert words.embed(["direct"])[0, 0] == 6
+    queue.close()
