@@ -118,6 +118,23 @@ class ModelDescription:
     decode_ops: str = ""
 
 
+@dataclass(eq=False)
+class _DecodeRow:
+    """One stream's token waiting for its decode pass (a :class:`~.scheduling.BatchPart`)."""
+
+    run: Callable[[Sequence[_DecodeRow]], None]
+    token: int
+    kv: KVBuffer
+    logits: torch.Tensor | None = None
+
+    def result(self) -> torch.Tensor:
+        """The next token's logits; computed alone here when no worker batched the row (direct callers)."""
+        if self.logits is None:
+            self.run([self])
+        assert self.logits is not None
+        return self.logits
+
+
 @dataclass
 class _SentimentPrefix:
     kv: KVBuffer
@@ -493,6 +510,7 @@ class Engine:
         seq = list(ids)
         previous = previous_ids(seq, self._eos) if decoding.repetition_penalty not in (None, 1.0) else None
         generated, finish = 0, Finish.LENGTH
+        row: _DecodeRow | None = None
         try:
             while generated < max_new and not cancelled.is_set():
                 token = pick_token(logits, decoding, generator, previous)
@@ -501,19 +519,26 @@ class Engine:
                     break
                 generated += 1
                 delta = stream.push(token)
+                # No pass when the next token's logits would never be read.
+                row = None if stream.stopped or generated == max_new else _DecodeRow(self._decode_rows, token, kv)
                 # The step that ends the prefill (its last chunk) prices prefill; later ones one decode token.
-                yield Step(prefill_tokens=chunk, decode_tokens=0 if chunk else 1, item=ChatChunk(delta) if delta else None)
+                # With a row, the worker runs this token's forward in one pass with the other streams' rows.
+                item = ChatChunk(delta) if delta else None
+                yield Step(prefill_tokens=chunk, decode_tokens=0 if chunk else 1, item=item, batch=row)
                 chunk = 0
                 if stream.stopped:
                     finish = Finish.STOP
                     break
-                if generated == max_new:
-                    break  # the next token's logits would never be read
-                logits = self.model.logits(self.model.forward(torch.tensor([token]), kv))[0]
+                if row is None:
+                    break
+                logits = row.result()
                 seq.append(token)
+                row = None
                 if previous is not None:  # a repeat is harmless: each id is penalized once
                     previous = torch.cat([previous, torch.tensor([token])])
         finally:
+            if row is not None and row.logits is not None:
+                seq.append(row.token)  # closed after its pass ran: the KV holds the token
             if remember and images is None:  # every picture's tokens share one id: ids cannot key its KV
                 self.index.insert(seq, kv)
                 self._publish_kv_stats()
@@ -531,6 +556,22 @@ class Engine:
                 decode_ms=decode_ms,
             ),
         )
+
+    def _decode_rows(self, rows: Sequence[_DecodeRow]) -> None:
+        """One decode pass for several streams (the worker batches them, :mod:`.worker`): a row per stream.
+
+        The fast forward takes all rows in one pass (:meth:`.model.Transformer.decode_batch`);
+        transformers' generic path has no batched decode and runs them one at a time.
+        """
+        with torch.inference_mode():
+            batch = getattr(self.model, "decode_batch", None)
+            if batch is None or len(rows) == 1:
+                for row in rows:
+                    row.logits = self.model.logits(self.model.forward(torch.tensor([row.token]), row.kv))[0]
+                return
+            logits = self.model.logits(batch([r.token for r in rows], [r.kv for r in rows]), rows_alone=True)
+            for row, out in zip(rows, logits):
+                row.logits = out
 
     def _publish_kv_stats(self) -> None:
         stats = self.index.stats()
