@@ -44,7 +44,7 @@ class InferenceApp:
         max_queue: int = 64,
         limits: Limits = Limits(),
         batching: Batching = Batching(),
-        max_active_streams: int = 4,
+        max_active_streams: int = 16,
         rates: Rates | None = None,
         prefill_slice: int = 32,
     ) -> None:
@@ -71,7 +71,10 @@ def build_parser() -> EnvArgumentParser:
     parser.add_option("--max-new-tokens", default=128, type=int, help="default reply length limit")
     parser.add_option("--max-context-tokens", default=4096, type=int, help="prompt + reply token limit")
     parser.add_option("--max-queue", default=64, type=int, help="jobs waiting for the model before RESOURCE_EXHAUSTED")
-    parser.add_option("--max-active-streams", default=4, type=int, help="chat replies decoded concurrently (interleaved)")
+    parser.add_option(
+        "--max-active-streams", default=16, type=int,
+        help="chat replies decoded together (one forward pass per token for all of them: continuous batching)",
+    )
     parser.add_option("--kv-cache-mb", default=512, type=int, help="memory budget of the conversation KV index (LRU)")
     parser.add_option("--max-batch", default=16, type=int, help="classify requests per forward pass")
     parser.add_option("--batch-wait-ms", default=3.0, type=float, help="longest wait for a fuller classify batch")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.inference import datasets, peer, report
+from bench.inference import concurrency, datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
 from bench.inference.engines import RESULTS, add_model_cache, make_engine
 from inference_svc.core import loader, model_source, native, placement, precision
@@ -394,6 +394,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results["classify_16_concurrent"] = asyncio.run(both())
     log.info("concurrency %s", results["classify_16_concurrent"])
+    # Aggregate decode of 1/4/8/16 concurrent greedy chats through the service as its own process.
+    chats = asyncio.run(concurrency.run("default", cache, 16, 1 if args.quick else 3, args.cpus))
+    results["chat_concurrency"] = {"file": str(concurrency.write(chats, args.out)), "speedup": chats["speedup"],
+                                   "tok_s": {n: v["tok_s"] for n, v in chats["levels"].items()}}
+    if args.out == RESULTS:
+        concurrency.render_doc()
+    log.info("chat concurrency %s", results["chat_concurrency"])
 
     baseline = GenerateBaseline(loader.fp32_copy_dir(source, cache))
     results["sentiment_baseline"] = {}

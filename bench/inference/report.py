@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -72,6 +73,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"16 concurrent Classify over gRPC: batched **{c['batched']['requests_per_s']:.1f} req/s** (mean batch "
         f"{c['batched']['mean_batch']:.1f}) vs one at a time {c['one_at_a_time']['requests_per_s']:.1f} req/s "
         f"({c['batched']['requests_per_s'] / c['one_at_a_time']['requests_per_s']:.2f}x).",
+        *_chat_concurrency(r.get("chat_concurrency")),
         "",
         "## Weight formats (levers)",
         "",
@@ -206,3 +208,14 @@ def _prompt_speeds(a: dict[str, float], b: dict[str, float]) -> str:
         f"one classify request p50 {a['classify_p50_ms']:.0f} vs {b['classify_p50_ms']:.0f} ms "
         f"({a['classify_p50_ms'] / b['classify_p50_ms']:.2f}x)"
     )
+
+
+def _chat_concurrency(c: dict[str, Any] | None) -> list[str]:
+    """The aggregate-decode line (concurrent greedy chats through gRPC; details in its own result file)."""
+    if not c:
+        return []
+    rates = ", ".join(f"{n}: {t:.1f}" for n, t in c["tok_s"].items())
+    return [
+        f"Concurrent greedy chats over gRPC (64 new tokens each), aggregate tok/s by chats at once: {rates}; "
+        f"8 at once **{c['speedup'].get('8', float('nan')):.2f}x** one chat (goal >= 4x; `{Path(c['file']).name}`)."
+    ]

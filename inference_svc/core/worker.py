@@ -21,7 +21,7 @@ in one forward, and a stream joins (its prefill done) or leaves (finished,
 cancelled) between rounds.
 
 Between any two steps of any stream the worker runs every waiting call, so a
-short classify waits for at most one step: one decode token, or one prefill
+short classify waits for at most one step: one decode pass, or one prefill
 chunk of a long prompt (streams yield :class:`~.scheduling.Step` items per
 chunk, which the worker times to learn prefill and decode rates). Streams wait
 for a decode slot in one queue per tenant, served round-robin, so one tenant's
