@@ -26,7 +26,7 @@ from reprise import tracing
 from reprise.cache.v1 import cache_pb2
 from reprise.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from reprise.inference.v1 import inference_pb2
-from reprise.rpc.channel import channel_options, retry_service_config
+from reprise.rpc.channel import aio_channel, retry_service_config
 from reprise.rpc.config import (
     EnvArgumentParser,
     add_client_tls_options,
@@ -44,23 +44,9 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 CACHE_SERVICE = cache_pb2.DESCRIPTOR.services_by_name["Cache"].full_name
 
-# A restarted cache or inference must be found again within a second or two: gRPC's default
-# reconnect backoff grows to two minutes, during which every call would fail fast.
-_RECONNECT = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
-
 def backend_channel(target: str, tls: ClientTLS | None, service_config: str | None = None) -> grpc.aio.Channel:
     """An asyncio channel to a service behind the gateway (TLS when ``tls`` is given)."""
-    options = channel_options(service_config=service_config) + _RECONNECT
-    if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+    return aio_channel(target, tls, service_config=service_config)
 
 
 class GatewayApp:

@@ -54,6 +54,15 @@ def channel_options(
     return options
 
 
+# A restarted cache or inference must be found again within a second or two: gRPC's default
+# reconnect backoff grows to two minutes, during which every call would fail fast.
+_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def aio_channel(
     target: str,
     tls: ClientTLS | None = None,
@@ -61,8 +70,8 @@ def aio_channel(
     max_message_bytes: int = 16 * 1024 * 1024,
     service_config: str | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` (``host:port``), TLS when ``tls`` is given."""
-    options = channel_options(max_message_bytes, service_config)
+    """An asyncio channel from one Reprise service to another (``host:port``), TLS when ``tls`` is given."""
+    options = channel_options(max_message_bytes, service_config) + _RECONNECT
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options)
     if tls.server_name:
