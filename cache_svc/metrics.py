@@ -1,10 +1,14 @@
 """Prometheus metrics of the cache service (``reprise_cache_`` prefix).
 
 Module-level collectors: several replicas in one test process share them,
-which only adds their counts; per-replica numbers are in the Stats RPC.
+which only adds their counts (the level gauges read the last service started);
+per-replica numbers are in the Stats RPC. The core reports through
+:class:`PrometheusObserver`, passed in by the composition root.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -27,3 +31,35 @@ EVENTS = Counter("reprise_cache_events_total", "Pub/sub events applied from any 
 INDEXED_VECTORS = Gauge("reprise_cache_indexed_vectors", "Vectors in this process's semantic indexes.")
 LOCAL_ENTRIES = Gauge("reprise_cache_local_entries", "Entries in this process's in-process exact tier.")
 WATCHERS = Gauge("reprise_cache_watchers", "Open WatchInvalidations streams.")
+
+
+class PrometheusObserver:
+    """:class:`~cache_svc.core.observer.Observer` that counts into the collectors above."""
+
+    def stage(self, name: str, seconds: float) -> None:
+        STAGE_SECONDS.labels(name).observe(seconds)
+
+    def lookup(self, tier: str) -> None:
+        LOOKUPS.labels(tier).inc()
+
+    def exact_hit(self, source: str) -> None:
+        EXACT_SOURCE.labels(source).inc()
+
+    def rejected(self, reason: str) -> None:
+        GUARD_REJECTIONS.labels(reason).inc()
+
+    def stored(self, semantic: bool) -> None:
+        STORES.labels(str(semantic).lower()).inc()
+
+    def invalidated(self, target: str, removed: int) -> None:
+        INVALIDATED.labels(target).inc(removed)
+
+    def event(self, kind: str) -> None:
+        EVENTS.labels(kind).inc()
+
+
+def read_levels(levels: Callable[[], Mapping[str, int]]) -> None:
+    """Make the level gauges read ``levels()`` (the service's :meth:`levels`) when scraped."""
+    INDEXED_VECTORS.set_function(lambda: levels()["indexed_vectors"])
+    LOCAL_ENTRIES.set_function(lambda: levels()["local_entries"])
+    WATCHERS.set_function(lambda: levels()["watchers"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cache_svc import metrics
 from cache_svc.core.embedders import Embedder, EmbedQueue, QueuedEmbedder, load_embedder
 from cache_svc.core.index import IndexConfig, VectorIndex
 from cache_svc.core.normalize import Normalization
@@ -101,7 +102,9 @@ class CacheApp:
         service = CacheService(
             RedisStore(self._redis, self._prefix), self._config,
             embedder=embedder, index=index, guard=guard, normalize=self.settings.normalization, embed_queue=queue,
+            observer=metrics.PrometheusObserver(),
         )
+        metrics.read_levels(service.levels)
         # Wait for Redis instead of failing: a sidecar may start before its Redis.
         delay = 0.1
         while True:

@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cache_svc import metrics
 from cache_svc.core.embedders import Embedder, EmbedQueue
 from cache_svc.core.index import PartitionInfo, VectorIndex
 from cache_svc.core.keys import exact_key, partition_key
 from cache_svc.core.local import LocalTier
 from cache_svc.core.normalize import Normalization
+from cache_svc.core.observer import NullObserver, Observer
 from cache_svc.core.simhash import simhash64
 from cache_svc.core.store import Event, RedisStore
 from cache_svc.core.types import (
@@ -100,15 +100,16 @@ def embedding_text(text: str) -> str:
 class _Clock:
     """Stage timer: ``lap(name)`` records the time since the previous lap."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer) -> None:
         self.stages: dict[str, float] = {}
+        self._observer = observer
         self._t = time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         seconds = now - self._t
         self.stages[name] = self.stages.get(name, 0.0) + seconds * 1000
-        metrics.STAGE_SECONDS.labels(name).observe(seconds)
+        self._observer.stage(name, seconds)
         self._t = now
 
 
@@ -124,6 +125,7 @@ class CacheService:
         normalize: Normalization = Normalization(),
         replica_id: str | None = None,
         embed_queue: EmbedQueue | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if (embedder is None) != (index is None):
             raise ValueError("the semantic tier needs both an embedder and an index")
@@ -140,6 +142,7 @@ class CacheService:
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._local = LocalTier(config.local_max_entries, config.local_max_staleness_s)
         self._hub = InvalidationHub()
+        self._observer: Observer = observer or NullObserver()
         self._counters = {"exact_hits": 0, "semantic_hits": 0, "misses": 0, "guard_rejections": 0}
         self._subscribed = False
         self._ready = asyncio.Event()
@@ -196,7 +199,6 @@ class CacheService:
             items = [(e, v) for e, v in batch if e.semantic and e.expires_at > now and v.shape[0] == self._index.dim]
             await asyncio.to_thread(self._index_entries, items)
             n += len(items)
-        metrics.INDEXED_VECTORS.set(len(self._index))
         log.info("semantic indexes rebuilt from redis: %d vectors in %.2fs", n, time.perf_counter() - t0)
 
     def _index_entries(self, items: list[tuple[Entry, object]]) -> None:
@@ -239,7 +241,7 @@ class CacheService:
 
     async def _apply(self, event: Event) -> None:
         if event.stored is not None:
-            metrics.EVENTS.labels("stored").inc()
+            self._observer.event("stored")
             if event.origin == self.replica_id:
                 return
             self._local.drop(event.stored)
@@ -251,7 +253,7 @@ class CacheService:
         inv = event.invalidation
         if inv is None:
             return
-        metrics.EVENTS.labels(inv.kind.value).inc()
+        self._observer.event(inv.kind.value)
         await self._forget(inv)
         self._hub.publish(inv)
 
@@ -275,8 +277,6 @@ class CacheService:
             await asyncio.sleep(self._config.sweep_interval_s)
             if self._index is not None:
                 await asyncio.to_thread(self._index.sweep, time.time())
-                metrics.INDEXED_VECTORS.set(len(self._index))
-            metrics.LOCAL_ENTRIES.set(len(self._local))
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class CacheService:
         return entry.expires_at > now and (options.max_age_s is None or now - entry.created_at <= options.max_age_s)
 
     async def lookup(self, query: CacheQuery, options: LookupOptions) -> LookupResult:
-        clock = _Clock()
+        clock = _Clock(self._observer)
         key = self.key(query)
         clock.lap("normalize")
         now = time.time()
@@ -316,7 +316,7 @@ class CacheService:
         clock.lap("exact")
         if entry is not None and entry.namespace == query.namespace and self._servable(entry, now, options):
             self._count("exact_hits", Tier.EXACT)
-            metrics.EXACT_SOURCE.labels(source).inc()
+            self._observer.exact_hit(source)
             return LookupResult(Tier.EXACT, key, 1.0, entry, stage_ms=clock.stages)
         if options.exact_only or not self.semantic_eligible(query):
             return self._miss(key, clock)
@@ -363,13 +363,13 @@ class CacheService:
                 return LookupResult(Tier.SEMANTIC, key, cand.similarity, entry, stage_ms=clock.stages)
             reason = reason or why
             self._counters["guard_rejections"] += 1
-            metrics.GUARD_REJECTIONS.labels(why.split(" ")[0].rstrip(":")).inc()
+            self._observer.rejected(why.split(" ")[0].rstrip(":"))
         clock.lap("guard")
         return self._miss(key, clock, reason)
 
     def _count(self, counter: str, tier: Tier) -> None:
         self._counters[counter] += 1
-        metrics.LOOKUPS.labels(tier.value).inc()
+        self._observer.lookup(tier.value)
 
     def _miss(self, key: str, clock: _Clock, reason: str = "") -> LookupResult:
         self._count("misses", Tier.MISS)
@@ -407,7 +407,7 @@ class CacheService:
             self._local.put(entry)
         if semantic:
             await asyncio.to_thread(self._index_entries, [(entry, vector)])
-        metrics.STORES.labels(str(semantic).lower()).inc()
+        self._observer.stored(semantic)
         await self._store.publish(Event(self.replica_id, stored=key, namespace=entry.namespace, semantic=semantic))
         return entry
 
@@ -428,7 +428,7 @@ class CacheService:
         # Apply locally now (read-your-writes); the event reaches the others and the watchers.
         await self._forget(inv)
         await self._store.publish(Event(self.replica_id, invalidation=inv))
-        metrics.INVALIDATED.labels(inv.kind.value).inc(removed)
+        self._observer.invalidated(inv.kind.value, removed)
         return removed
 
     @property
@@ -440,12 +440,18 @@ class CacheService:
         """Register a WatchInvalidations stream (registered on return: nothing after it is missed)."""
         return self._hub.watch()
 
+    def levels(self) -> dict[str, int]:
+        """What a metrics scrape reads: vectors indexed, local-tier entries, open watch streams."""
+        return {
+            "indexed_vectors": len(self._index) if self._index is not None else 0,
+            "local_entries": len(self._local),
+            "watchers": self._hub.watchers,
+        }
+
     async def stats(self, namespace: str) -> Stats:
         names = [namespace] if namespace else await self._store.namespaces()
         by_ns = {n: await self._store.count(n) for n in names}
         indexed = len(self._index) if self._index is not None else 0
-        metrics.INDEXED_VECTORS.set(indexed)
-        metrics.LOCAL_ENTRIES.set(len(self._local))
         return Stats(
             entries=sum(by_ns.values()),
             entries_by_namespace={n: c for n, c in by_ns.items() if c or namespace},

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from cache_svc import metrics
 from cache_svc.core.types import Invalidation
 from reprise.errors import ResourceExhausted, Unavailable
 
@@ -40,6 +39,11 @@ class InvalidationHub:
             else:
                 q.put_nowait(invalidation)
 
+    @property
+    def watchers(self) -> int:
+        """Streams open now."""
+        return len(self._queues)
+
     def watch(self) -> Watcher:
         """Register a stream now; iterate it for the invalidations that follow, until :meth:`close`."""
         if self._closed:
@@ -48,13 +52,11 @@ class InvalidationHub:
             raise ResourceExhausted(f"too many watchers (limit {self._max_watchers})")
         q: asyncio.Queue[object] = asyncio.Queue()
         self._queues.add(q)
-        metrics.WATCHERS.inc()
         return Watcher(self, q)
 
     def _unregister(self, q: asyncio.Queue[object]) -> None:
         if q in self._queues:
             self._queues.discard(q)
-        metrics.WATCHERS.dec()
 
     def interrupt(self) -> None:
         """End every stream with UNAVAILABLE: events may have been missed (Redis subscription lost)."""

@@ -52,3 +52,34 @@ async def test_semantic_candidate_with_the_same_key_is_an_exact_hit() -> None:
     result = await service.lookup(query, LookupOptions())
     assert result.tier is Tier.EXACT
     assert result.similarity == 1.0 and result.entry is entry
+
+
+class _Recorder:
+    """An Observer that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return lambda *args: self.events.append((name, args))
+
+
+async def test_the_service_reports_to_the_observer_it_was_given_and_levels_are_read_on_demand() -> None:
+    query = CacheQuery(namespace="t", task="chat", text="What is a cache?", model_id="m", model_revision="r")
+    key = exact_key(query, Normalization())
+    now = time.time()
+    entry = Entry(key, "t", "chat", query.text, Answer(reply="A fast copy."), "m", "r", now, now + 60)
+    index = VectorIndex(DIM)
+    seen = _Recorder()
+    service = CacheService(_StoreMidWrite(entry), embedder=_ConstantEmbedder(), index=index,  # type: ignore[arg-type]
+                           observer=seen)
+    index.add(partition_key(query, Normalization()), PartitionInfo("t", "m", "r", "chat"),
+              [(key, _ConstantEmbedder().embed([query.text])[0], now + 60)])
+    await service.lookup(query, LookupOptions())
+    names = [n for n, _ in seen.events]
+    assert ("lookup", ("exact",)) in seen.events
+    assert {"stage"} <= set(names) and [a[0] for n, a in seen.events if n == "stage"][:1] == ["normalize"]
+    assert service.levels() == {"indexed_vectors": 1, "local_entries": 0, "watchers": 0}
+    watcher = service.watch()
+    assert service.levels()["watchers"] == 1
+    del watcher
