@@ -47,3 +47,11 @@ bench-sched: install model ## inference scheduling: short-behind-long latency, 5
 BENCH_CHAT_ARGS ?=
 bench-chat: install model ## chat replies of the default model scored (loops, length, refusals, echo, language) -> bench/results/chat-quality-<cpu>.{json,md}
 	flock $(BENCH_LOCK) $(PY) -m bench.inference.chat_quality $(BENCH_CHAT_ARGS)
+
+# The llama.cpp peer under concurrency (1/4/8/16 sequences in one batch per step) and the memory-bandwidth
+# probe (issue 25). llama.cpp is measured when `make llamacpp` installed it, its server when a llama-server
+# binary is found (bench/inference/peer_server.py says how to build one); the probe needs only cc.
+BENCH_PEER_ARGS ?=
+.PHONY: bench-peer
+bench-peer: install model ## llama.cpp aggregate decode at 1/4/8/16 parallel sequences + memory-bandwidth probe -> bench/results/peer-<cpu>.{json,md}
+	flock $(BENCH_LOCK) $(PY) -m bench.inference.peer_bench $(BENCH_PEER_ARGS)
