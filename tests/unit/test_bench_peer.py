@@ -101,8 +101,13 @@ def test_result_files_history_and_doc_block(tmp_path: Path) -> None:
     md = (tmp_path / "peer-amd-epyc-zen4.md").read_text()
     assert "| 8 | 141.4 | 2.83× |" in md and "**132.8 tok/s**" in md
     peer_bench.write(r, tmp_path)
-    history = (tmp_path / peer_bench.HISTORY).read_text().splitlines()
-    assert sum(line.startswith("| 2026-12-07 06:00 | amd-epyc-zen4 |") for line in history) == 2
+    history = (tmp_path / peer_bench.OWN_HISTORY).read_text().splitlines()  # no HISTORY.md here: its own file
+    assert sum(line.startswith("| 2026-12-07 06:00 | amd-epyc-zen4 | abc1234 | peer |") for line in history) == 2
+    (tmp_path / peer_bench.HISTORY).write_text("# history\n\n| date | kind | commit | benchmark | headline |\n|---|---|---|---|---|\n")
+    peer_bench.write(r, tmp_path)
+    row = (tmp_path / peer_bench.HISTORY).read_text().splitlines()[-1]
+    assert row.startswith("| 2026-12-07 06:00 | amd-epyc-zen4 | abc1234 | peer | read 30.0 GB/s 1 CPU, 40.0 all; int4 roofline 132.8")
+    assert "50.0 / 100.0 / 141.4 / 200.0 at 1 / 4 / 8 / 16 sequences (4.00x one)" in row
     doc = tmp_path / "doc.md"
     doc.write_text(f"# Inference\n\nbefore\n\n{peer_bench.DOC_BEGIN}\nold text\n{peer_bench.DOC_END}\n\nafter\n")
     assert peer_bench.write_doc(r, doc)
@@ -121,7 +126,7 @@ def test_markdown_says_when_llamacpp_was_not_measured() -> None:
     r = _result()
     r["llamacpp"] = {"unavailable": "llama-cpp-python is not installed (`make llamacpp`)"}
     assert "not measured (llama-cpp-python is not installed" in peer_bench.markdown(r)
-    assert peer_bench.history_row(r).endswith("| 132.8 |  |  |  |  |\n")
+    assert peer_bench.history_row(r).endswith("| peer | read 30.0 GB/s 1 CPU, 40.0 all; int4 roofline 132.8 tok/s |\n")
 
 
 async def test_server_levels_send_n_distinct_chats_at_once_and_count_their_tokens() -> None:
