@@ -11,8 +11,8 @@ its GIL and slow its model thread):
    ``--chat-seconds``; a refused call (RESOURCE_EXHAUSTED) is retried after a
    short pause. Goal: ≥ 95% of admitted calls finish within their deadline.
 
-Writes ``bench/results/sched.json`` and ``bench/results/sched.md`` (one current
-file per run; the history lives in git). ``--model tiny`` runs the tiny
+Writes ``bench/results/sched-<cpu kind>.json`` and ``.md`` (the current run on this kind of CPU)
+and a row of ``bench/results/HISTORY.md``. ``--model tiny`` runs the tiny
 random-weight test model (plumbing, not speed).
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import signal
 import socket
 import statistics
@@ -35,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from bench import headlines, render_docs, results_io
 from reprise.common.v1 import common_pb2
 from reprise.inference.v1 import inference_pb2 as pb
 from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -205,7 +204,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "dtype": info.dtype,
                 "weights": info.weights,
                 "threads": info.threads,
-                "machine": platform.processor() or platform.machine(),
+                "machine": results_io.cpu_name(),
+                "date": results_io.now(),
                 "prefill_chunk": args.prefill_chunk,
                 "prefill_slice": args.prefill_slice,
                 "max_active_streams": args.max_active_streams,
@@ -283,12 +283,12 @@ def main() -> None:
     parser.add_argument("--backoff", default=0.2, type=float, help="pause after a refusal before the next call")
     parser.add_argument("--classify-only", action="store_true")
     parser.add_argument("--chats-only", action="store_true")
-    parser.add_argument("--out", default="sched", help="results file stem under bench/results/")
+    parser.add_argument("--out", default="sched", help="benchmark name of the results: bench/results/<name>-<cpu kind>.*")
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.out}.md").write_text(markdown(result))
+    results_io.write_current(args.out, result, markdown(result), out=RESULTS)
+    results_io.append_history(args.out, headlines.sched(result))
+    render_docs.main([])
     print(markdown(result))
 
 

@@ -15,15 +15,14 @@ conversation after another, so no call waits for another: what differs is only w
 turn N meets turns 1..N-1's KV on its replica. Conversations are new in each mode (a random
 tag in the first turn), so no mode finds another's prefix. The cache service is not in the
 path: it would answer repeated turns, and the question is the model's.
-Results: bench/results/routing.json and .md (the current run; the history table lives in docs/gateway.md).
+Results: bench/results/routing-<cpu kind>.json and .md (the current run with the default model on this kind of
+CPU; ``--model tiny``: routing-tiny-<cpu kind>) and a row of bench/results/HISTORY.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench import headlines, render_docs, results_io
 from gateway.clients import GrpcInference
 from gateway.core.types import InferenceChunk
 from gateway.replicas import RoutedInference, RoutingConfig
@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--conversations", type=int, default=5)
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--out", type=Path, default=RESULTS / "routing")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="reprise-routing-") as tmp:
         run_dir = Path(tmp)
@@ -171,7 +171,8 @@ def main() -> None:
     one = results["one replica"][key]  # type: ignore[index]
     report = {
         "model": args.model,
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "machine": results_io.cpu_name(),
+        "date": results_io.now(),
         "conversations": args.conversations,
         "turns": args.turns,
         "max_new_tokens": args.max_new_tokens,
@@ -179,9 +180,12 @@ def main() -> None:
         "prefix_over_one": round(results["prefix"][key] / one, 2) if one else None,  # type: ignore[index]
         "round_robin_over_one": round(results["round-robin"][key] / one, 2) if one else None,  # type: ignore[index]
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(report))
+    # The tiny model measures the mechanics only: its result is kept apart from the default model's.
+    bench = "routing" if args.model == "default" else "routing-tiny" if args.model == "tiny" else "routing-other"
+    results_io.write_current(bench, report, _markdown(report), out=args.out)
+    if args.out == RESULTS:
+        results_io.append_history(bench, headlines.routing(report))
+        render_docs.main([])
     print(_markdown(report))
 
 

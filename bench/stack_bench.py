@@ -14,9 +14,11 @@ Starts Redis + inference (the real default model) + cache + gateway, pinned the 
   every pass: the report gives the hit ratio and throughput per pass, and the
   ``*-stationary`` mix keeps its 38% new texts new for the whole run.
 
-Writes ``bench/results/load-<mix>-cache-{off,on}.json`` (ghz's JSON report),
-``load-<mix>.png`` (latency CDFs and throughput), ``load-<mix>-cache-on-timeline.png``
-(every call over time, coloured by cache status) and ``load-summary.{json,md}``.
+Writes ``bench/results/load-<cpu kind>.{json,md}`` (the summary: the current run on this kind of
+CPU), beside it ``load-<cpu kind>/<mix>-cache-{off,on}.json`` (ghz's JSON report),
+``<mix>.png`` (latency CDFs and throughput) and ``<mix>-cache-on-timeline.png`` (every call over
+time, coloured by cache status), a row of ``bench/results/HISTORY.md``, and the generated block of
+docs/deploy.md (``bench.render_docs``).
 Target: >= 5x throughput with the cache on for the default mix (classify).
 """
 
@@ -41,6 +43,7 @@ from google.protobuf import json_format
 from bench.load import CACHE_OFF, run_with_progress, with_cache_policy
 from bench.loadgen.config import LoadConfig, load_config
 from bench.loadgen.plot import plot_comparison, plot_report
+from bench import headlines, render_docs, results_io
 from bench.loadgen.report import summary_line
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
 from reprise.devstack import ROOT, StackConfig, plan_cpus, running_stack
@@ -104,15 +107,15 @@ async def run_mix(name: str, gateway: str, cache: str, out: Path, passes: int | 
         load_before = os.getloadavg()[0]
         report = await run_with_progress(cfg, progress=progress)
         report["reprise"]["loadAverage1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-        path = out / f"load-{name}-{label.replace(' ', '-')}.json"
+        path = out / f"{name}-{label.replace(' ', '-')}.json"
         path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(f"  {label}: {summary_line(report)}", flush=True)
         reports[label] = report
-    plot_report(reports["cache on"], out / f"load-{name}-cache-on-timeline.png",
+    plot_report(reports["cache on"], out / f"{name}-cache-on-timeline.png",
                 f"{name}, cache on: every call over time ({n} requests per pass over the data)")
     off, on = reports["cache off"], reports["cache on"]
     ratio = on["rps"] / off["rps"] if off["rps"] else None
-    plot_comparison(reports, out / f"load-{name}.png",
+    plot_comparison(reports, out / f"{name}.png",
                     f"{name}: {on['rps']:.1f} vs {off['rps']:.1f} req/s with the cache on vs off "
                     f"({ratio:.1f}x; {on['count']} vs {off['count']} requests)")
     errors = {k: sum(v for s, v in r["statusCodeDistribution"].items() if s != "OK") for k, r in reports.items()}
@@ -134,11 +137,10 @@ async def run_mix(name: str, gateway: str, cache: str, out: Path, passes: int | 
     }
 
 
-def _markdown(summary: dict[str, Any]) -> str:
+def table(summary: dict[str, Any]) -> list[str]:
+    """The per-mix table (also the generated block of docs/deploy.md)."""
     env = summary["environment"]
     lines = [
-        "# Load mixes, response cache off vs on (`make bench`)",
-        "",
         f"{env['date']}, commit `{env['commit']}`, {env['cpuModel']} ({env['cpus']} CPUs), "
         f"model `{env['model'].get('model_id', '?')}` ({env['model'].get('dtype', '?')}, "
         f"{env['model'].get('threads', '?')} threads). Pinning: inference on CPUs `{env['pinning']['inference'] or '-'}`, "
@@ -159,6 +161,19 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{r['requests']['cacheOff']} / {r['requests']['cacheOn']} | "
             f"{r['errors']['cache off']} / {r['errors']['cache on']} |"
         )
+    return lines
+
+
+def passes_line(summary: dict[str, Any]) -> str:
+    """Hit ratio and throughput per cache-on pass, every mix."""
+    def mix(r: dict[str, Any]) -> str:
+        steps = " -> ".join(f"{p['hitRatio']:.0%} / {p['rps']:,.0f}" for p in r["cacheOn"]["passes"] if p["hitRatio"] is not None)
+        return f"{r['mix']} {steps}"
+    return "Per pass with the cache on (hit ratio / req/s): " + "; ".join(mix(r) for r in summary["mixes"]) + "."
+
+
+def _markdown(summary: dict[str, Any], kind: str) -> str:
+    lines = ["# Load mixes, response cache off vs on (`make bench`)", "", *table(summary)]
     lines += [
         "",
         "Cache off runs one pass over each data array (every request is computed, so its cost does not",
@@ -166,7 +181,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         "data array is cycled: pass 1 has the documented shares (38% new, 42% exact repeats, 20%",
         "paraphrases), every later pass is all repeats. `classify-stationary` keeps its new texts",
         "unique per request, which bounds its ratio near 1 / 0.38 = 2.6x. Per-pass numbers are in",
-        "`load-summary.json`; per-call details and plots in `load-<mix>-cache-{off,on}.json` / `load-<mix>.png`.",
+        f"`load-{kind}.json`; per-call details and plots in `load-{kind}/<mix>-cache-{{off,on}}.json` / `<mix>.png`.",
         "",
     ]
     return "\n".join(lines)
@@ -195,13 +210,13 @@ def _environment(config: StackConfig, model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _bench(args: argparse.Namespace, config: StackConfig, gateway: str, cache: str, inference: str) -> dict:
+async def _bench(args: argparse.Namespace, config: StackConfig, out: Path, gateway: str, cache: str, inference: str) -> dict:
     model = await _model_info(inference)
     environment = _environment(config, model)
     rows = []
     for name in args.mixes:
         print(f"mix {name}:", flush=True)
-        rows.append(await run_mix(name, gateway, cache, args.out, args.passes, args.off_passes, not args.no_progress))
+        rows.append(await run_mix(name, gateway, cache, out, args.passes, args.off_passes, not args.no_progress))
     return {"environment": environment, "protocol": {"passes": args.passes, "offPasses": args.off_passes,
             "targetRatio": TARGET_RATIO}, "mixes": rows}
 
@@ -222,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.mixes:
         if not (GHZ / f"{name}.json").exists():
             parser.error(f"no deploy/ghz/{name}.json")
-    args.out.mkdir(parents=True, exist_ok=True)
+    kind = results_io.cpu_kind()
+    details = args.out / f"load-{kind}"
+    details.mkdir(parents=True, exist_ok=True)
     front, infer = ("", "") if args.no_pin else plan_cpus()
     config = StackConfig(model=args.model, model_cache=args.model_cache, inference_cpus=infer, frontend_cpus=front,
                          run_dir=ROOT / ".run" / "bench")
@@ -230,10 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with running_stack(config) as stack:
         print(f"ready in {time.perf_counter() - started:.0f}s", flush=True)
-        summary = asyncio.run(_bench(args, config, stack.gateway.address, stack.cache.address, stack.inference.address))
-    (args.out / "load-summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (args.out / "load-summary.md").write_text(_markdown(summary))
-    print(_markdown(summary))
+        summary = asyncio.run(_bench(args, config, details, stack.gateway.address, stack.cache.address,
+                                     stack.inference.address))
+    results_io.write_current("load", summary, _markdown(summary, kind), kind, args.out)
+    if args.out == results_io.RESULTS:
+        results_io.append_history("load", headlines.load(summary), kind)
+        render_docs.main([])
+    print(_markdown(summary, kind))
     return 0
 
 

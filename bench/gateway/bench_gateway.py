@@ -16,7 +16,8 @@ measures, client-side:
   (:mod:`bench.gateway.tracing_cost`; ``--no-tracing`` skips it).
 
 The load generator shares the machine's cores with the servers, so the CPU
-each side used is reported too. Results: bench/results/gateway.json + .md.
+each side used is reported too. Results: bench/results/gateway-<cpu kind>.json + .md (the current run on
+this kind of CPU; ``--quick`` runs write gateway-quick-<cpu kind>) and a row of bench/results/HISTORY.md.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import grpc
 
+from bench import headlines, render_docs, results_io
 from bench.gateway import loadgen, tracing_cost
 from gateway.clients import model_identity_from_pb
 from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
@@ -305,7 +307,7 @@ def miss_overhead(stack: Stack, n: int) -> dict[str, object]:
     }
 
 
-def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
+def markdown(doc: dict) -> str:  # type: ignore[type-arg]
     rows = doc["scenarios"]
     m = doc["miss_overhead"]
     lines = [
@@ -349,7 +351,7 @@ def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
         f"- semantic pairs served: {doc['semantic_pairs']}",
         "",
     ]
-    if doc["tracing"]["comparisons"]:
+    if doc.get("tracing", {}).get("comparisons"):
         lines += [
             "Tracing on vs off (exact hits, 50 in flight, rounds rotating; spans exported over OTLP, "
             f"{doc['tracing']['spans_exported']} received; 'on' samples {DEFAULT_SAMPLE_RATIO:.0%} of new traces as shipped):",
@@ -369,7 +371,7 @@ def write_markdown(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
     for t in doc["targets"]:
         lines.append(f"- {t['what']}: measured {t['measured']} vs target {t['target']} -> **{'met' if t['met'] else 'NOT met'}**")
     lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -465,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": _cpu_model(),
+            "cpu_model": results_io.cpu_name(),
             "python": platform.python_version(),
             "loadavg_at_start": load_at_start,
             "loadavg_at_end": os.getloadavg(),
@@ -483,18 +485,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                            f"sampler ({DEFAULT_SAMPLE_RATIO:.0%} of new traces), 'on, every request': OTEL_TRACES_SAMPLER=always_on"},
         "targets": targets,
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "gateway.json").write_text(json.dumps(doc, indent=2) + "\n")
-    write_markdown(doc, a.out / "gateway.md")
-    print(f"wrote {a.out / 'gateway.json'} and {a.out / 'gateway.md'}")
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
+    bench = "gateway-quick" if a.quick else "gateway"  # a smoke run never replaces the current result
+    path = results_io.write_current(bench, doc, markdown(doc), out=a.out)
+    if a.out == results_io.RESULTS:
+        results_io.append_history(bench, headlines.gateway(doc))
+        render_docs.main([])
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

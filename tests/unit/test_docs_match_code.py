@@ -1,29 +1,84 @@
-"""Generated docs must not drift: the README flag reference (from the parsers), the cache results (from bench/results)."""
+"""Generated docs must not drift: the flag reference (from the parsers), every figure block (from bench/results)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
+from bench import render_docs, results_io
 from reprise import flagdoc
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_flag_reference_matches_the_parsers() -> None:
-    text = README.read_text(encoding="utf-8")
-    assert flagdoc.BEGIN in text and flagdoc.END in text, "README lost its generated flags block"
+def test_flag_reference_matches_the_parsers() -> None:
+    text = flagdoc.DOC.read_text(encoding="utf-8")
+    assert flagdoc.BEGIN in text and flagdoc.END in text, "docs/configuration.md lost its generated flags block"
     block = text[text.index(flagdoc.BEGIN) : text.index(flagdoc.END) + len(flagdoc.END)]
-    assert block == flagdoc.render(), "README flags are stale: run `python -m reprise.flagdoc --write README.md`"
+    assert block == flagdoc.render(), "flags are stale: run `python -m reprise.flagdoc --write`"
 
 
+def test_readme_links_the_flag_reference() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/configuration.md" in readme and flagdoc.BEGIN not in readme
 
-def test_cache_doc_results_match_the_bench_results() -> None:
-    """docs/cache.md quotes bench/results/cache.json through the bench's own renderer, never by hand."""
-    import json
 
-    from bench.cache import bench_cache
+def test_writing_the_flags_into_the_readme_goes_to_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--write README.md` (the command before the move) writes docs/configuration.md and says so."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# r\n")
+    (tmp_path / "docs" / "configuration.md").write_text(f"x\n{flagdoc.BEGIN}\n{flagdoc.END}\n")
+    assert flagdoc.target(tmp_path / "README.md") == (tmp_path / "docs" / "configuration.md").resolve()
+    assert "moved" in capsys.readouterr().err
+    (tmp_path / "other.md").write_text("no block")
+    with pytest.raises(SystemExit, match="docs/configuration.md"):
+        flagdoc.target(tmp_path / "other.md")
 
-    report = json.loads((bench_cache.ROOT / "bench" / "results" / "cache.json").read_text())
-    text = bench_cache.DOC.read_text()
-    block = text[text.index(bench_cache.DOC_BEGIN) : text.index(bench_cache.DOC_END) + len(bench_cache.DOC_END)]
-    assert block == bench_cache.doc_block(report), "docs/cache.md is stale: python -m bench.cache.bench_cache --render-only"
+
+def test_every_generated_figure_block_matches_the_result_files() -> None:
+    """README/docs quote bench/results/*-<cpu kind>.json only through bench.render_docs, never by hand."""
+    assert render_docs.stale() == [], "docs are stale: run `python -m bench.render_docs` (make docs-figures)"
+
+
+def test_a_hand_edited_figure_is_caught(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    block = render_docs.Block(doc, "<!-- t:begin (generated) -->", "<!-- t:end -->", lambda: "<!-- t:begin (generated) -->\n1.5x\n<!-- t:end -->")
+    doc.write_text("intro\n<!-- t:begin -->\n<!-- t:end -->\nrest\n")
+    assert block.write() and doc.read_text() == "intro\n<!-- t:begin (generated) -->\n1.5x\n<!-- t:end -->\nrest\n"
+    doc.write_text(doc.read_text().replace("1.5x", "1.6x"))  # a figure typed over
+    assert block.current() != block.render()
+    assert block.write() and "1.5x" in doc.read_text() and block.current() == block.render()
+
+
+def test_current_files_and_history_rows(tmp_path: Path) -> None:
+    out, history = tmp_path / "results", tmp_path / "HISTORY.md"
+    path = results_io.write_current("gateway", {"when": "2026-12-07 06:00", "x": 1}, "# md", "amd-epyc-zen4", out)
+    assert path.name == "gateway-amd-epyc-zen4.json" and path.with_suffix(".md").read_text() == "# md\n"
+    results_io.write_current("gateway", {"x": 2}, "# md", "intel-xeon", out)
+    (out / "gateway-burst-x.json").write_text(json.dumps({"cpu_kind": "other"}))  # another benchmark's file
+    assert [(k, d["x"]) for k, d in results_io.currents("gateway", out)] == [("amd-epyc-zen4", 1), ("intel-xeon", 2)]
+    results_io.write_current("gateway", {"x": 3}, "# md", "intel-xeon", out)  # a new run replaces the current one
+    assert dict(results_io.currents("gateway", out))["intel-xeon"]["x"] == 3
+    results_io.append_history("gateway", "a | b 1.5x", "intel-xeon", date="2026-12-07 06:00", commit_id="abc1234", history=history)
+    results_io.append_history("cache", "c", "intel-xeon", date="2026-12-07 06:01", commit_id="abc1234", history=history)
+    rows = [l for l in history.read_text().splitlines() if l.startswith("| 2026")]
+    assert rows == ["| 2026-12-07 06:00 | intel-xeon | abc1234 | gateway | a \\| b 1.5x |",
+                    "| 2026-12-07 06:01 | intel-xeon | abc1234 | cache | c |"]
+
+
+def test_cpu_kinds() -> None:
+    assert results_io.kind_of("AMD EPYC 9R14", 25, 17, set()) == "amd-epyc-zen4"
+    assert results_io.kind_of("AMD EPYC 7R13", 25, 1, set()) == "amd-epyc-zen3"
+    assert results_io.kind_of("AMD EPYC", 26, 2, set()) == "amd-epyc-zen5"
+    assert results_io.kind_of("Intel(R) Xeon(R) Processor", 6, 207, {"amx_tile"}) == "intel-xeon-amx"
+    assert results_io.kind_of("Intel(R) Xeon(R) Processor", 6, 207, set()) == "intel-xeon"
+    assert results_io.cpu_kind()  # this machine's, from /proc/cpuinfo
+
+
+def test_every_current_result_has_a_history_row() -> None:
+    rows = results_io.HISTORY.read_text(encoding="utf-8")
+    for bench in render_docs.HEADLINES:
+        for kind, data in results_io.currents(bench):
+            assert f"| {kind} |" in rows and f"| {bench} |" in rows, f"{bench}-{kind}.json has no HISTORY.md row"
