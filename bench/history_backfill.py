@@ -20,8 +20,9 @@ from typing import Any
 from bench import headlines
 from bench.results_io import ROOT, kind_of
 
-#: The last commit that had every dated inference file and the docs page that numbered the runs.
-BEFORE = "HEAD"
+#: The last commit that had every dated inference file and the docs page that numbered the runs
+#: (the parent of the commit that replaced them with HISTORY.md).
+BEFORE = "a0ba2e0^"
 
 
 def git(*args: str) -> str:
@@ -138,7 +139,8 @@ def simple_rows() -> list[tuple[str, str, str, str, str]]:
                 continue
             seen.add((date, head))
             measured = r.get("environment", {}).get("commit") if isinstance(r.get("environment"), dict) else None
-            rows.append((date, _machine_kind(r, date), measured or commit, bench, head))
+            name = f"{bench}-tiny" if bench == "routing" and r.get("model") == "tiny" else bench  # as bench.routing names it
+            rows.append((date, _machine_kind(r, date), measured or commit, name, head))
     return rows
 
 

@@ -78,7 +78,7 @@ def test_cpu_kinds() -> None:
 
 
 def test_every_current_result_has_a_history_row() -> None:
-    rows = results_io.HISTORY.read_text(encoding="utf-8")
+    rows = results_io.HISTORY.read_text(encoding="utf-8").splitlines()
     for bench in render_docs.HEADLINES:
-        for kind, data in results_io.currents(bench):
-            assert f"| {kind} |" in rows and f"| {bench} |" in rows, f"{bench}-{kind}.json has no HISTORY.md row"
+        for kind, _ in results_io.currents(bench):
+            assert any(f"| {kind} |" in row and f"| {bench} |" in row for row in rows), f"{bench}-{kind}.json has no HISTORY.md row"
