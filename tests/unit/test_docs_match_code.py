@@ -82,3 +82,17 @@ def test_every_current_result_has_a_history_row() -> None:
     for bench in render_docs.HEADLINES:
         for kind, _ in results_io.currents(bench):
             assert any(f"| {kind} |" in row and f"| {bench} |" in row for row in rows), f"{bench}-{kind}.json has no HISTORY.md row"
+
+
+def test_the_files_the_readme_names_exist() -> None:
+    """README's "where to change what" and layout name real paths: a move must update them."""
+    import glob
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    tops = ("gateway/", "cache_svc/", "inference_svc/", "reprise/", "bench/", "tests/", "protos/", "deploy/", "docs/")
+    named = {t for t in re.findall(r"`([\w.*/-]+/[\w.*/-]*)`", text) if t.startswith(tops)}
+    assert "gateway/core/flow.py" in named
+    links = {t.split("#")[0] for t in re.findall(r"\]\(([^)#][^)]*)\)", text) if not t.startswith("http")}
+    missing = sorted(t for t in named | links if not glob.glob(str(ROOT / t.rstrip("/"))))
+    assert not missing, f"README names paths that do not exist: {missing}"
