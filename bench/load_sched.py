@@ -11,8 +11,9 @@ its GIL and slow its model thread):
    ``--chat-seconds``; a refused call (RESOURCE_EXHAUSTED) is retried after a
    short pause. Goal: ≥ 95% of admitted calls finish within their deadline.
 
-Writes ``bench/results/sched-<cpu kind>.json`` and ``.md`` (the current run on this kind of CPU)
-and a row of ``bench/results/HISTORY.md``. ``--model tiny`` runs the tiny
+Writes ``bench/results/sched-<cpu kind>.json`` and ``.md`` (the current run on this kind of CPU;
+``sched-tiny-<cpu kind>`` with the test model), a row of ``bench/results/HISTORY.md`` and the docs'
+generated blocks. ``--model tiny`` runs the tiny
 random-weight test model (plumbing, not speed).
 """
 
@@ -283,11 +284,14 @@ def main() -> None:
     parser.add_argument("--backoff", default=0.2, type=float, help="pause after a refusal before the next call")
     parser.add_argument("--classify-only", action="store_true")
     parser.add_argument("--chats-only", action="store_true")
-    parser.add_argument("--out", default="sched", help="benchmark name of the results: bench/results/<name>-<cpu kind>.*")
+    parser.add_argument("--out", help="benchmark name of the results, bench/results/<name>-<cpu kind>.* "
+                        "(default: sched with the default model, sched-tiny with the test model, else sched-other)")
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    results_io.write_current(args.out, result, markdown(result), out=RESULTS)
-    results_io.append_history(args.out, headlines.sched(result))
+    # Another model's run (the tiny one measures plumbing, not speed) never replaces the default model's result.
+    bench = args.out or {"default": "sched", "tiny": "sched-tiny"}.get(args.model, "sched-other")
+    results_io.write_current(bench, result, markdown(result), out=RESULTS)
+    results_io.append_history(bench, headlines.sched(result))
     render_docs.main([])
     print(markdown(result))
 
