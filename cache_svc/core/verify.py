@@ -98,9 +98,6 @@ class VerifyConfig:
     #: The same cosine for two words a curated thesaurus holds interchangeable (:mod:`.thesaurus`):
     #: the thesaurus vouches for the pair, the cosine only rules out a sense the request cannot mean.
     thesaurus_min: float = 0.5
-    #: The cosine for two Chinese words of one Cilin category (the level above its synonym groups:
-    #: 维修 / 修理): related, not always equal, so they need to embed closer than curated synonyms.
-    cilin_category_min: float = 0.7
     #: Memoised word embeddings (words, not requests: bounded by the vocabulary in use).
     word_cache_size: int = 50_000
 
@@ -281,7 +278,7 @@ class RequestVerifier:
         va, vb = self._vectors_of([w.text for w in a]), self._vectors_of([w.text for w in b])
         sims = va @ vb.T
         cfg = self._config
-        floor = min(cfg.synonym_min, cfg.thesaurus_min, cfg.cilin_category_min)
+        floor = min(cfg.synonym_min, cfg.thesaurus_min)
         pairs: list[tuple[_Word, _Word]] = []
         used_a: set[int] = set()
         used_b: set[int] = set()
@@ -419,8 +416,6 @@ def _substitutes(x: str, y: str, sim: float, cfg: VerifyConfig) -> bool:
         return False
     if sim >= cfg.thesaurus_min and thesaurus.synonyms(x, y):
         return True  # curated: trusted over the shared-ending rule (去除/清除)
-    if sim >= cfg.cilin_category_min and thesaurus.related(x, y):
-        return True
     return sim >= cfg.synonym_min and not _antonyms(x, y)
 
 

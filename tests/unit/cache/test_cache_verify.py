@@ -22,8 +22,8 @@ pytestmark = pytest.mark.unit
 SYNONYMS = [("fast", "quick"), ("big", "large"), ("film", "movie"), ("购买", "买"), ("hot", "cold"),
             ("encrypt", "decrypt"), ("barely", "hardly"), ("rise", "fall"), ("tight", "loose")]
 # Pairs it puts at cosine ~0.6 (below the embedding bar, above the thesaurus bar), and ~0.8.
-MIDDLE = [("couch", "sofa"), ("fix", "repair"), ("teach", "learn"), ("cat", "dog")]
-CLOSER = [("维修", "修理"), ("上海", "北京")]
+MIDDLE = [("couch", "sofa"), ("fix", "repair"), ("teach", "learn"), ("cat", "dog"), ("取消", "撤销")]
+CLOSER = [("午餐", "晚餐"), ("牛肉", "猪肉")]  # as USE puts them (0.76, 0.79)
 
 
 class FakeWords:
@@ -166,7 +166,7 @@ def test_guard_former_false_refusals() -> None:
         # a thesaurus vouches for words that embed only moderately close (WordNet, Cilin)
         ("Is this couch easy to clean?", "Is this sofa easy to clean?"),
         ("How do I fix a squeaky door?", "How do I repair a squeaky door?"),
-        ("怎么维修洗衣机", "怎么修理洗衣机"),
+        ("怎么取消自动续费", "怎么撤销自动续费"),
         # a misspelt word stands for the word it misspells
         ("recomend a good laptop for programming", "Recommend a good laptop for programming"),
         # casual spellings and fillers that are fillers only where they stand
@@ -199,7 +199,8 @@ def test_serves_paraphrases_beyond_embeddings(a: str, b: str) -> None:
         # a thesaurus sense too rare to count (learn's fifth sense is "teach"), and mere neighbours
         ("How can I learn Spanish quickly?", "How can I teach Spanish quickly?", "unmatched"),
         ("Is my cat too fat?", "Is my dog too fat?", "unmatched"),
-        ("上海明天会下雨吗", "北京明天会下雨吗", "differs"),
+        ("午餐吃什么比较健康", "晚餐吃什么比较健康", "unmatched"),  # siblings in one Cilin category
+        ("牛肉怎么炖才烂", "猪肉怎么炖才烂", "unmatched"),
         # two real words one letter apart are not a typo
         ("What is the effect of caffeine on sleep?", "What is the affect of caffeine on sleep?", "unmatched"),
         ("Best dessert in the Sahara", "Best desert in the Sahara", "unmatched"),
