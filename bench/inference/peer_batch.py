@@ -18,6 +18,7 @@ llama-cpp-python (``make llamacpp``) is an optional benchmark extra, never a tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -85,6 +86,10 @@ class _Runner:
         import llama_cpp as L
 
         self.L = L
+        with contextlib.suppress(ImportError, AttributeError):  # llama.cpp's load logs (kilobytes per context) off
+            from llama_cpp import _logger
+
+            _logger.set_verbose(False)
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
         self.model = L.llama_model_load_from_file(str(gguf).encode(), mparams)
