@@ -23,8 +23,8 @@ from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step,
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
-from reprise.sampling import check_sampling
 from reprise.images import check_images, decode_images
+from reprise.sampling import check_sampling
 from reprise.text import check_turns, check_visible
 
 
