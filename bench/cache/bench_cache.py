@@ -167,8 +167,13 @@ def doc_block(report: dict) -> str:
 
 
 async def burst(url: str, embedder: Embedder, n: int = 50) -> dict:
-    """n distinct paraphrases of stored requests looked up at once: embeddings batched vs one at a time."""
-    topics = [r for r in load_pairs() if r["label"] == "hit"][:n]
+    """n distinct paraphrases of stored requests looked up at once: embeddings batched vs one at a time.
+
+    A service in use has seen the words before (verification memoises word vectors): a first burst
+    of n other paraphrases warms it, as earlier traffic would; the second burst is measured.
+    """
+    hits = [r for r in load_pairs() if r["label"] == "hit"]
+    topics, warm_up = hits[:n], hits[n:2 * n]
     client = connect(RedisOptions(url))
     out: dict = {"lookups": len(topics)}
     for name, batch in (("batched", CacheConfig().embed_batch), ("one at a time", 1)):
@@ -182,11 +187,15 @@ async def burst(url: str, embedder: Embedder, n: int = 50) -> dict:
         for i, r in enumerate(topics):
             await service.store(CacheQuery(f"b{i}", "chat", r["a"]), Answer(reply="x"), None, False)
 
-        async def one(i: int, text: str, service: CacheService = service) -> tuple[float, Tier]:
+        for i, r in enumerate(warm_up):
+            await service.store(CacheQuery(f"w{i}", "chat", r["a"]), Answer(reply="x"), None, False)
+
+        async def one(i: int, text: str, service: CacheService = service, ns: str = "b") -> tuple[float, Tier]:
             t = time.perf_counter()
-            res = await service.lookup(CacheQuery(f"b{i}", "chat", text), LookupOptions())
+            res = await service.lookup(CacheQuery(f"{ns}{i}", "chat", text), LookupOptions())
             return (time.perf_counter() - t) * 1000, res.tier
 
+        await asyncio.gather(*(one(i, r["b"], ns="w") for i, r in enumerate(warm_up)))
         t0 = time.perf_counter()
         rows = await asyncio.gather(*(one(i, r["b"]) for i, r in enumerate(topics)))
         wall = (time.perf_counter() - t0) * 1000
@@ -210,7 +219,8 @@ def render(report: dict) -> str:
         lines += ["", f"## A burst of {b['lookups']} distinct paraphrase lookups at once (in-service)", "",
                   f"Every lookup's answer counts only if it came within the gateway's chat lookup budget "
                   f"({CHAT_CACHE_TIMEOUT_S * 1000:.0f} ms; slower is a BYPASS there). A paraphrase verification "
-                  "cannot prove the same request is a MISS, not a BYPASS.", "",
+                  "cannot prove the same request is a MISS, not a BYPASS. Measured after a first burst of "
+                  f"{b['lookups']} other paraphrases (a service in use has seen words before).", "",
                   "| embeddings | wall ms | p50 ms | max ms | within 30 ms | within the chat budget | served semantic "
                   "| semantic within the chat budget |", "|---|---|---|---|---|---|---|---|"]
         for name in ("batched", "one at a time"):
