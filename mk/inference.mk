@@ -31,7 +31,7 @@ llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the ben
 
 # The benchmark needs the model; llama.cpp is used when installed (`make llamacpp`), else skipped
 # and said so in the summary. Every timing runs under the shared bench lock.
-bench-inference: install model ## inference benchmark -> bench/results/inference.{json,md}
+bench-inference: install model ## inference benchmark -> bench/results/inference-<cpu>.{json,md} + a HISTORY.md row
 	flock $(BENCH_LOCK) $(PY) -m bench.inference $(BENCH_INFERENCE_ARGS)
 
 bench-sentiment: install model ## sentiment on clean texts and hard cases (negations, contrast, slang, sarcasm), en + zh, dev and test

@@ -1,6 +1,7 @@
 """``python -m bench.inference`` (``make bench-inference``): the inference benchmark, one run, one machine.
 
-Writes ``bench/results/inference.json`` and ``bench/results/inference.md``.
+Writes ``bench/results/inference-<cpu kind>.json`` and ``.md`` (the current run on this kind of CPU), a row
+of ``bench/results/HISTORY.md`` and the docs' generated blocks (``bench.render_docs``).
 Run it under ``flock /tmp/reprise-bench.lock`` (the Make target does) so no
 other measurement shares the cores.
 """
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import platform
@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from bench import headlines, render_docs, results_io
 from bench.inference import concurrency, datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
 from bench.inference.engines import RESULTS, add_model_cache, make_engine
@@ -607,9 +608,10 @@ def main() -> None:
         args.per_label, args.baseline_n, args.skip_startup = 4, 2, True
         args.out = Path(tempfile.mkdtemp(prefix="bench-inference-quick-"))
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "inference.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    (args.out / "inference.md").write_text(report.markdown(results))
+    results_io.write_current("inference", results, report.markdown(results), out=args.out)
+    if args.out == RESULTS:
+        results_io.append_history("inference", headlines.inference(results))
+        render_docs.main([])
     print(report.markdown(results))
 
 
