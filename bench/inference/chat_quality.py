@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import results_io
 from bench.inference import engines
 from inference_svc.core.engine import Engine
 from reprise.domain import Decoding, Finish, Role, Turn
@@ -228,16 +229,8 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cpu_kind() -> str:
-    """A short name of this CPU's kind for the results file: ``amd-epyc-zen4``, ``intel-xeon-amx``, ..."""
-    info = dict((k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in Path("/proc/cpuinfo").read_text().splitlines()) if v)
-    name, flags = info.get("model name", "cpu").lower(), info.get("flags", "").split()
-    family, model = int(info.get("cpu family", "0")), int(info.get("model", "0"))
-    if "amd" in name:
-        zen = "zen5" if family == 26 else "zen4" if family == 25 and (0x10 <= model <= 0x1F or 0x60 <= model <= 0xAF) else "zen3"
-        return f"amd-epyc-{zen}" if "epyc" in name else f"amd-{zen}"
-    if "intel" in name:
-        return "intel-xeon-amx" if "amx_tile" in flags else "intel-xeon"
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "cpu"
+    """This machine's kind of CPU for result file names (one definition: bench/results_io.py)."""
+    return results_io.cpu_kind()
 
 
 # -- reporting -------------------------------------------------------------------------------------
@@ -301,19 +294,11 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-HISTORY = engines.RESULTS / "chat-quality-history.md"
-
-
 def append_history(report: dict[str, Any]) -> None:
-    """One row per finished run in ``bench/results/chat-quality-history.md`` (the current file keeps only the last)."""
-    if not HISTORY.exists():
-        HISTORY.write_text(
-            "# Chat quality history (`make bench-chat`)\n\n| date | CPU kind | prompts revision | messages | "
-            "configuration: score (ok) |\n|---|---|---|---|---|\n"
-        )
+    """One row per finished run in ``bench/results/HISTORY.md`` (the current file keeps only the last)."""
     cells = ", ".join(f"{n}: {c['totals']['score']}/{c['totals']['max']} ({c['totals']['ok']} ok)" for n, c in report["configs"].items())
-    with HISTORY.open("a") as f:
-        f.write(f"| {report['date']} | {report['cpu_kind']} | {report['prompts_revision']} | {report['messages']} | {cells} |\n")
+    results_io.append_history("chat-quality", f"prompts revision {report['prompts_revision']}; messages {report['messages']}; "
+                              f"configuration: score (ok) {cells}", report["cpu_kind"], date=report["date"])
 
 
 def write_doc(report: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ The measurement takes any chat client (:data:`Chat`): :func:`measure` is the hoo
 (llama.cpp's server with ``--parallel``, on the same GGUF and threads), measured the same way.
 
 Writes ``bench/results/inference-concurrency-<cpu kind>.{json,md}`` (the current run on that
-kind of CPU), appends a row to ``bench/results/inference-concurrency-history.md`` and regenerates
+kind of CPU), appends a row to ``bench/results/HISTORY.md`` and regenerates
 the table in docs/inference.md from the current files (``--render-only``: only that).
 """
 
@@ -31,6 +31,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench import results_io
 
 #: Concurrent chats per level.
 LEVELS = (1, 4, 8, 16)
@@ -142,21 +144,8 @@ async def served(model: str, cache: Path, max_active_streams: int, cpus: str = "
 
 
 def cpu_kind() -> str:
-    """A file-name slug for the kind of CPU: vendor, line and generation (family/model tell Zen 3/4/5 apart)."""
-    info = dict(
-        (k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in Path("/proc/cpuinfo").read_text().splitlines()) if v
-    )
-    name, family, model = info.get("model name", "cpu"), int(info.get("cpu family", 0)), int(info.get("model", 0))
-    flags = set(info.get("flags", "").split())
-    if "AMD" in name:
-        line = "amd-epyc" if "EPYC" in name else "amd"
-        zen = {23: "zen2", 26: "zen5"}.get(family)
-        if family == 25:
-            zen = "zen4" if model in range(0x10, 0x20) or model in range(0x60, 0x80) or model in range(0xA0, 0xB0) else "zen3"
-        return f"{line}-{zen}" if zen else line
-    if "Intel" in name:
-        return "intel-xeon" + ("-amx" if "amx_tile" in flags else "") if "Xeon" in name else "intel"
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+    """This machine's kind of CPU for result file names (one definition: bench/results_io.py)."""
+    return results_io.cpu_kind()
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -178,9 +167,10 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def history_row(r: dict[str, Any]) -> str:
-    cells = " | ".join(f"{r['levels'][n]['tok_s']:.1f}" for n in r["levels"])
-    return f"| {r['date']} | {r['cpu_kind']} | {r['commit']} | {cells} | {r['speedup'].get('8', float('nan')):.2f}× |\n"
+def headline(r: dict[str, Any]) -> str:
+    """The HISTORY.md headline: aggregate tok/s by chats at once, and 8 at once over one."""
+    rates = " / ".join(f"{r['levels'][n]['tok_s']:.1f}" for n in r["levels"])
+    return f"aggregate decode tok/s at {' / '.join(r['levels'])} chats: {rates}; 8 chats {r['speedup'].get('8', float('nan')):.2f}x one"
 
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "inference.md"
@@ -222,16 +212,8 @@ def write(r: dict[str, Any], out: Path = RESULTS) -> Path:
     stem = out / f"inference-concurrency-{r['cpu_kind']}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(r))
-    history = out / "inference-concurrency-history.md"
-    if not history.exists():
-        head = " | ".join(f"{n} chats tok/s" for n in r["levels"])
-        history.write_text(
-            "# Aggregate decode under concurrency: history (one row per run; current figures in "
-            "inference-concurrency-<cpu kind>.md)\n\n"
-            f"| date | cpu kind | commit | {head} | 8 chats × one |\n|---|---|---|{'---|' * len(r['levels'])}---|\n"
-        )
-    with history.open("a") as f:
-        f.write(history_row(r))
+    results_io.append_history("inference-concurrency", headline(r), r["cpu_kind"], date=r["date"], commit_id=r["commit"],
+                              history=out / "HISTORY.md")
     return stem.with_suffix(".json")
 
 
