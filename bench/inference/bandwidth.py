@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import results_io
 
 SOURCE = Path(__file__).with_name("native_probe") / "stream_read.c"
 FLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-Wall")
@@ -207,24 +208,13 @@ def _best(fn: Any, nbytes: int, runs: int) -> float:
 
 
 def cpu_kind() -> str:
-    """A file-name slug for the kind of CPU (``amd-epyc-zen4``, ``intel-xeon-amx``): family/model tell Zen 3/4/5 apart."""
-    info = dict((k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in Path("/proc/cpuinfo").read_text().splitlines()) if v)
-    name, flags = info.get("model name", "cpu"), set(info.get("flags", "").split())
-    family, model = int(info.get("cpu family", "0")), int(info.get("model", "0"))
-    if "AMD" in name:
-        zen = {23: "zen2", 26: "zen5"}.get(family)
-        if family == 25:
-            zen = "zen4" if model in range(0x10, 0x20) or model in range(0x60, 0x80) or model in range(0xA0, 0xB0) else "zen3"
-        line = "amd-epyc" if "EPYC" in name else "amd"
-        return f"{line}-{zen}" if zen else line
-    if "Intel" in name:
-        return ("intel-xeon" if "Xeon" in name else "intel") + ("-amx" if "amx_tile" in flags else "")
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "cpu"
+    """A file-name slug for the kind of CPU (one definition: bench/results_io.py)."""
+    return results_io.cpu_kind()
 
 
 def cpu_name() -> str:
-    info = dict((k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in Path("/proc/cpuinfo").read_text().splitlines()) if v)
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+    """The CPU's brand string with family and model (one definition: bench/results_io.py)."""
+    return results_io.cpu_name()
 
 
 def measure(mb: float = DEFAULT_MB, runs: int = DEFAULT_RUNS, compare: bool = True) -> dict[str, Any]:
