@@ -249,6 +249,24 @@ def gateway_block() -> str:
     return "\n".join([GATEWAY_BEGIN, f"{date_of(r)} UTC, {kind}. " + body, GATEWAY_END])
 
 
+def _concurrency_doc() -> Block:
+    from bench.inference import concurrency
+
+    return Block(concurrency.DOC, concurrency.DOC_BEGIN, concurrency.DOC_END,
+                 lambda: concurrency.doc_block(concurrency.current_results()))
+
+
+def _peer_doc() -> Block:
+    from bench.inference import peer_bench
+
+    def render() -> str:
+        found = latest("peer")
+        assert found, "no bench/results/peer-<cpu kind>.json"
+        return peer_bench.DOC_BEGIN + "\n" + peer_bench.markdown(found[1]) + peer_bench.DOC_END
+
+    return Block(peer_bench.DOC, peer_bench.DOC_BEGIN, peer_bench.DOC_END, render)
+
+
 def blocks() -> list[Block]:
     return [
         Block(ROOT / "README.md", README_BEGIN, README_END, readme_headline),
@@ -258,6 +276,8 @@ def blocks() -> list[Block]:
         Block(ROOT / "docs" / "gateway.md", ROUTING_BEGIN, ROUTING_END, routing_block),
         Block(ROOT / "docs" / "gateway.md", GATEWAY_BEGIN, GATEWAY_END, gateway_block),
         _cache_doc(),
+        _concurrency_doc(),  # docs/inference.md blocks their own scripts also write
+        _peer_doc(),
     ]
 
 
