@@ -41,7 +41,7 @@ redis: ## install redis-server with apt when it is missing
 	  echo "redis-server missing: installing it"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
-cc: ## install gcc with apt when there is no C compiler (it builds the int4 kernel, inference_svc/core/native)
+cc: ## install gcc with apt when there is no C compiler (it builds the int4 kernel, inference_svc/runtime/native)
 	@command -v $${CC:-cc} >/dev/null || { \
 	  echo "no C compiler: installing gcc"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc libc6-dev; }
@@ -52,7 +52,7 @@ model: install cc ## assemble, verify and convert the default model into .models
 # up and demo start from the converted copy when one is there: prepare would load the model (8-20 s) only to
 # find it; a missing format is still converted, by prepare here or by the service's first start.
 model-ready: install cc
-	@$(PY) -m reprise.devstack model-ready || $(MAKE) --no-print-directory model
+	@$(PY) -m devtools.devstack model-ready || $(MAKE) --no-print-directory model
 
 test: install redis cc ## run the test suite (unit + integration; no 491 MB model needed)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -64,10 +64,10 @@ test-slow: install redis cc model ## tests that load the real default model
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: install redis model-ready ## start everything, send a few requests (with repeats), stop
-	$(PY) -m reprise.demo
+	$(PY) -m devtools.demo
 
 up: install redis model-ready ## run the stack in the foreground, supervised (Ctrl-C stops it); TOKENS=tok=tenant turns auth on
-	$(PY) -m reprise.devstack up $(if $(TOKENS),--tokens '$(TOKENS)')
+	$(PY) -m devtools.devstack up $(if $(TOKENS),--tokens '$(TOKENS)')
 
 clean: ## remove generated code and run state (keeps .venv and .models)
 	rm -f $(GENERATED) $(GENERATED:_pb2.py=_pb2_grpc.py) $(GENERATED:_pb2.py=_pb2.pyi)

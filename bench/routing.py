@@ -36,7 +36,7 @@ from gateway.clients import GrpcInference
 from gateway.core.types import InferenceChunk
 from gateway.replicas import RoutedInference, RoutingConfig
 from gateway.server import INFERENCE_SERVICE, backend_channel
-from reprise.devstack import ServiceProcess, free_port, wait_serving
+from devtools.devstack import ServiceProcess, free_port, wait_serving
 from reprise.domain import Decoding, Role, Turn
 from reprise.rpc.channel import retry_service_config
 

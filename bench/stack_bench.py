@@ -46,7 +46,7 @@ from bench.loadgen.plot import plot_comparison, plot_report
 from bench import headlines, render_docs, results_io
 from bench.loadgen.report import summary_line
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
-from reprise.devstack import ROOT, StackConfig, plan_cpus, running_stack
+from devtools.devstack import ROOT, StackConfig, plan_cpus, running_stack
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 
 GHZ = ROOT / "deploy" / "ghz"

@@ -5,7 +5,7 @@
 #
 # The same script pins the services in Kubernetes (through deploy/entrypoint.sh,
 # which derives the list from the container's allowed CPUs) and in `make up`
-# (reprise/devstack.py), so what is measured locally is what ships.
+# (devtools/devstack.py), so what is measured locally is what ships.
 #
 # How it pins (REPRISE_PIN_MODE=auto, the default):
 #   1. numactl --physcpubind=<cpus> --membind=<nodes of those cpus>, when numactl

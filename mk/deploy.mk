@@ -26,7 +26,7 @@ load: install ## one ghz mix against a running gateway (make up): make load MIX=
 	$(PY) -m bench.load --config deploy/ghz/$(MIX).json $(if $(TOKEN),--token '$(TOKEN)') $(LOAD_ARGS)
 
 kube-certs: install ## the internal CA and mTLS certificates the manifests mount (once; rotation: docs/deploy.md)
-	@test -f deploy/k8s/base/tls/ca.crt || $(PY) -m reprise.devcerts deploy/k8s/base/tls
+	@test -f deploy/k8s/base/tls/ca.crt || $(PY) -m devtools.devcerts deploy/k8s/base/tls
 
 kube-render: install kube-certs ## print a rendered overlay (K8S_OVERLAY=production|dev; production needs its redis.env)
 	$(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$(K8S_OVERLAY)

@@ -5,4 +5,4 @@ docs-figures: install ## rewrite every generated figure block in README/docs fro
 	$(PY) -m bench.render_docs
 
 docs-flags: install ## rewrite the flag reference (docs/configuration.md) from the services' parsers
-	$(PY) -m reprise.flagdoc --write
+	$(PY) -m devtools.flagdoc --write

@@ -18,7 +18,7 @@ from gateway.core.flow import GatewayConfig
 from gateway.server import GatewayApp
 from inference_svc.core.engine import EngineConfig
 from inference_svc.server import InferenceApp
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.rpc.server import ServerOptions, ServiceHost
 from tests.support.tiny_model import build_tiny_model
 

@@ -40,7 +40,7 @@ from cache_svc.core.store import RedisStore
 from cache_svc.core.types import CacheQuery, Entry, LookupOptions, Tier
 from cache_svc.core.verify import RequestVerifier
 from cache_svc.redis_conn import RedisOptions, connect
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.domain import Answer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -41,7 +41,7 @@ import grpc
 from bench import headlines, render_docs, results_io
 from bench.gateway import loadgen, tracing_cost
 from gateway.clients import model_identity_from_pb
-from reprise.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
+from devtools.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.tracing import DEFAULT_SAMPLE_RATIO
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc

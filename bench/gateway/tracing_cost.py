@@ -20,7 +20,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from bench.gateway import loadgen
-from reprise.devstack import free_port
+from devtools.devstack import free_port
 
 #: Tracing on costs at most this share of exact-hit throughput (issue 26).
 MAX_COST = 0.05

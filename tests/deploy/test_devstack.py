@@ -1,4 +1,4 @@
-"""reprise/devstack.py's deploy-facing parts: the CPU plan `make up` uses, pinning through
+"""devtools/devstack.py's deploy-facing parts: the CPU plan `make up` uses, pinning through
 deploy/pin.sh, and a Redis that keeps its entries across a restart (as the StatefulSet's does)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from reprise.devstack import RedisServer, ServiceProcess, compress_cpus, pinned, plan_cpus, rss_bytes
+from devtools.devstack import RedisServer, ServiceProcess, compress_cpus, pinned, plan_cpus, rss_bytes
 
 pytestmark = pytest.mark.integration
 LAST = max(os.sched_getaffinity(0))
@@ -61,7 +61,7 @@ def test_persistent_redis_keeps_entries_across_a_restart() -> None:
 def test_make_up_serves_metrics_and_authenticates_the_internal_hop(tmp_path) -> None:
     """What `make up` configures (issue 24, items 2 and 8): /metrics on the documented ports, the cache on
     loopback, inference requiring the gateway's certificate from run_dir/tls."""
-    from reprise.devstack import Stack, StackConfig
+    from devtools.devstack import Stack, StackConfig
 
     stack = Stack(StackConfig(run_dir=tmp_path, internal_tls=True, metrics=True))
     try:
@@ -82,7 +82,7 @@ def test_make_up_serves_metrics_and_authenticates_the_internal_hop(tmp_path) -> 
 
 def test_model_ready_sees_a_converted_copy_without_reading_weights(tmp_path) -> None:
     from inference_svc.core import model_source
-    from reprise.devstack import model_ready
+    from devtools.devstack import model_ready
 
     assert not model_ready("default", tmp_path)
     source = model_source.resolve("default", tmp_path)

@@ -160,3 +160,16 @@ def test_gateway_image_dependencies_cover_what_the_gateway_imports() -> None:
     missing = imported - optional - installed
     assert not missing, f"the gateway imports {sorted(missing)}, which its image would not install"
     assert "torch" not in imported
+
+
+def test_dev_tools_stay_out_of_the_runtime_and_the_images() -> None:
+    """devtools/ (make up, demo, dev certificates, flag docs) is not packaged, not copied, not imported by a service."""
+    text = (ROOT / "pyproject.toml").read_text()
+    include = json.loads(re.search(r"^include = (\[.*\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert include and not any(fnmatch.fnmatch("devtools", p) for p in include)
+    for service in SERVICES:
+        ignore = (DOCKER / f"{service}.Dockerfile.dockerignore").read_text().splitlines()
+        assert not any(l.startswith("!devtools") for l in ignore), f"{service} image context carries devtools/"
+    runtime = [p for top in ("reprise", *(m for m, _, _ in SERVICES.values())) for p in (ROOT / top).rglob("*.py")]
+    users = [str(p.relative_to(ROOT)) for p in runtime if re.search(r"^\s*(from|import) devtools\b", p.read_text(), re.M)]
+    assert not users, f"runtime code imports the dev tools: {users}"

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from reprise.devcerts import make_internal_certs
+from devtools.devcerts import make_internal_certs
 
 pytestmark = pytest.mark.unit
 

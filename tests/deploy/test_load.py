@@ -143,7 +143,7 @@ async def test_docker_healthcheck_script_reports_serving_and_unreachable(cache_h
         return proc.returncode
 
     assert await run(cache_host.address) == 0
-    from reprise.devstack import free_port
+    from devtools.devstack import free_port
 
     assert await run(f"127.0.0.1:{free_port()}") == 1
 

@@ -29,7 +29,7 @@ import grpc
 import pytest
 
 from reprise.common.v1 import common_pb2
-from reprise.devstack import Stack, StackConfig, free_port, rss_bytes, wait_serving
+from devtools.devstack import Stack, StackConfig, free_port, rss_bytes, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 

@@ -2,7 +2,7 @@
 
 Before: a SIGKILL of the cache or a SIGTERM of inference made `make up` stop every
 service, and a killed Redis was never restarted and nothing said so. Here the real
-`python -m reprise.devstack up` runs (tiny model, unpinned); each fault is one
+`python -m devtools.devstack up` runs (tiny model, unpinned); each fault is one
 signal to one process, and the drill checks what a caller of the gateway sees
 meanwhile and what the console says.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from reprise.devstack import ROOT, free_port
+from devtools.devstack import ROOT, free_port
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from reprise.inference.v1 import inference_pb2 as ipb
@@ -67,7 +67,7 @@ class Up:
 @pytest.fixture(scope="module")
 def up(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     run_dir = tmp_path_factory.mktemp("make-up")
-    argv = [sys.executable, "-m", "reprise.devstack", "up", "--model", str(tiny_model_dir),
+    argv = [sys.executable, "-m", "devtools.devstack", "up", "--model", str(tiny_model_dir),
             "--model-cache", str(tmp_path_factory.mktemp("models")), "--run-dir", str(run_dir), "--no-pin",
             "--no-metrics", "--gateway-port", str(free_port()), "--tokens", f"{TOKEN}=team-up"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

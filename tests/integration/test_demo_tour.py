@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from gateway.core.flow import GatewayConfig
-from reprise import demo
-from reprise.devstack import RedisServer
+from devtools import demo
+from devtools.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import start_cache, start_gateway
 

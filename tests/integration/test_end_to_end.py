@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import start_cache, start_gateway

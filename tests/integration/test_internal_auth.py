@@ -20,7 +20,7 @@ from gateway.core.flow import GatewayConfig
 from gateway.server import GatewayApp
 from inference_svc.core.engine import EngineConfig
 from inference_svc.server import InferenceApp
-from reprise.devcerts import INFERENCE_NAME, InternalCerts, make_internal_certs
+from devtools.devcerts import INFERENCE_NAME, InternalCerts, make_internal_certs
 from reprise.gateway.v1 import gateway_pb2 as gpb
 from reprise.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from reprise.inference.v1 import inference_pb2 as pb

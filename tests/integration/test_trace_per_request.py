@@ -25,7 +25,7 @@ from gateway.server import GatewayApp
 from inference_svc.core.engine import EngineConfig
 from inference_svc.server import InferenceApp
 from reprise import tracing
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from reprise.rpc.server import ServerOptions, ServiceHost

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import render_docs, results_io
-from reprise import flagdoc
+from devtools import flagdoc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def test_flag_reference_matches_the_parsers() -> None:
     text = flagdoc.DOC.read_text(encoding="utf-8")
     assert flagdoc.BEGIN in text and flagdoc.END in text, "docs/configuration.md lost its generated flags block"
     block = text[text.index(flagdoc.BEGIN) : text.index(flagdoc.END) + len(flagdoc.END)]
-    assert block == flagdoc.render(), "flags are stale: run `python -m reprise.flagdoc --write`"
+    assert block == flagdoc.render(), "flags are stale: run `python -m devtools.flagdoc --write`"
 
 
 def test_readme_links_the_flag_reference() -> None:
@@ -90,7 +90,7 @@ def test_the_files_the_readme_names_exist() -> None:
     import re
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    tops = ("gateway/", "cache_svc/", "inference_svc/", "reprise/", "bench/", "tests/", "protos/", "deploy/", "docs/")
+    tops = ("gateway/", "cache_svc/", "inference_svc/", "reprise/", "devtools/", "bench/", "tests/", "protos/", "deploy/", "docs/")
     named = {t for t in re.findall(r"`([\w.*/-]+/[\w.*/-]*)`", text) if t.startswith(tops)}
     assert "gateway/core/flow.py" in named
     links = {t.split("#")[0] for t in re.findall(r"\]\(([^)#][^)]*)\)", text) if not t.startswith("http")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reprise.supervise import Backoff, Supervisor
+from devtools.supervise import Backoff, Supervisor
 
 
 @dataclass

@@ -21,7 +21,7 @@ from cache_svc.server import CacheApp, build_parser, settings_from_args
 from reprise.cache.v1 import cache_pb2 as pb
 from reprise.cache.v1 import cache_pb2_grpc as pb_grpc
 from reprise.common.v1 import common_pb2 as cpb
-from reprise.devstack import RedisServer, RedisTLS, free_port
+from devtools.devstack import RedisServer, RedisTLS, free_port
 from reprise.rpc.server import ServerOptions, ServiceHost
 from tests.support.certs import Certs, make_certs
 

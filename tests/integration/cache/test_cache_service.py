@@ -17,7 +17,7 @@ from cache_svc.server import SERVICE_NAME, CacheApp
 from reprise.cache.v1 import cache_pb2 as pb
 from reprise.cache.v1 import cache_pb2_grpc as pb_grpc
 from reprise.common.v1 import common_pb2 as cpb
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.rpc.server import ServerOptions, ServiceHost
 
 
@@ -244,7 +244,7 @@ async def test_redis_auth_by_url(embedder: USEEmbedder) -> None:
 async def test_health_serving_only_once_redis_answers(embedder: USEEmbedder) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from reprise.devstack import free_port
+    from devtools.devstack import free_port
 
     port = free_port()
     host = ServiceHost(CacheApp(f"redis://127.0.0.1:{port}/0", embedder=embedder), ServerOptions(port=0))

@@ -13,7 +13,7 @@ from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import GatewayConfig
 from gateway.core.limits import Limits
 from reprise.common.v1 import common_pb2
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 

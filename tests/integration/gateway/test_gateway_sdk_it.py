@@ -27,7 +27,7 @@ from gateway.sdk import (
     ServiceError,
     Turn,
 )
-from reprise.devstack import ROOT
+from devtools.devstack import ROOT
 from reprise.rpc.server import ServiceHost
 
 TOKEN = "sdk-tenant-token-0123456789abcdef"

@@ -14,7 +14,7 @@ from gateway_support import eventually, start_exact_cache, start_gateway_host, u
 from gateway.auth import TokenFile, TokenTable
 from inference_svc.core.engine import EngineConfig
 from inference_svc.server import InferenceApp
-from reprise.devstack import RedisServer
+from devtools.devstack import RedisServer
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from reprise.rpc.server import ServerOptions, ServiceHost

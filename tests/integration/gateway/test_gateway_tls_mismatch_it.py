@@ -17,7 +17,7 @@ from gateway_support import start_gateway_host
 
 from gateway.sdk import Client as GatewayClient
 from gateway.sdk import ClientOptions
-from reprise.devcerts import InternalCerts, make_internal_certs
+from devtools.devcerts import InternalCerts, make_internal_certs
 from reprise.errors import Unavailable
 from reprise.rpc.server import ServiceHost
 from reprise.rpc.tls import ClientTLS, ServerTLS

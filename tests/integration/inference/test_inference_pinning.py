@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from reprise.devstack import free_port, wait_serving
+from devtools.devstack import free_port, wait_serving
 from reprise.inference.v1 import inference_pb2 as pb
 from reprise.inference.v1 import inference_pb2_grpc as pb_grpc
 

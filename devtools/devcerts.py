@@ -4,7 +4,7 @@
 command writes the files the production overlay's secretGenerator reads
 (docs/deploy.md, "Internal authentication")::
 
-    python -m reprise.devcerts deploy/k8s/overlays/production/tls
+    python -m devtools.devcerts deploy/k8s/overlays/production/tls
 
 One private CA signs two leaves: the inference server's (server auth, for
 ``localhost``, ``127.0.0.1`` and :data:`INFERENCE_NAME`; client auth for its
@@ -154,7 +154,7 @@ def ensure_internal_certs(directory: Path) -> InternalCerts:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m reprise.devcerts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.devcerts", description=__doc__.split("\n\n")[0])
     p.add_argument("directory", type=Path, help="where to write ca.crt, inference.crt/.key, gateway.crt/.key")
     p.add_argument("--days", type=int, default=365, help="validity of the CA and both leaves")
     step = p.add_mutually_exclusive_group()

@@ -30,9 +30,9 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reprise.devcerts import ensure_internal_certs
+from devtools.devcerts import ensure_internal_certs
 from reprise.rpc.tls import ClientTLS
-from reprise.supervise import Supervisor
+from devtools.supervise import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN = ROOT / "deploy" / "pin.sh"
@@ -156,7 +156,7 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
         self.name = "redis"
 
-    # -- what reprise.supervise needs ------------------------------------------------------
+    # -- what devtools.supervise needs ------------------------------------------------------
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -484,7 +484,7 @@ Try:
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m reprise.devstack", description="Run the local stack.")
+    parser = argparse.ArgumentParser(prog="python -m devtools.devstack", description="Run the local stack.")
     parser.add_argument("command", choices=["up", "model-ready"],
                         help="up: start everything and stay in the foreground; model-ready: exit 0 when a converted copy exists")
     parser.add_argument("--model", default=os.environ.get("REPRISE_MODEL", "default"))

@@ -12,7 +12,7 @@ import time
 
 import grpc
 
-from reprise.devstack import StackConfig, running_stack
+from devtools.devstack import StackConfig, running_stack
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
