@@ -41,7 +41,7 @@ redis: ## install redis-server with apt when it is missing
 	  echo "redis-server missing: installing it"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
-cc: ## install gcc with apt when there is no C compiler (it builds the int4 kernel, inference_svc/core/native)
+cc: ## install gcc with apt when there is no C compiler (it builds the int4 kernel, inference_svc/runtime/native)
 	@command -v $${CC:-cc} >/dev/null || { \
 	  echo "no C compiler: installing gcc"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc libc6-dev; }

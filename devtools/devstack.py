@@ -422,7 +422,7 @@ def model_ready(model: str, cache_dir: Path) -> bool:
     Cheap: names on disk, no weights read. A copy in another format than this CPU
     picks still counts: the service converts the missing one at its first start.
     """
-    from inference_svc.core import model_source
+    from inference_svc.runtime import model_source
 
     try:
         source = model_source.resolve(model, cache_dir)

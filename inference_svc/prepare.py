@@ -15,10 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from inference_svc.core import loader, model_source, placement, precision
-from inference_svc.core.architecture import UnsupportedModel
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.options import add_model_options, engine_config
+from inference_svc.runtime import loader, model_source, placement, precision
+from inference_svc.runtime.architecture import UnsupportedModel
 from reprise.rpc.config import EnvArgumentParser
 from reprise.rpc.logs import configure_logging
 

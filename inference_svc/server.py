@@ -10,13 +10,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from inference_svc.core import placement
-from inference_svc.core.model_source import ModelSourceError
+from inference_svc import options
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.scheduling import Rates
 from inference_svc.core.service import Batching, InferenceService, Limits
 from inference_svc.core.worker import ModelWorker
-from inference_svc import options
+from inference_svc.runtime import placement
+from inference_svc.runtime.model_source import ModelSourceError
 from inference_svc.servicer import InferenceServicer
 from reprise import tracing
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc

@@ -30,11 +30,13 @@ from bench import headlines, render_docs, results_io
 from bench.inference import concurrency, datasets, peer, report
 from bench.inference.baseline import GenerateBaseline
 from bench.inference.engines import RESULTS, add_model_cache, make_engine
-from inference_svc.core import loader, model_source, native, placement, precision
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
-from inference_svc.core.kv import PrefixIndex
-from inference_svc.core.weights import WeightFormat
+from inference_svc.runtime import loader, model_source, placement, precision
+from inference_svc.runtime.kv import PrefixIndex
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.decode_ops import DecodeOps, StepPlan
+from inference_svc.runtime.weights import WeightFormat
 from reprise.domain import Decoding, Role, Turn
 
 log = logging.getLogger("bench.inference")
@@ -329,8 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if dtype == "bf16" and not precision.cpu_supports_bf16():
             skipped[name] = "no AVX512-BF16/AMX on this CPU"
             continue
-        if (dtype, weights) == ("fp32", "int4") and native.load_fp32(cache / "native")[0] is None:
-            skipped[name] = native.load_fp32(cache / "native")[1]
+        if (dtype, weights) == ("fp32", "int4") and int4_gemv.load_fp32(cache / "native")[0] is None:
+            skipped[name] = int4_gemv.load_fp32(cache / "native")[1]
             continue
         engine = make_engine(dtype, weights, cache, activations=activations)
         entry = {
@@ -371,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["decode_ops"] = serving.loaded.decode_ops
     results["decode_ops_effect"] = decode_ops_effect(serving)
     log.info("decode ops %s", results["decode_ops_effect"])
-    if serving.loaded.int4_kernel == native.NAME or serving.loaded.int4_kernel.startswith(native.F32_NAME):
+    if serving.loaded.int4_kernel == int4_gemv.NAME or serving.loaded.int4_kernel.startswith(int4_gemv.F32_NAME):
         results["int4_kernel_effect"] = int4_kernel_effect(serving, cache)
         log.info("int4 kernel %s", results["int4_kernel_effect"])
     if serving.loaded.spec.int8_activations:
@@ -502,7 +504,7 @@ def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, A
     weights: prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per language), decode."""
     model = serving.model
     kernels = {x.kernel for l in model.layers for x in l.linears} | {model.head.kernel}
-    kernels = {k for k in kernels if isinstance(k, native.Int4KernelF32)}
+    kernels = {k for k in kernels if isinstance(k, int4_gemv.Int4KernelF32)}
     plan = model.step_plan
     examples = [e for s in sets.values() for e in s.test[:40]]
 
@@ -540,14 +542,14 @@ def decode_ops_effect(serving: Engine) -> dict[str, Any] | None:
         return None
 
     @contextlib.contextmanager
-    def path(use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> Iterator[None]:
+    def path(use_ops: DecodeOps | None, use_plan: StepPlan | None) -> Iterator[None]:
         model.ops, model.step_plan = use_ops, use_plan
         try:
             yield
         finally:
             model.ops, model.step_plan = ops, plan
 
-    def decode(context: int, use_ops: native.DecodeOps | None, use_plan: native.StepPlan | None) -> float:
+    def decode(context: int, use_ops: DecodeOps | None, use_plan: StepPlan | None) -> float:
         with path(use_ops, use_plan):
             return decode_tok_s(serving, repeats=1, context=context)
 
@@ -580,7 +582,7 @@ def lm_head_saving(engine: Engine, n: int = 512) -> dict[str, float]:
 
 @torch.inference_mode()
 def dense_prefill_effect(engine: Engine) -> dict[str, float]:
-    from inference_svc.core import weights
+    from inference_svc.runtime import weights
 
     with_copy = prefill_tok_s(engine, 512)
     saved, weights.DENSE_MIN_ROWS = weights.DENSE_MIN_ROWS, 1 << 30

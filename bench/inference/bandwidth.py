@@ -12,7 +12,7 @@ memory delivers (see :func:`measure` and docs/inference.md), so its "roofline" s
 rate Reprise actually reaches.
 
 The probe is compiled with the system C compiler on first use into ``.cache/native_probe/``
-(git-ignored), named by a digest of source and flags, like ``inference_svc/core/native``.
+(git-ignored), named by a digest of source and flags, like ``inference_svc/runtime/native``.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def int4_bytes(shapes: tuple[tuple[int, int], ...] = QWEN_05B_STEP) -> int:
 
 def int4_kernel_gbps(shapes: tuple[tuple[int, int], ...] = QWEN_05B_STEP, runs: int = DEFAULT_RUNS,
                      directory: Path = BUILD_DIR) -> dict[str, float]:
-    """Reprise's int4 kernel (``inference_svc/core/native``) on one row through ``shapes``: bytes read / time.
+    """Reprise's int4 kernel (``inference_svc/runtime/native``) on one row through ``shapes``: bytes read / time.
 
     The bytes a decode step streams, without attention, norms or Python between layers: what the
     serving kernel reads per second when memory is the limit. Weights are random nibbles with unit
@@ -171,15 +171,15 @@ def int4_kernel_gbps(shapes: tuple[tuple[int, int], ...] = QWEN_05B_STEP, runs: 
     """
     import torch
 
-    from inference_svc.core import native
+    from inference_svc.runtime.native import int4_gemv
 
-    kernel, why = native.load(directory / "int4")
+    kernel, why = int4_gemv.load(directory / "int4")
     if kernel is None:
         raise ProbeUnavailable(why)
     g = torch.Generator().manual_seed(0)
     mats = []
     for n, k in shapes:
-        packed = torch.randint(0, 256, (n // native.SUPER_ROWS, k // native.GROUP, 4, 320), dtype=torch.uint8, generator=g)
+        packed = torch.randint(0, 256, (n // int4_gemv.SUPER_ROWS, k // int4_gemv.GROUP, 4, 320), dtype=torch.uint8, generator=g)
         packed[..., 256:].view(torch.int16).fill_(0x3F80)  # bf16 1.0: the scales and zeros
         mats.append((torch.randn(1, k, generator=g).to(torch.bfloat16), packed, n))
     nbytes = sum(p.numel() for _, p, _ in mats)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from inference_svc.core import placement
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.runtime import placement
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

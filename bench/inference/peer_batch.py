@@ -52,7 +52,7 @@ def available() -> bool:
 
 def default_gguf() -> Path:
     """Where ``make model`` assembles the default model's GGUF."""
-    from inference_svc.core import model_source
+    from inference_svc.runtime import model_source
 
     return ROOT / ".models" / model_source.DEFAULT_GGUF_NAME
 

@@ -126,7 +126,7 @@ def score(engine: Engine, spec: SentimentPrompt, splits: tuple[str, ...] = SPLIT
 def latency(engine: Engine, specs: dict[str, SentimentPrompt], texts: list[str], rounds: int = 3) -> dict[str, Any]:
     """Single-request classify p50 per prompt (alternating rounds, one process), then generate(10)'s p50."""
     from bench.inference.baseline import GenerateBaseline
-    from inference_svc.core import loader, model_source
+    from inference_svc.runtime import loader, model_source
 
     times: dict[str, list[float]] = {name: [] for name in specs}
     prefix: dict[str, int] = {}

@@ -5,7 +5,7 @@
   only the label words' rows of the LM head are scored at each row's last
   token.
 - Chat continues from the longest token prefix whose KV is in the
-  :class:`~inference_svc.core.kv.PrefixIndex` (the default system prompt's KV
+  :class:`~inference_svc.runtime.kv.PrefixIndex` (the default system prompt's KV
   is pinned there at start; every finished turn is added), prefills the rest in
   chunks, then decodes token by token, checking for cancellation each step.
 
@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from inference_svc.core import generation, loader, model_source, placement, precision, prompts, vision
-from inference_svc.core.architecture import UnsupportedModel
+from inference_svc.core import generation, prompts, vision_prompt
 from inference_svc.core.decoding import TextStream, pick_token, previous_ids, with_defaults
-from inference_svc.core.kv import IndexStats, KVBuffer, PrefixIndex
 from inference_svc.core.metrics import METRICS
 from inference_svc.core.scheduling import Step
+from inference_svc.runtime import loader, model_source, placement, precision, vision
+from inference_svc.runtime.architecture import UnsupportedModel
+from inference_svc.runtime.kv import IndexStats, KVBuffer, PrefixIndex
 from reprise.domain import Decoding, Finish, Label, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, ServiceError
 
@@ -310,7 +311,7 @@ class Engine:
         self, history: Sequence[Turn], text: str, system_prompt: str | None, images: vision.Pictures | None = None
     ) -> prompts.ChatPrompt:
         if images is not None:
-            return vision.chat_prompt(
+            return vision_prompt.chat_prompt(
                 self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text, images, self.model.image_token_id
             )
         return prompts.chat_prompt(self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text)
@@ -487,7 +488,7 @@ class Engine:
         if reused and match.kv is not None:
             kv.copy_prefix(match.kv, reused)
         if images is not None:
-            vision.attach(kv, prompt, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
+            vision.attach(kv, prompt.ids, images, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
         METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
         hidden = None
         chunk = 0

@@ -16,11 +16,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
-from inference_svc.core import vision
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
 from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step, Ticket
 from inference_svc.core.worker import ModelWorker
+from inference_svc.runtime import vision
 from reprise.domain import Decoding, SentimentResult, Turn, Usage
 from reprise.errors import InvalidArgument, Unavailable
 from reprise.images import check_images, decode_images

@@ -81,7 +81,7 @@ def test_make_up_serves_metrics_and_authenticates_the_internal_hop(tmp_path) -> 
 
 
 def test_model_ready_sees_a_converted_copy_without_reading_weights(tmp_path) -> None:
-    from inference_svc.core import model_source
+    from inference_svc.runtime import model_source
     from devtools.devstack import model_ready
 
     assert not model_ready("default", tmp_path)

@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inference_svc.core import loader, precision, prompts
-from inference_svc.core.architecture import UnsupportedModel
+from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.runtime import loader, precision
+from inference_svc.runtime.architecture import UnsupportedModel
 from reprise.domain import Decoding
 
 from tests.support.tiny_model import build_tiny_causal_lm

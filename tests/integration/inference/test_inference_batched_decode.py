@@ -1,7 +1,7 @@
 """Continuous batching on the tiny model: N concurrent greedy replies, decoded in shared passes, equal each run alone.
 
 Every active stream advances one token per pass through one forward with a row per stream
-(:meth:`~inference_svc.core.model.Transformer.decode_batch`); rows have their own KV caches of their
+(:meth:`~inference_svc.runtime.model.Transformer.decode_batch`); rows have their own KV caches of their
 own lengths. The replies here have prompts of different lengths and stop at different points, so
 streams join and leave between passes. Formats cover each decode path: the whole-step C call (int4
 under bf16 and fp32), the per-operation path with fused C operations (dense/int8 weights, Qwen3's head

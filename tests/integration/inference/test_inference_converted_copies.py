@@ -11,8 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from inference_svc.core import loader, native, precision
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.runtime import loader, precision
+from inference_svc.runtime.native.torch_layout import torch_int4_block, torch_int4_layout, torch_int4_values
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -61,13 +62,13 @@ def test_an_int4_copy_converted_on_another_kind_of_cpu_gives_the_same_answers(
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata()
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    block = native.torch_int4_block()
+    block = torch_int4_block()
     assert metadata[loader.TORCH_INT4_BLOCK] == str(block)  # recorded where converted
     other = 96 - block  # 64 <-> 32
     moved = [name for name in tensors if name.endswith(".q4")]
     assert moved, "the bf16 int4 copy holds torch-layout weights"
     for name in moved:
-        tensors[name] = native.torch_int4_layout(native.torch_int4_values(tensors[name], block), other)
+        tensors[name] = torch_int4_layout(torch_int4_values(tensors[name], block), other)
     save_file(tensors, str(path), metadata={**metadata, loader.TORCH_INT4_BLOCK: str(other)})
     there = Engine(config)
     with caplog.at_level("INFO", logger=loader.__name__):

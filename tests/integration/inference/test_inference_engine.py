@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference_svc.core import native
 from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
-from inference_svc.core.model import SHORTLIST
-from inference_svc.core.weights import onednn_packing
+from inference_svc.runtime.model import SHORTLIST
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.decode_ops import DECODE_OPS_NAME
+from inference_svc.runtime.weights import onednn_packing
 from reprise.domain import Decoding, Finish, Role, Turn
 from reprise.errors import InvalidArgument
 
@@ -172,7 +173,7 @@ def test_bf16_quantized_engines_reuse_kv_and_classify(tiny_model_dir: Path, tmp_
         # The dense prefill copies are reordered for oneDNN once at load, where the CPU allows it.
         assert (body.onednn is not None, body.dense is None) == (onednn_packing()[0],) * 2
         # Decode rows of int4 layers go through Reprise's kernel where it builds and the CPU has AVX512-BF16.
-        native_here = native.load(tmp_path / "native")[0] is not None
+        native_here = int4_gemv.load(tmp_path / "native")[0] is not None
         packed = [x.native is not None for l in engine.model.layers for x in l.linears]
         if weights == "int4":
             assert packed == [native_here and body.onednn is not None] * len(packed)
@@ -205,11 +206,11 @@ def test_int4_kernel_auto_is_reprises_wherever_it_builds_without_a_start_up_race
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The two kernels round differently: which one serves is decided by what runs here, never by a timing."""
-    from inference_svc.core import loader, precision
+    from inference_svc.runtime import loader, precision
 
     monkeypatch.setattr(loader, "race_int4_kernels", lambda kernel: pytest.fail("a start never times the kernels"))
     monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times anything"))
-    available = native.load(tmp_path / "native")[0] is not None
+    available = int4_gemv.load(tmp_path / "native")[0] is not None
     expected = "reprise-avx512bf16" if available else "torch"
     revisions = set()
     for _ in range(2):
@@ -224,7 +225,7 @@ def test_int4_kernel_auto_is_reprises_wherever_it_builds_without_a_start_up_race
 def test_without_dense_copies_int4_layers_take_the_native_kernel_only_with_amx(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Without AMX the native kernel multiplies one row at a time: prefill rows stay with torch's int4 kernel."""
     engine = _engine(tiny_model_dir, tmp_path, dtype="bf16", weights="int4", dense_prefill=False)
-    kernel = native.load(tmp_path / "native")[0]
+    kernel = int4_gemv.load(tmp_path / "native")[0]
     layer = engine.model.layers[0].gate_up
     assert layer.dense is None and layer.onednn is None
     assert (layer.native is not None) == (kernel is not None and kernel.amx)
@@ -329,7 +330,7 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
 ) -> None:
     """The format `--dtype auto` serves on CPUs without native bf16 where the AVX2 kernel builds, here with
     `--activations fp32` (the fp16 prefill copy)."""
-    if native.load_fp32(tmp_path / "native")[0] is None:
+    if int4_gemv.load_fp32(tmp_path / "native")[0] is None:
         with pytest.raises(ValueError, match="needs Reprise's AVX2 int4 kernel"):
             _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4")
         return
@@ -339,9 +340,9 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
     assert engine.loaded.spec.name == "int4-fp32-tied-pf-h4"
     for layer in engine.model.layers[0].linears:
         assert layer.native is not None and layer.fbgemm is not None and layer.fbgemm.fp16 is not None
-        assert layer.kernel_rows == native.F32_MAX_ROWS and layer.dense is None
+        assert layer.kernel_rows == int4_gemv.F32_MAX_ROWS and layer.dense is None
     assert engine.loaded.decode_bytes < sum(x.memory_bytes for l in engine.model.layers for x in l.linears)
-    model, ids = engine.model, torch.arange(3, 3 + native.F32_MAX_ROWS + 8)
+    model, ids = engine.model, torch.arange(3, 3 + int4_gemv.F32_MAX_ROWS + 8)
     # 40 tokens at once (the fp16 prefill copy) vs one at a time (the int4 kernel): the same int4 weights,
     # the copy's rounded to fp16 (2^-11; this random model's wide weights turn that into ~1% of a logit).
     stepped, at_once = _stepped_and_at_once(model, ids)
@@ -356,7 +357,7 @@ def test_fp32_int4_engine_decodes_through_the_avx2_kernel_and_reuses_kv_equal_to
 
 
 def test_fp32_int4_without_prefill_copies_runs_every_row_through_the_kernel(tiny_model_dir: Path, tmp_path: Path) -> None:
-    if native.load_fp32(tmp_path / "native")[0] is None:
+    if int4_gemv.load_fp32(tmp_path / "native")[0] is None:
         return  # the test above checks the refusal
     engine = _engine(tiny_model_dir, tmp_path, dtype="fp32", weights="int4", dense_prefill=False, activations="fp32")
     layer = engine.model.layers[0].gate_up
@@ -376,7 +377,7 @@ def test_fp32_int4_with_int8_activations_computes_a_tokens_kv_alike_alone_or_in_
     kernel, no fp16 copy, and prompts through a step's operations row by row, so a token's KV and logits
     are the same bits decoded alone, in a prompt, or in prompt chunks of any size. Head size 64 (the real
     model's) takes the step's vectorized attention, prompt rows in parallel; 16 the portable one."""
-    if native.load_fp32(tmp_path / "native")[0] is None:
+    if int4_gemv.load_fp32(tmp_path / "native")[0] is None:
         return  # the fp32-activation test checks the refusal
     if head_dim != 16:
         tiny_model_dir = build_tiny_model(tmp_path / f"tiny-d{head_dim}", head_dim=head_dim)
@@ -432,7 +433,7 @@ def test_fused_decode_steps_match_torchs_operations(tiny_model_dir: Path, tmp_pa
     """
     engine = _engine(tiny_model_dir, tmp_path, dtype=dtype, weights=weights)
     model = engine.model
-    assert model.ops is not None and engine.describe().decode_ops == native.DECODE_OPS_NAME
+    assert model.ops is not None and engine.describe().decode_ops == DECODE_OPS_NAME
     ids = torch.randint(0, model.shape.vocab, (70,), generator=torch.Generator().manual_seed(3))
     fused, fused_kv = _steps(model, ids)
     plain, plain_kv = _steps(model, ids, without="ops")
@@ -458,7 +459,7 @@ def test_decode_ops_torch_keeps_torchs_operations(tiny_model_dir: Path, tmp_path
 @torch.inference_mode()
 @pytest.mark.parametrize(
     ("dtype", "activations", "kernel"),
-    [("bf16", "auto", native.NAME), ("fp32", "fp32", native.F32_NAME), ("fp32", "int8", int8_kernel_name())],
+    [("bf16", "auto", int4_gemv.NAME), ("fp32", "fp32", int4_gemv.F32_NAME), ("fp32", "int8", int8_kernel_name())],
 )
 def test_int4_layers_step_in_one_call_with_the_per_operation_bits(
     tiny_model_dir: Path, tmp_path: Path, dtype: str, activations: str, kernel: str

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from inference_svc.core import generic, prompts
-from inference_svc.core.architecture import UnsupportedModel
+from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
-from inference_svc.core.model_source import ModelSourceError
+from inference_svc.runtime import generic
+from inference_svc.runtime.architecture import UnsupportedModel
+from inference_svc.runtime.model_source import ModelSourceError
 from reprise.domain import Decoding, Role, Turn
 
 from tests.support.tiny_model import build_tiny_causal_lm
@@ -122,7 +123,7 @@ def test_what_the_generic_path_cannot_serve_exactly_is_refused(built: dict[str, 
 
 def test_prepare_converts_nothing_for_a_model_the_generic_path_serves(built: dict[str, Path], tmp_path: Path) -> None:
     from inference_svc import prepare
-    from inference_svc.core import model_source
+    from inference_svc.runtime import model_source
 
     config = EngineConfig(model=str(built["phi3"]), cache_dir=tmp_path)
     prepare.prepare_all_formats(config, model_source.resolve(config.model, tmp_path))

@@ -74,7 +74,7 @@ def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypat
 
 
 def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) -> None:
-    from inference_svc.core import native
+    from inference_svc.runtime.native import int4_gemv
 
     if engine.describe().weights != "int4":
         assert engine.describe().int4_kernel == ""
@@ -86,7 +86,7 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
         assert all(x.native is not None and x.kernel is not None for x in layers)
         assert engine.model.step_plan is not None and engine.model.step_plan.rows_exact  # prompts take the step
         return
-    if native.load(ROOT / ".models" / "native")[0] is None:
+    if int4_gemv.load(ROOT / ".models" / "native")[0] is None:
         assert kernel == "torch"
     else:
         assert kernel in ("reprise-avx512bf16", "torch")  # torch's where it won the start-up race here
@@ -96,9 +96,10 @@ def test_decode_rows_use_the_native_int4_kernel_where_it_runs(engine: Engine) ->
 
 def test_decode_steps_run_in_c_and_in_one_call_where_every_layer_is_reprise_int4(engine: Engine) -> None:
     """The packaged model takes the fused decode path (the suite has a compiler), whole-step where its layers allow."""
-    from inference_svc.core import native
+    from inference_svc.runtime.native import int4_gemv
+    from inference_svc.runtime.native.decode_ops import DECODE_OPS_NAME
 
     info = engine.describe()
-    assert info.decode_ops == native.DECODE_OPS_NAME and engine.model.ops is not None
-    whole_step = info.weights == "int4" and (info.int4_kernel == native.NAME or info.int4_kernel.startswith(native.F32_NAME))
+    assert info.decode_ops == DECODE_OPS_NAME and engine.model.ops is not None
+    whole_step = info.weights == "int4" and (info.int4_kernel == int4_gemv.NAME or info.int4_kernel.startswith(int4_gemv.F32_NAME))
     assert (engine.model.step_plan is not None) == whole_step

@@ -14,8 +14,8 @@ import grpc
 import pytest
 import torch
 
-from inference_svc.core import model_source, vision
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.runtime import model_source, vision
 from inference_svc.server import InferenceApp
 from reprise.domain import Decoding, Role, Turn
 from reprise.errors import InvalidArgument

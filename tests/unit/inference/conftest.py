@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_svc.core import native
+from inference_svc.runtime.native.library import build
 
 
 @pytest.fixture(scope="session")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kernels' library, built once per run (the suite needs a C compiler; make test installs one)."""
-    return native.build(tmp_path_factory.mktemp("native"))
+    return build(tmp_path_factory.mktemp("native"))
 

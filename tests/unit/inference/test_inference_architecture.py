@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from inference_svc.core import model_source, precision
-from inference_svc.core.architecture import ModelShape, Rope, UnsupportedModel
+from inference_svc.runtime import model_source, precision
+from inference_svc.runtime.architecture import ModelShape, Rope, UnsupportedModel
 
 QWEN2: dict[str, Any] = {
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 400, "hidden_size": 64,

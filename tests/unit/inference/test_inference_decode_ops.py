@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core import native
-from inference_svc.core.native import DecodeOps, Int4KernelF32
+from inference_svc.runtime.native.decode_ops import DecodeOps, load_decode_ops, plan_step
+from inference_svc.runtime.native.int4_gemv import Int4KernelF32
 
 pytestmark = pytest.mark.unit
 
@@ -160,7 +160,7 @@ def test_supports_only_what_the_buffers_hold() -> None:
 
 def test_without_a_compiler_the_loader_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", "no-such-compiler")
-    ops, why_not = native.load_decode_ops.__wrapped__(tmp_path)
+    ops, why_not = load_decode_ops.__wrapped__(tmp_path)
     assert ops is None and "no C compiler" in why_not
 
 
@@ -171,13 +171,13 @@ def _layer(kernel: object, native_rows: torch.Tensor | None = torch.zeros(2, 2, 
 
 def test_a_whole_step_plan_needs_every_layer_on_one_reprise_kernel(library: Path) -> None:
     kernel = Int4KernelF32(library)
-    plan = native.plan_step([_layer(kernel), _layer(kernel)], torch.float32)
+    plan = plan_step([_layer(kernel), _layer(kernel)], torch.float32)
     assert plan is not None and len(plan.layers) == 2 and plan.kernel_arg == 1
     assert plan.layers[1].down.k == 64 and plan.layers[0].qkv.n == 64
-    assert native.plan_step([_layer(kernel)], torch.bfloat16) is None  # the fp32 kernel under bf16
-    assert native.plan_step([_layer(kernel), _layer(Int4KernelF32(library))], torch.float32) is None  # two kernels
-    assert native.plan_step([_layer(kernel), _layer(kernel, None)], torch.float32) is None  # a layer without int4
-    assert native.plan_step([_layer(None)], torch.float32) is None  # torch's kernels (dense, fbgemm)
+    assert plan_step([_layer(kernel)], torch.bfloat16) is None  # the fp32 kernel under bf16
+    assert plan_step([_layer(kernel), _layer(Int4KernelF32(library))], torch.float32) is None  # two kernels
+    assert plan_step([_layer(kernel), _layer(kernel, None)], torch.float32) is None  # a layer without int4
+    assert plan_step([_layer(None)], torch.float32) is None  # torch's kernels (dense, fbgemm)
     odd = _layer(kernel)
     odd.ln2 = torch.ones(64, dtype=torch.bfloat16)
-    assert native.plan_step([odd], torch.float32) is None
+    assert plan_step([odd], torch.float32) is None

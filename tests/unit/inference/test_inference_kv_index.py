@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from inference_svc.core.kv import KVBuffer, PrefixIndex
+from inference_svc.runtime.kv import KVBuffer, PrefixIndex
 
 
 def _kv(tokens: list[int], capacity: int | None = None) -> KVBuffer:

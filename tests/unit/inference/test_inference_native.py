@@ -1,4 +1,4 @@
-"""Reprise's int4 decode kernel (inference_svc/core/native): the build, the weight layout, the arithmetic."""
+"""Reprise's int4 decode kernel (inference_svc/runtime/native): the build, the weight layout, the arithmetic."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core import native
-from inference_svc.core.model import top_indices
-from inference_svc.core.native import Int4Kernel, NativeUnavailable
-from inference_svc.core.weights import DENSE_MIN_ROWS, WeightFormat, make_linear, quantize_int4
+from inference_svc.runtime.model import top_indices
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.int4_gemv import Int4Kernel
+from inference_svc.runtime.native.library import NativeUnavailable, build
+from inference_svc.runtime.native.torch_layout import relayout_torch_int4, torch_int4_block, torch_int4_layout, torch_int4_values
+from inference_svc.runtime.weights import DENSE_MIN_ROWS, WeightFormat, make_linear, quantize_int4
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]
@@ -50,7 +52,7 @@ def test_reference_path_multiplies_the_packed_weights(library: Path, n: int, k: 
 
 def test_the_avx512_kernel_serves_exactly_where_the_cpu_has_avx512_bf16(library: Path, tmp_path: Path) -> None:
     probe = Int4Kernel(library, fast=False)
-    kernel, why_not = native.load(tmp_path)
+    kernel, why_not = int4_gemv.load(tmp_path)
     if probe.cpu_supported:
         assert kernel is not None and kernel.fast and why_not == ""
         q4, sz, deq = _int4(9728 // 8, 896)
@@ -111,7 +113,7 @@ def test_the_library_shares_torchs_openmp_runtime(library: Path) -> None:
     """Its threads must be torch's: a second OpenMP runtime would spin its own threads on the same cores."""
     script = (
         "import os, torch\n"
-        "from inference_svc.core.native import Int4Kernel\n"
+        "from inference_svc.runtime.native.int4_gemv import Int4Kernel\n"
         f"Int4Kernel({str(library)!r}, fast=False)\n"
         "maps = open(f'/proc/{os.getpid()}/maps').read().splitlines()\n"
         "print(sorted({l.split()[-1] for l in maps if 'libgomp' in l.split()[-1]}))\n"
@@ -122,17 +124,17 @@ def test_the_library_shares_torchs_openmp_runtime(library: Path) -> None:
 
 
 def test_build_is_cached_per_source_and_says_why_it_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = native.build(tmp_path)
+    first = build(tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not compiled again
+    assert build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not compiled again
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
     monkeypatch.setenv("CC", "no-such-compiler-here")
     with pytest.raises(NativeUnavailable, match="no C compiler"):
-        native.build(tmp_path / "a")
-    assert native.load(tmp_path / "b") == (None, "no C compiler ('no-such-compiler-here' not found; install gcc)")
+        build(tmp_path / "a")
+    assert int4_gemv.load(tmp_path / "b") == (None, "no C compiler ('no-such-compiler-here' not found; install gcc)")
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
     with pytest.raises(NativeUnavailable, match="false failed"):
-        native.build(tmp_path / "c")
+        build(tmp_path / "c")
     assert not any((tmp_path / "c").iterdir())
 
 
@@ -183,7 +185,7 @@ def test_top_indices_finds_the_same_set_as_topk() -> None:
 
 
 def test_norm_is_bit_identical_to_rms_norm() -> None:
-    from inference_svc.core.model import Transformer
+    from inference_svc.runtime.model import Transformer
 
     class Shape:
         hidden, eps = 96, 1e-6
@@ -203,10 +205,10 @@ def test_torchs_int4_layout_is_read_and_written_for_either_kind_of_cpu(n: int) -
     kind must be re-laid out on the other (an image is built on one machine and runs on others)."""
     q = torch.randint(0, 16, (n, 96), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
     packed_here = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    here = native.torch_int4_block()
-    assert torch.equal(native.torch_int4_layout(q, here), packed_here)
+    here = torch_int4_block()
+    assert torch.equal(torch_int4_layout(q, here), packed_here)
     for block in (32, 64):
-        written = native.torch_int4_layout(q, block)
-        assert torch.equal(native.torch_int4_values(written, block), q.to(torch.uint8))
-        assert torch.equal(native.relayout_torch_int4(written, block), packed_here)
-    assert not torch.equal(native.torch_int4_layout(q, 32), native.torch_int4_layout(q, 64))  # they do differ
+        written = torch_int4_layout(q, block)
+        assert torch.equal(torch_int4_values(written, block), q.to(torch.uint8))
+        assert torch.equal(relayout_torch_int4(written, block), packed_here)
+    assert not torch.equal(torch_int4_layout(q, 32), torch_int4_layout(q, 64))  # they do differ

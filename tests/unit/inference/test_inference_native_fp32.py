@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference_svc.core import native
-from inference_svc.core.native import F32_MAX_ROWS, Int4KernelF32, NativeUnavailable
-from inference_svc.core.weights import FbgemmKernels, WeightFormat, int4_values, make_linear
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.int4_gemv import F32_MAX_ROWS, Int4KernelF32
+from inference_svc.runtime.native.library import NativeUnavailable
+from inference_svc.runtime.weights import FbgemmKernels, WeightFormat, int4_values, make_linear
 
 from tests.support.cpu import cpu_has_avx2
 
@@ -83,7 +84,7 @@ def test_a_rows_product_does_not_depend_on_the_rest_of_its_batch(library: Path) 
 
 
 def test_the_avx2_kernel_serves_exactly_where_the_cpu_has_avx2(library: Path, tmp_path: Path) -> None:
-    kernel, why_not = native.load_fp32(tmp_path)
+    kernel, why_not = int4_gemv.load_fp32(tmp_path)
     if cpu_has_avx2():
         assert kernel is not None and kernel.cpu_supported and why_not == ""
     else:

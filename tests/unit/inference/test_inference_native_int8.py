@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference_svc.core import native, precision
-from inference_svc.core.loader import RuntimeSpec
-from inference_svc.core.native import Int4KernelF32
-from inference_svc.core.weights import WeightFormat, int4_values, make_linear
+from inference_svc.runtime import precision
+from inference_svc.runtime.loader import RuntimeSpec
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.int4_gemv import Int4KernelF32
+from inference_svc.runtime.native.library import NativeUnavailable
+from inference_svc.runtime.weights import WeightFormat, int4_values, make_linear
 
 from tests.support.cpu import cpu_has_avx2, cpu_has_avx512vnni, int8_kernel_name
 
@@ -117,11 +119,11 @@ def test_a_layer_with_int8_activations_sends_every_row_count_to_the_kernel(libra
 
 
 def test_the_kernel_reports_its_activations_and_refuses_unknown_ones(library: Path) -> None:
-    assert _kernel(library).name == int8_kernel_name() and Int4KernelF32(library, mode=0).name == native.F32_NAME
+    assert _kernel(library).name == int8_kernel_name() and Int4KernelF32(library, mode=0).name == int4_gemv.F32_NAME
     assert _kernel(library, 1).step_arg == 1 | 0x10 and Int4KernelF32(library, mode=2).step_arg == 2
     # By default a step's several rows take the VNNI path where the CPU has it (decode_ops.c's STEP_VNNI).
     assert _kernel(library).step_arg == 1 | 0x10 | (0x20 if cpu_has_avx512vnni() else 0)
-    assert Int4KernelF32(library).name == native.F32_NAME  # fp32 activations have no VNNI path
+    assert Int4KernelF32(library).name == int4_gemv.F32_NAME  # fp32 activations have no VNNI path
     with pytest.raises(ValueError, match="activations 'int4'"):
         Int4KernelF32(library, activations="int4")
 
@@ -151,9 +153,9 @@ def test_activations_resolve_to_int8_only_for_int4_under_fp32() -> None:
 def test_the_vnni_path_is_refused_where_it_cannot_run(library: Path) -> None:
     """Modes 3 and 4 multiply int8 codes with VPDPBUSD: they need AVX512-VNNI and int8 activations."""
     for mode in (3, 4):
-        with pytest.raises(native.NativeUnavailable, match=f"mode {mode} is for int8 activations"):
+        with pytest.raises(NativeUnavailable, match=f"mode {mode} is for int8 activations"):
             Int4KernelF32(library, mode=mode, activations="fp32")
     if not cpu_has_avx512vnni():
         for mode in (3, 4):
-            with pytest.raises(native.NativeUnavailable, match="AVX512-VNNI"):
+            with pytest.raises(NativeUnavailable, match="AVX512-VNNI"):
                 Int4KernelF32(library, mode=mode, activations="int8")

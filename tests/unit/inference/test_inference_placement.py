@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from inference_svc.core.placement import current, format_cpus, parse_cpus
+from inference_svc.runtime.placement import current, format_cpus, parse_cpus
 
 
 def test_parse_and_format_round_trip() -> None:

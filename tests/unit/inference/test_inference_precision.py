@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from inference_svc.core import precision
+from inference_svc.runtime import precision
 
 
 def test_race_alternates_the_candidates_so_a_burst_hits_both() -> None:

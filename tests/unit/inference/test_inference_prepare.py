@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from inference_svc import prepare
-from inference_svc.core import loader, model_source
-from inference_svc.core.weights import WeightFormat
+from inference_svc.runtime import loader, model_source
+from inference_svc.runtime.weights import WeightFormat
 
 INT4_FP32 = loader.RuntimeSpec(torch.float32, WeightFormat.INT4, activations="int8")
 FP16 = loader.RuntimeSpec(torch.float32, WeightFormat.FP16)

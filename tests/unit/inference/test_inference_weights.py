@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core import weights
-from inference_svc.core.weights import WeightFormat, dequantize_int8, fbgemm_available, make_linear, onednn_packing
+from inference_svc.runtime import weights
+from inference_svc.runtime.weights import WeightFormat, dequantize_int8, fbgemm_available, make_linear, onednn_packing
 
 
 def _weights(out: int = 96, inp: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

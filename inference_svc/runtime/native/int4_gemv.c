@@ -2,7 +2,7 @@
  * bf16 in and out. (The second half of this file, "fp32 activations on AVX2", does the same for CPUs
  * without bf16, fp32 in and out, in its own layout.)
  *
- * Built and loaded by inference_svc/core/native/__init__.py (gcc -O3 -fopenmp, ctypes). The weights
+ * Built by inference_svc/runtime/native/library.py (gcc -O3 -fopenmp), called through int4_gemv.py (ctypes). The weights
  * are torch's int4 values q (0..15) with one bf16 scale and zero per 32 inputs and output row,
  * W = (q - 8) * scale + zero, re-laid out at load time for AVX512-BF16's VDPBF16PS:
  *

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from inference_svc.core.weights import WeightFormat, fbgemm_available
+from inference_svc.runtime.weights import WeightFormat, fbgemm_available
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def anywhere(dtype: str, weights: str, activations_choice: str = "auto") -> list
     return list(found.values())
 
 
-#: ``--activations`` values: int8 activations serve int4 weights under fp32 (see ``native.Int4KernelF32``).
+#: ``--activations`` values: int8 activations serve int4 weights under fp32 (see ``native.int4_gemv.Int4KernelF32``).
 ACTIVATION_CHOICES = ("auto", "int8", "fp32")
 
 

@@ -46,9 +46,6 @@ class KVBuffer:
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
 
-    def bytes_per_token(self) -> int:
-        return self.nbytes // max(self.capacity, 1)
-
     def copy_prefix(self, source: KVBuffer, n: int) -> None:
         """Make this buffer hold the first ``n`` tokens of ``source``."""
         self.k[:, :, :n] = source.k[:, :, :n]

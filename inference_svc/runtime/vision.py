@@ -5,9 +5,10 @@ behind the generic path's interface (:class:`.generic.GenericModel`): a text-onl
 chat runs its language model exactly as any other generic model, and classify
 works as before. A chat with images differs in three places only:
 
-- the prompt (:func:`chat_prompt`): the chat template places one vision block per
-  image before the new user text, and its single ``<|image_pad|>`` becomes as many
-  image tokens as the image processor makes of that picture;
+- the prompt (the service's :func:`inference_svc.core.vision_prompt.chat_prompt`): the
+  chat template places one vision block per image before the new user text, and its
+  single ``<|image_pad|>`` becomes as many image tokens as the image processor makes
+  of that picture;
 - the KV (:func:`attach`): it carries the prompt's 3-D rotary positions (M-RoPE:
   image tokens are placed on a time/height/width grid, so text after an image
   continues at another position than its index) and, once computed, the vision
@@ -26,7 +27,6 @@ tokens each picture costs (admission prices them).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +34,8 @@ from typing import Any
 
 import torch
 
-from inference_svc.core import prompts
-from inference_svc.core.architecture import UnsupportedModel
-from inference_svc.core.generic import GenericKV, GenericModel
-from reprise.domain import Role, Turn
+from inference_svc.runtime.architecture import UnsupportedModel
+from inference_svc.runtime.generic import GenericKV, GenericModel
 from reprise.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -162,89 +160,16 @@ def takes_images(model: object) -> bool:
     return isinstance(model, VisionModel)
 
 
-def attach(kv: GenericKV, prompt: VisionPrompt, model: VisionModel) -> None:
-    """Give ``kv`` what prefilling ``prompt`` (ids with image tokens) needs: positions and image rows."""
-    ids = torch.tensor(prompt.ids)[None]
+def attach(kv: GenericKV, prompt_ids: Sequence[int], pictures: Pictures, model: VisionModel) -> None:
+    """Give ``kv`` what prefilling a prompt (``prompt_ids``, with the image tokens of ``pictures``) needs:
+    positions and image rows."""
+    ids = torch.tensor(list(prompt_ids))[None]
     is_image = ids[0] == model.image_token_id
     positions, delta = model.hf.model.get_rope_index(
-        input_ids=ids, mm_token_type_ids=is_image.int()[None], image_grid_thw=prompt.pictures.grid_thw
+        input_ids=ids, mm_token_type_ids=is_image.int()[None], image_grid_thw=pictures.grid_thw
     )
     row = torch.cumsum(is_image.long(), 0) - 1
-    kv.media = _Media(len(prompt.ids), positions[:, 0, :], int(delta.reshape(-1)[0]), is_image, row, prompt.pictures)  # type: ignore[attr-defined]
-
-
-# -- the prompt ----------------------------------------------------------------------------------
-
-#: Stands in for a message's text while the template renders (NUL is in no template or role name).
-_SLOT = "\x00reprise-vision-slot-{}\x00"
-_SLOT_RE = re.compile("\x00reprise-vision-slot-(\\d+)\x00")
-
-
-@dataclass(frozen=True)
-class VisionPrompt(prompts.ChatPrompt):
-    """A chat prompt whose new user message holds images (``text_tokens`` counts their tokens too)."""
-
-    pictures: Pictures | None = None
-
-    def too_long(self, limit: int) -> InvalidArgument:
-        """Blame the pictures when the conversation would fit without them."""
-        images = self.pictures.prompt_tokens if self.pictures is not None else 0
-        if images and len(self.ids) - images < limit:
-            return InvalidArgument(
-                "images",
-                f"the pictures take {images} tokens and the conversation {len(self.ids)}; the limit is {limit - 1}: "
-                "send fewer or smaller pictures",
-            )
-        return super().too_long(limit)
-
-
-def chat_prompt(
-    tokenizer: Any,
-    system_prompt: str | None,
-    default_system: str,
-    history: Sequence[Turn],
-    text: str,
-    pictures: Pictures,
-    image_token_id: int,
-) -> VisionPrompt:
-    """The prompt of a chat turn whose new message shows ``pictures`` before its text.
-
-    Rendered by the model's own chat template (where it puts the vision blocks), with every
-    caller string encoded as plain text (:func:`.prompts.encode_plain`), as on the text path.
-    """
-    messages: list[dict[str, Any]] = [{"role": "system", "content": _SLOT.format(0)}]
-    contents = [system_prompt or default_system]
-    for turn in history:
-        messages.append({"role": "user" if turn.role is Role.USER else "assistant", "content": _SLOT.format(len(contents))})
-        contents.append(turn.content)
-    last = len(contents)
-    parts = [{"type": "image"} for _ in pictures.tokens] + [{"type": "text", "text": _SLOT.format(last)}]
-    messages.append({"role": "user", "content": parts})
-    contents.append(text)
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pieces = _SLOT_RE.split(rendered)  # markup, index, markup, index, ..., markup
-    ids: list[int] = []
-    sizes = [0] * len(contents)
-    images = iter(pictures.tokens)
-    for at, piece in enumerate(pieces):
-        if at % 2:
-            i = int(piece)
-            content = prompts.encode_plain(tokenizer, contents[i])
-            ids += content
-            sizes[i] += len(content)
-            continue
-        for token in tokenizer.encode(piece, add_special_tokens=False):
-            if token != image_token_id:
-                ids.append(token)
-                continue
-            n = next(images, None)
-            if n is None:
-                raise InvalidArgument("images", "the model's chat template placed more images than were sent")
-            ids += [image_token_id] * n
-            sizes[last] += n
-    if next(images, None) is not None:
-        raise InvalidArgument("images", "the model's chat template has no place for images")
-    return VisionPrompt(ids, sizes[0], sizes[last], bool(system_prompt), pictures)
+    kv.media = _Media(len(prompt_ids), positions[:, 0, :], int(delta.reshape(-1)[0]), is_image, row, pictures)  # type: ignore[attr-defined]
 
 
 # -- loading -------------------------------------------------------------------------------------

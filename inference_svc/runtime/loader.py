@@ -30,9 +30,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from inference_svc.core import model_source, native, precision
-from inference_svc.core.model import Layer, ModelShape, Transformer
-from inference_svc.core.weights import (
+from inference_svc.runtime import model_source, precision
+from inference_svc.runtime.model import Layer, ModelShape, Transformer
+from inference_svc.runtime.native import int4_gemv
+from inference_svc.runtime.native.decode_ops import DECODE_OPS_NAME, load_decode_ops
+from inference_svc.runtime.native.library import NativeUnavailable
+from inference_svc.runtime.native.torch_layout import relayout_torch_int4, torch_int4_block
+from inference_svc.runtime.weights import (
     INT4_GROUP,
     Linear,
     WeightFormat,
@@ -107,9 +111,9 @@ class LoadedModel:
     converted: bool
     weight_bytes: int
     decode_bytes: int
-    #: Which kernel multiplies the int4 decode rows: ``native.NAME``, "torch", or "" (no int4 weights).
+    #: Which kernel multiplies the int4 decode rows: ``int4_gemv.NAME``, "torch", or "" (no int4 weights).
     int4_kernel: str = ""
-    #: Who runs a one-token step's small operations: ``native.DECODE_OPS_NAME``, "torch", or "transformers"
+    #: Who runs a one-token step's small operations: ``DECODE_OPS_NAME``, "torch", or "transformers"
     #: (the whole model, on the generic path).
     decode_ops: str = "torch"
 
@@ -213,19 +217,19 @@ def _relayout_torch_int4(tensors: dict[str, torch.Tensor], saved: str | None, co
     if saved is None:
         return
     try:
-        if int(saved) == native.torch_int4_block():
+        if int(saved) == torch_int4_block():
             return
-    except native.NativeUnavailable as exc:
+    except NativeUnavailable as exc:
         raise model_source.ModelSourceError(
             f"{copy} holds torch int4 weights in {saved}-row blocks, and {exc}: convert the model here"
         ) from exc
     start = time.perf_counter()
     names = [name for name in tensors if name.endswith(".q4")]
     for name in names:
-        tensors[name] = native.relayout_torch_int4(tensors[name], int(saved))
+        tensors[name] = relayout_torch_int4(tensors[name], int(saved))
     log.info(
         "re-laid %d int4 weights out from %s-row blocks (where converted) to this CPU's %d in %.1fs",
-        len(names), saved, native.torch_int4_block(), time.perf_counter() - start,
+        len(names), saved, torch_int4_block(), time.perf_counter() - start,
     )
 
 
@@ -318,7 +322,7 @@ def build_transformer(
     shape: ModelShape,
     spec: RuntimeSpec,
     max_context: int,
-    int4_kernel: native.Int4Kernel | native.Int4KernelF32 | None = None,
+    int4_kernel: int4_gemv.Int4Kernel | int4_gemv.Int4KernelF32 | None = None,
 ) -> Transformer:
     lin = lambda name: Linear.from_tensors(name, tensors, INT4_GROUP)  # noqa: E731
     layers = [
@@ -338,7 +342,7 @@ def build_transformer(
     elif spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
         # fp32 activations, int4 weights: Reprise's AVX2 kernel for decode rows (and every row of layers
         # without a prefill copy); the fp16 prefill copies and any layer the kernel cannot take go to fbgemm.
-        if not isinstance(int4_kernel, native.Int4KernelF32):
+        if not isinstance(int4_kernel, int4_gemv.Int4KernelF32):
             raise ValueError("int4 weights under fp32 need Reprise's AVX2 int4 kernel")
         for linear in (x for l in layers for x in l.linears):
             if linear.dense is not None:
@@ -376,7 +380,7 @@ def runtime_dir(cache_dir: Path, source: model_source.ResolvedModel, spec: Runti
 
 def int4_kernel(
     cache_dir: Path, spec: RuntimeSpec, choice: str
-) -> tuple[native.Int4Kernel | native.Int4KernelF32 | None, str]:
+) -> tuple[int4_gemv.Int4Kernel | int4_gemv.Int4KernelF32 | None, str]:
     """The native int4 kernel when ``choice`` is "auto" and it builds and runs here, and the kernel's name.
 
     Under fp32 the int4 format exists only with Reprise's AVX2 kernel (:func:`fp32_int4` checked it
@@ -385,7 +389,7 @@ def int4_kernel(
     if spec.dtype == torch.float32 and spec.weights is WeightFormat.INT4:
         kernel32, why_not = _fp32_kernel(cache_dir, choice, spec.activations)
         if kernel32 is None:
-            error = ValueError if choice == "torch" else native.NativeUnavailable
+            error = ValueError if choice == "torch" else NativeUnavailable
             raise error(f"int4 weights under fp32 need Reprise's AVX2 kernel: {why_not}")
         return kernel32, kernel32.name
     if spec.dtype != torch.bfloat16 or spec.weights not in (WeightFormat.INT4, WeightFormat.INT8):
@@ -394,17 +398,17 @@ def int4_kernel(
         return None, "torch"
     if choice != "auto":
         raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
-    kernel, why_not = native.load(cache_dir / "native")
+    kernel, why_not = int4_gemv.load(cache_dir / "native")
     if kernel is None:
         log.info("int4 decode rows use torch's kernel: %s", why_not)
         return None, "torch"
     # Decided by what builds and runs here (AVX512-BF16, a compiler), never by a start-up timing: the two
     # kernels round differently, so a race on a busy machine would let replicas answer differently.
     log.info("int4 decode rows use Reprise's kernel%s", " and AMX for 2-31 rows" if kernel.amx else "")
-    return kernel, native.NAME
+    return kernel, int4_gemv.NAME
 
 
-def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
+def race_int4_kernels(kernel: int4_gemv.Int4Kernel) -> tuple[float, float]:
     """Best time of one decode row through ``kernel`` and through torch's int4 kernel, on a probe layer.
 
     For the benchmark and for a user weighing ``--int4-kernel torch``; a start never times (see
@@ -420,13 +424,13 @@ def race_int4_kernels(kernel: native.Int4Kernel) -> tuple[float, float]:
     )
 
 
-def _fp32_kernel(cache_dir: Path, choice: str, activations: str = "fp32") -> tuple[native.Int4KernelF32 | None, str]:
+def _fp32_kernel(cache_dir: Path, choice: str, activations: str = "fp32") -> tuple[int4_gemv.Int4KernelF32 | None, str]:
     """Reprise's AVX2 kernel, or ``(None, why not)``: ``--int4-kernel torch``, or it cannot build or run here."""
     if choice not in ("auto", "torch"):
         raise ValueError(f"int4 kernel must be 'auto' or 'torch', not {choice!r}")
     if choice == "torch":
         return None, "--int4-kernel torch: torch has no int4 kernel for fp32 activations (use --weights fp16)"
-    return native.load_fp32(cache_dir / "native", activations)
+    return int4_gemv.load_fp32(cache_dir / "native", activations)
 
 
 def fp32_int4(cache_dir: Path, choice: str) -> tuple[bool, str]:
@@ -462,7 +466,7 @@ def source_config(source: model_source.ResolvedModel, cache_dir: Path) -> dict[s
 
 def load_generic(source: model_source.ResolvedModel, cache_dir: Path, max_context: int) -> LoadedModel:
     """``source`` through transformers' own model (:mod:`.generic`): fp32, no conversion beyond a GGUF's fp32 copy."""
-    from inference_svc.core import generic
+    from inference_svc.runtime import generic
 
     start = time.perf_counter()
     directory = _hf_dir(source, cache_dir)
@@ -498,8 +502,8 @@ def load(
 
     if decode_ops not in ("auto", "torch"):  # before the slow part, not after it
         raise ValueError(f"decode ops {decode_ops!r}: expected 'auto' or 'torch'")
-    if spec.activations not in native.ACTIVATIONS:
-        raise ValueError(f"activations {spec.activations!r}: expected one of {native.ACTIVATIONS}")
+    if spec.activations not in int4_gemv.ACTIVATIONS:
+        raise ValueError(f"activations {spec.activations!r}: expected one of {int4_gemv.ACTIVATIONS}")
     start = time.perf_counter()
     source = model if isinstance(model, model_source.ResolvedModel) else model_source.resolve(model, cache_dir)
     target, converted = prepare(source, cache_dir, spec)
@@ -511,7 +515,7 @@ def load(
     kernel, kernel_name = int4_kernel(cache_dir, spec, int4)
     transformer = build_transformer(tensors, shape, spec, min(max_context, shape.max_positions), kernel)
     if decode_ops == "auto":
-        ops, why_not = native.load_decode_ops(cache_dir / "native")
+        ops, why_not = load_decode_ops(cache_dir / "native")
         transformer.use_decode_ops(ops)
         if transformer.ops is None:
             log.warning("one-token steps run torch's operations: %s", why_not or "the fused ones do not fit this model")
@@ -522,7 +526,7 @@ def load(
     linears = {id(x): x for x in (*layers, transformer.head, transformer.embed)}.values()
     weight_bytes = sum(x.memory_bytes for x in linears) + sum(t.numel() * t.element_size() for t in norms)
     seconds = time.perf_counter() - start
-    ops_name = native.DECODE_OPS_NAME if transformer.ops is not None else "torch"
+    ops_name = DECODE_OPS_NAME if transformer.ops is not None else "torch"
     loaded = LoadedModel(
         tokenizer, transformer, source, spec, seconds, converted, weight_bytes, decode_bytes, kernel_name, ops_name
     )
@@ -577,8 +581,8 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
         metadata = {"spec": spec.name, "source": source.model_id}
         if any(name.endswith(".q4") for name in tensors):  # torch's int4 layout differs between CPU kinds
             try:
-                metadata[TORCH_INT4_BLOCK] = str(native.torch_int4_block())
-            except native.NativeUnavailable:  # a layout Reprise cannot read: the copy serves only here
+                metadata[TORCH_INT4_BLOCK] = str(torch_int4_block())
+            except NativeUnavailable:  # a layout Reprise cannot read: the copy serves only here
                 pass
         save_file(tensors, str(tmp / RUNTIME_FILE), metadata=metadata)
         shutil.copy(hf / "config.json", tmp / "config.json")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.native import AMX_MAX_ROWS, F32_MAX_ROWS, Int4Kernel, Int4KernelF32
+from inference_svc.runtime.native.int4_gemv import AMX_MAX_ROWS, F32_MAX_ROWS, Int4Kernel, Int4KernelF32
 
 #: Rows (tokens) from which a layer with a dense copy uses it instead of the quantized kernel.
 DENSE_MIN_ROWS = 8

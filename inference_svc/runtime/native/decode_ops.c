@@ -5,9 +5,9 @@
  * cache writes, reshapes, attention, SiLU): ~8 ms of a ~25 ms step on a 2-core Xeon, where the
  * matmuls themselves take ~13. Here it is three calls per layer, and where every layer is int4
  * through Reprise's kernels, one call for the whole step (reprise_decode_step, at the end). Built
- * into the same library as int4_gemv.c (inference_svc/core/native/__init__.py); used by
- * core/model.py for one-token steps when the library builds, with torch's operations otherwise (and
- * for every multi-token pass).
+ * into the same library as int4_gemv.c (inference_svc/runtime/native/library.py), called through
+ * decode_ops.py; used by runtime/model.py for one-token steps when the library builds, with torch's
+ * operations otherwise (and for every multi-token pass).
  *
  * Tensors are fp32 (DT_F32) or bf16 (DT_BF16), the model's compute dtype; the residual stream and
  * the norm weights are always fp32. Where the torch path rounds an intermediate to the compute dtype

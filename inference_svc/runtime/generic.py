@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from inference_svc.core import model_source
-from inference_svc.core.architecture import UnsupportedModel
+from inference_svc.runtime import model_source
+from inference_svc.runtime.architecture import UnsupportedModel
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def load(directory: Path, max_context: int) -> tuple[Any, GenericModel, int]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from inference_svc.core import vision
+    from inference_svc.runtime import vision
 
     start = time.perf_counter()
     image_processor = None

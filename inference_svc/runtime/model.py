@@ -17,7 +17,7 @@ weights' dtype. This module is the forward pass and nothing else:
   copied into a per-request cache.
 - a one-token decode step runs its small operations (norms, RoPE + KV write
   + attention, SiLU) fused in C, and int4 layers the whole step in one C call
-  (:class:`~inference_svc.core.native.DecodeOps`).
+  (:class:`~inference_svc.runtime.native.DecodeOps`).
 
 Every method runs on the model worker thread only.
 """
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from inference_svc.core.architecture import SUPPORTED_MODEL_TYPES, ModelShape, UnsupportedModel
+from inference_svc.runtime.architecture import SUPPORTED_MODEL_TYPES, ModelShape, UnsupportedModel
 
 __all__ = ["SHORTLIST", "SUPPORTED_MODEL_TYPES", "Layer", "ModelShape", "Transformer", "UnsupportedModel", "top_indices"]
-from inference_svc.core.kv import KVBuffer
-from inference_svc.core.native import DecodeOps, StepPlan, plan_step
-from inference_svc.core.weights import Linear
+from inference_svc.runtime.kv import KVBuffer
+from inference_svc.runtime.native.decode_ops import DecodeOps, StepPlan, plan_step
+from inference_svc.runtime.weights import Linear
 
 #: Candidates an approximate (int4) LM head passes on to be rescored from its exact int8 rows.
 SHORTLIST = 64
@@ -76,7 +76,7 @@ def top_indices(x: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
 
 
 class Transformer:
-    """Forward passes over a :class:`~inference_svc.core.kv.KVBuffer`."""
+    """Forward passes over a :class:`~inference_svc.runtime.kv.KVBuffer`."""
 
     def __init__(
         self,
