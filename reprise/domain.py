@@ -24,6 +24,18 @@ class Finish(str, enum.Enum):
     LENGTH = "length"
 
 
+class InvalidationKind(str, enum.Enum):
+    """What an invalidation names: one key, a namespace, or a model (one revision or all).
+
+    Shared because the cache broadcasts these events and the gateway's hot layer
+    applies them; ``gateway.core.types`` and ``cache_svc.core.types`` re-export it.
+    """
+
+    KEY = "key"
+    NAMESPACE = "namespace"
+    MODEL = "model"
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     role: Role

@@ -32,14 +32,21 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from bench import headlines, render_docs, results_io
-from bench.gateway import loadgen, tracing_cost
+from bench.gateway import tracing_cost
+from bench.loadgen.config import LoadConfig
+from bench.loadgen.procs import run_procs
+from bench.loadgen.report import primary_cache
+from bench.loadgen.runner import RunResult
 from gateway.clients import model_identity_from_pb
 from devtools.devstack import ROOT, RedisServer, ServiceProcess, free_port, wait_serving
 from reprise.gateway.v1 import gateway_pb2 as pb
@@ -156,31 +163,46 @@ def running_stack(model: str, run_dir: Path, embedder: str, otlp: str | None = N
         redis.stop()
 
 
-def _summary(name: str, s: loadgen.Scenario, r: loadgen.Result, cpu: dict[str, float]) -> dict[str, object]:
+def load(name: str, target: str, rpc: str, requests: Sequence[Message], in_flight: int, total: int) -> LoadConfig:
+    """A closed-loop run of ``total`` gateway calls, ``in_flight`` at a time, cycling through ``requests``."""
+    data = tuple(json_format.MessageToDict(r, preserving_proto_field_name=True) for r in requests)
+    return LoadConfig(call=f"reprise.gateway.v1.Gateway.{rpc}", host=target, insecure=True, total=total,
+                      concurrency=in_flight, timeout_s=30, data=data, name=name).with_overrides()
+
+
+def _summary(cfg: LoadConfig, procs: int, run: RunResult, cpu: dict[str, float]) -> dict[str, object]:
+    lat = sorted(r.latency_ns / 1e6 for r in run.results if r.status == "OK")
+    wall_s = run.total_ns / 1e9
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q / 100 * len(lat)))] if lat else float("nan")
+
     return {
-        "name": name,
-        "rpc": s.rpc,
-        "in_flight": s.concurrency,
-        "client_procs": max(1, min(s.procs, s.concurrency)),
-        "requests": len(r.latencies_ms),
-        "errors": dict(r.errors),
-        "statuses": dict(r.statuses),
-        "p50_ms": round(r.pct(50), 3),
-        "p90_ms": round(r.pct(90), 3),
-        "p99_ms": round(r.pct(99), 3),
-        "mean_ms": round(statistics.fmean(r.latencies_ms), 3) if r.latencies_ms else None,
-        "rps": round(r.throughput, 1),
-        "wall_s": round(r.wall_s, 2),
-        "client_cpu_cores": round(r.client_cpu_s / r.wall_s, 2) if r.wall_s else None,
-        "server_cpu_cores": {k: round(v / r.wall_s, 2) for k, v in cpu.items() if v > 0.01} if r.wall_s else {},
+        "name": cfg.name,
+        "rpc": cfg.method,
+        "in_flight": cfg.concurrency,
+        "client_procs": max(1, min(procs, cfg.concurrency)),
+        "requests": len(lat),
+        "errors": dict(Counter(r.status for r in run.results if r.status != "OK")),
+        "statuses": dict(Counter(primary_cache(r) for r in run.results if r.status == "OK")),
+        "p50_ms": round(pct(50), 3),
+        "p90_ms": round(pct(90), 3),
+        "p99_ms": round(pct(99), 3),
+        "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
+        "rps": round(len(lat) / wall_s, 1) if wall_s else 0.0,
+        "wall_s": round(wall_s, 2),
+        "client_cpu_cores": round(run.client_cpu_s / wall_s, 2) if wall_s else None,
+        "server_cpu_cores": {k: round(v / wall_s, 2) for k, v in cpu.items() if v > 0.01} if wall_s else {},
     }
 
 
-def measure(stack: Stack, name: str, s: loadgen.Scenario) -> dict[str, object]:
+def measure(stack: Stack, cfg: LoadConfig, *, warmup: int, procs: int) -> dict[str, object]:
+    """Run ``cfg`` from ``procs`` client processes after ``warmup`` unmeasured calls each; one summary row."""
     pids = stack.pids()
-    r, cpu = loadgen.run(s, lambda: {k: _cpu_s(p) for k, p in pids.items()})
-    row = _summary(name, s, r, cpu)
-    print(f"  {name:<34} in flight {s.concurrency:>2}: p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
+    run, cpu = run_procs(cfg, procs=procs, warmup=warmup, cpu_probe=lambda: {k: _cpu_s(p) for k, p in pids.items()})
+    row = _summary(cfg, procs, run, cpu)
+    name = cfg.name
+    print(f"  {name:<34} in flight {cfg.concurrency:>2}: p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
           f"{row['rps']:>7} req/s  statuses {row['statuses']} errors {row['errors']}  "
           f"cpu client {row['client_cpu_cores']} server {row['server_cpu_cores']}", flush=True)
     return row
@@ -192,7 +214,7 @@ def _sentiment_texts(n: int, tag: str) -> list[str]:
     return [f"{subjects[i % 8]} {verdicts[(i // 8) % 6]} ({tag} {i})" for i in range(n)]
 
 
-def prepare_exact(stack: Stack, n: int) -> list[bytes]:
+def prepare_exact(stack: Stack, n: int) -> list[pb.ClassifyRequest]:
     """Store ``n`` sentiment answers through the gateway; return the requests, all exact hits now."""
     texts = _sentiment_texts(n, "bench")
     requests = [pb.ClassifyRequest(text=t) for t in texts]
@@ -208,7 +230,7 @@ def prepare_exact(stack: Stack, n: int) -> list[bytes]:
         if pending:
             raise RuntimeError(f"{len(pending)} stored answers never became exact hits")
     wait_hot(stack.gw_hot.address, "the gateway's hot layer never came on (no invalidation stream?)")
-    return [r.SerializeToString() for r in requests]
+    return requests
 
 
 def wait_hot(address: str, failure: str) -> None:
@@ -222,17 +244,17 @@ def wait_hot(address: str, failure: str) -> None:
             time.sleep(0.1)
 
 
-def warm_traced(stack: Stack, requests: list[bytes]) -> None:
+def warm_traced(stack: Stack, requests: list[pb.ClassifyRequest]) -> None:
     """Every stored request once through each traced gateway: their hot layers start where the others are."""
     wait_hot(stack.traced["gw_hot"].address, "the traced gateway's hot layer never came on")
     for svc in (stack.traced["gw_hot"], stack.traced["gw_cold"]):
         with grpc.insecure_channel(svc.address) as ch:
             stub = pb_grpc.GatewayStub(ch)
-            for raw in requests:
-                stub.Classify(pb.ClassifyRequest.FromString(raw), timeout=30)
+            for r in requests:
+                stub.Classify(r, timeout=30)
 
 
-def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[bytes], int, list[float]]:
+def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[pb.ChatRequest], int, list[float]]:
     """Store chat answers for the originals; keep the paraphrases that the cache serves semantically.
 
     The originals are chat misses with the service's default decoding: their latencies are
@@ -243,7 +265,7 @@ def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[bytes], 
         pb.ChatRequest(text=f"Could you tell me how to {t}?", cache=pb.CachePolicy(min_similarity=min_similarity, no_store=True))
         for t in _TOPICS
     ]
-    kept: list[bytes] = []
+    kept: list[pb.ChatRequest] = []
     miss_ms: list[float] = []
     with grpc.insecure_channel(stack.gw_cold.address) as ch:
         stub = pb_grpc.GatewayStub(ch)
@@ -254,7 +276,7 @@ def prepare_semantic(stack: Stack, min_similarity: float) -> tuple[list[bytes], 
         time.sleep(1.5)  # the cache indexes new entries in the background
         for r in paraphrases:
             if stub.Chat(r, timeout=120).cache.status == pb.CACHE_STATUS_SEMANTIC:
-                kept.append(r.SerializeToString())
+                kept.append(r)
     return kept, len(paraphrases), miss_ms
 
 
@@ -405,9 +427,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             scenarios = []
             tracing: list[dict[str, object]] = []
 
-            def sc(name: str, target: str, rpc: str, reqs: list[bytes], conc: int, total: int) -> None:
-                s = loadgen.Scenario(name, target, rpc, reqs, conc, total, warmup=200 if conc == 1 else 100, procs=a.client_procs)
-                scenarios.append(measure(stack, name, s))
+            def sc(name: str, target: str, rpc: str, reqs: Sequence[Message], conc: int, total: int) -> None:
+                cfg = load(name, target, rpc, reqs, conc, total)
+                scenarios.append(measure(stack, cfg, warmup=200 if conc == 1 else 100, procs=a.client_procs))
 
             print("exact hits:", flush=True)
             for conc, total in ((1, n1), (50, n50)):
@@ -424,8 +446,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ("exact hit, gateway (hot layer off)", {"off": stack.gw_cold.address, tracing_cost.SHIPPED: t["gw_cold"].address}),
                 ):
                     tracing.append(tracing_cost.compare(
-                        name, targets, exact, in_flight=50, per_round=max(1000, n50 // 3),
-                        rounds=2 if a.quick else 3, procs=a.client_procs, measure=lambda n, s: measure(stack, n, s),
+                        name, targets, load(name, "", "Classify", exact, 50, max(1000, n50 // 3)), rounds=2 if a.quick else 3,
+                        measure=lambda cfg: measure(stack, cfg, warmup=100, procs=a.client_procs),
                     ))
                     print(f"  {name}: throughput over off {tracing[-1]['over_off']} ({tracing[-1]['rps_median']})", flush=True)
             if a.tracing_only:

@@ -19,7 +19,7 @@ from concurrent import futures
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from bench.gateway import loadgen
+from bench.loadgen.config import LoadConfig
 from devtools.devstack import free_port
 
 #: Tracing on costs at most this share of exact-hit throughput (issue 26).
@@ -66,30 +66,25 @@ def traced_env(endpoint: str, service: str, every_request: bool = False) -> dict
 def compare(
     name: str,
     targets: dict[str, str],
-    requests: list[bytes],
+    load: LoadConfig,
     *,
-    in_flight: int,
-    per_round: int,
     rounds: int,
-    procs: int,
-    measure: Callable[[str, loadgen.Scenario], dict[str, object]],
+    measure: Callable[[LoadConfig], dict[str, object]],
 ) -> dict[str, object]:
-    """``rounds`` of one run per variant (``targets``: "off" and the traced ones -> address);
+    """``rounds`` of one run of ``load`` per variant (``targets``: "off" and the traced ones -> address);
     throughput of each traced variant over "off", medians over rounds."""
     sides = list(targets)
     rows: dict[str, list[dict[str, object]]] = {k: [] for k in sides}
     for i in range(rounds):
         for side in sides[i % len(sides):] + sides[: i % len(sides)]:  # rotate who goes first
-            label = f"{name}, tracing {side}"
-            s = loadgen.Scenario(label, targets[side], "Classify", requests, in_flight, per_round, warmup=100, procs=procs)
-            rows[side].append(measure(label, s))
+            rows[side].append(measure(load.with_overrides(name=f"{name}, tracing {side}", host=targets[side])))
     rps = {k: statistics.median(float(r["rps"]) for r in v) for k, v in rows.items()}  # type: ignore[arg-type]
     p50 = {k: statistics.median(float(r["p50_ms"]) for r in v) for k, v in rows.items()}  # type: ignore[arg-type]
     return {
         "name": name,
-        "in_flight": in_flight,
+        "in_flight": load.concurrency,
         "rounds": rounds,
-        "requests_per_round": per_round,
+        "requests_per_round": load.total,
         "rps_median": {k: round(v, 1) for k, v in rps.items()},
         "rps_rounds": {k: [r["rps"] for r in v] for k, v in rows.items()},
         "p50_ms_median": {k: round(v, 3) for k, v in p50.items()},

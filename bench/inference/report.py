@@ -6,10 +6,6 @@ from pathlib import Path
 from typing import Any
 
 
-def _f(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{x:,.{digits}f}"
-
-
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     peer = r.get("llamacpp")

@@ -10,5 +10,6 @@ through the data, client CPU) and a PNG latency plot.
 
 Modules: :mod:`.config` (parse a ghz config), :mod:`.templates` (ghz call-data
 templates), :mod:`.rpc` (method lookup by server reflection), :mod:`.runner`
-(the asyncio workers), :mod:`.report` (ghz report), :mod:`.plot` (PNG).
+(the asyncio workers), :mod:`.procs` (one load from several client processes,
+for ``make bench-gateway``), :mod:`.report` (ghz report), :mod:`.plot` (PNG).
 """

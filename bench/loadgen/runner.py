@@ -9,6 +9,13 @@ how many are in flight. A run ends after ``total`` requests, or at
 ``duration`` (then ``duration-stop`` decides about calls in flight: ``close``
 cancels and reports them, ``ignore`` cancels and drops them, ``wait`` lets them
 finish), or at ``max-duration``.
+
+Outside ghz's model, for :mod:`bench.loadgen.procs` (one load from several
+client processes): ``part=(i, k)`` makes this process send request numbers
+i, i+k, i+2k ... (so k processes together send each number once, and calls in
+flight at the same moment carry different data elements, as in one process);
+``warmup`` calls go out on the same channels before the clock starts and are
+not reported; ``ready`` is awaited after them, before the clock starts.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import asyncio
 import itertools
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,17 +93,17 @@ async def run_load(
     method: Method,
     *,
     on_result: Callable[[CallResult], None] | None = None,
+    part: tuple[int, int] = (0, 1),
+    warmup: int = 0,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> RunResult:
     """Run the load described by ``cfg`` against ``method`` and return every call's result."""
     requests = [_Request(method, dict(d), i) for i, d in enumerate(cfg.data)]
     static_metadata = None if Template.has_actions(dict(cfg.metadata)) else tuple(cfg.metadata.items())
     channels = [make_channel(cfg) for _ in range(cfg.connections)]
     results: list[CallResult] = []
-    counter = itertools.count()
+    counter = itertools.count(*part)
     loop = asyncio.get_running_loop()
-    started_mono = loop.time()
-    started_ns = time.time_ns()
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     stop_issuing = asyncio.Event()
     end_reason = "normal"
     timeout = cfg.timeout_s or None
@@ -113,7 +120,8 @@ async def run_load(
         for ch in channels
     ]
 
-    async def one_call(worker: int, n: int, call_fn: Any) -> None:
+    def rendered(worker: int, n: int) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        """Request ``n``'s payload and metadata (serialized once up front unless templated)."""
         req = requests[n % len(requests)]
         payload = req.payload
         metadata = static_metadata
@@ -127,6 +135,29 @@ async def run_load(
                 payload = method.encode(Template.render(req.data, call_data, req.where), req.where)
             if metadata is None:
                 metadata = tuple(Template.render(dict(cfg.metadata), call_data, "metadata").items())
+        return payload, metadata
+
+    try:
+        for n in range(warmup):  # one at a time, not reported: connections up, both sides' caches warm
+            payload, metadata = rendered(0, part[0] + n)
+            call = callables[0](payload, timeout=timeout, metadata=metadata or None)
+            if method.server_streaming:
+                async for _ in call:
+                    pass
+            else:
+                await call
+        if ready is not None:
+            await ready()
+    except BaseException:
+        for channel in channels:
+            await channel.close()
+        raise
+    started_mono = loop.time()
+    started_ns = time.time_ns()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+
+    async def one_call(worker: int, n: int, call_fn: Any) -> None:
+        payload, metadata = rendered(worker, n)
         start_wall = time.time_ns()
         t0 = time.perf_counter_ns()
         cache: dict[str, str] = {}

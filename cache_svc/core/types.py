@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from reprise.domain import Answer, Decoding, Turn
+from reprise.domain import Answer, Decoding, InvalidationKind, Turn
 
 
 class Tier(str, enum.Enum):
@@ -82,12 +82,6 @@ class Stats:
     redis_used_memory_bytes: int
     index_memory_bytes: int
     embedder: str
-
-
-class InvalidationKind(str, enum.Enum):
-    KEY = "key"
-    NAMESPACE = "namespace"
-    MODEL = "model"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from reprise.domain import Answer, Decoding, Finish, SentimentResult, Turn, Usage
+from reprise.domain import Answer, Decoding, Finish, InvalidationKind, SentimentResult, Turn, Usage
 
 TASK_SENTIMENT = "sentiment"
 TASK_CHAT = "chat"
@@ -186,12 +186,6 @@ class InferenceChunk:
     delta: str
     finish: Finish | None = None
     usage: Usage | None = None
-
-
-class InvalidationKind(str, enum.Enum):
-    KEY = "key"
-    NAMESPACE = "namespace"
-    MODEL = "model"
 
 
 @dataclass(frozen=True, slots=True)

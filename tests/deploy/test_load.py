@@ -14,6 +14,7 @@ import pytest
 
 from bench.load import CACHE_OFF, with_cache_policy
 from bench.loadgen.config import config_from_dict, load_config
+from bench.loadgen.procs import run_procs
 from bench.loadgen.report import build_report
 from bench.loadgen.rpc import resolve_method
 from bench.loadgen.runner import run_load
@@ -103,6 +104,18 @@ async def test_connections_are_separate_tcp_connections() -> None:
         assert len(set(peers)) == 3
     finally:
         await server.stop(0)
+
+
+async def test_processes_share_one_run_and_warm_up_unreported(gateway_host) -> None:
+    """bench.loadgen.procs (make bench-gateway): k processes send each request number once, start together,
+    and their warm-up calls are not reported; the server CPU probe is read around the measured phase only."""
+    cfg = _config(gateway_host.address, "Classify", [f"procs {i}" for i in range(5)], concurrency=4, total=30)
+    probes = iter([{"server": 1.0}, {"server": 3.5}])
+    run, cpu = await asyncio.to_thread(run_procs, cfg, procs=2, warmup=2, cpu_probe=lambda: next(probes))
+    assert sorted(r.request_number for r in run.results) == list(range(30))
+    assert all(r.status == "OK" for r in run.results) and cpu == {"server": 2.5}
+    report = build_report(run)
+    assert report["count"] == 30 and report["options"]["concurrency"] == 4 and run.client_cpu_s > 0
 
 
 async def test_cli_writes_report_and_plot(gateway_host, tmp_path: Path) -> None:
