@@ -43,7 +43,7 @@ DEFAULT_MB = 256
 DEFAULT_RUNS = 15
 #: Vector paths of the probe (``simd`` argument).
 SIMD = {-1: "best", 0: "scalar", 1: "avx2", 2: "avx512"}
-#: How far ahead ``int4_gemv.c`` prefetches into L2 (32 groups x 1,280 bytes).
+#: How far ahead ``int4_avx512bf16.c`` prefetches into L2 (32 groups x 1,280 bytes).
 KERNEL_AHEAD = 32 * 1280
 
 

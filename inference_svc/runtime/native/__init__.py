@@ -1,10 +1,11 @@
 """Reprise's own C kernels, compiled with the system C compiler on first use and called through ctypes.
 
-One shared library holds two C files:
+One shared library holds the C files:
 
-- ``int4_gemv.c``: int4 weight GEMV/GEMM kernels, wrapped by :mod:`.int4_gemv`
-  (:class:`~.int4_gemv.Int4Kernel`: bf16 activations on AVX512-BF16 and AMX;
-  :class:`~.int4_gemv.Int4KernelF32`: fp32 or int8 activations on AVX2, for CPUs without bf16);
+- int4 weight GEMV/GEMM kernels, one file per instruction-set path (``int4.h`` holds what
+  they share): ``int4_avx512bf16.c`` and ``int4_amx.c`` (bf16 activations), ``int4_avx2.c``
+  (fp32 activations) and ``int4_q8.c`` (int8 activations, AVX2 and AVX512-VNNI); wrapped by
+  :mod:`.int4_gemv` (:class:`~.int4_gemv.Int4Kernel`, :class:`~.int4_gemv.Int4KernelF32`);
 - ``decode_ops.c``: the small operations of a one-token decode step fused in C, wrapped by
   :mod:`.decode_ops` (any x86-64 CPU, any weight format).
 
@@ -14,7 +15,7 @@ and writes torch's own CPU int4 layout, which the kernels' packing starts from.
 
 torch's ``_weight_int4pack_mm_for_cpu`` converts every nibble to fp32 and
 multiplies it alone; on 2-core Xeon and Zen 4 VMs that, not memory, bounds
-decode (0.32-0.45 of the bandwidth roofline). ``int4_gemv.c`` multiplies 32
+decode (0.32-0.45 of the bandwidth roofline). ``int4_avx512bf16.c`` multiplies 32
 weights per AVX512-BF16 instruction (see the file's header). It serves the
 rows a decode step multiplies (fewer than ``DENSE_MIN_ROWS``) for int4 layers
 and the LM head's int4 shortlist copy, on CPUs with AVX512-BF16 (where int4

@@ -1,4 +1,4 @@
-/* bf16 <-> fp32 for the library's C files (int4_gemv.c, decode_ops.c): inlined into their loops. */
+/* bf16 <-> fp32 for the library's C files (int4_*.c, decode_ops.c): inlined into their loops. */
 #ifndef REPRISE_BF16_H
 #define REPRISE_BF16_H
 

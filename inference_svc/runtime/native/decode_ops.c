@@ -5,7 +5,7 @@
  * cache writes, reshapes, attention, SiLU): ~8 ms of a ~25 ms step on a 2-core Xeon, where the
  * matmuls themselves take ~13. Here it is three calls per layer, and where every layer is int4
  * through Reprise's kernels, one call for the whole step (reprise_decode_step, at the end). Built
- * into the same library as int4_gemv.c (inference_svc/runtime/native/library.py), called through
+ * into the same library as the int4 kernels (inference_svc/runtime/native/library.py), called through
  * decode_ops.py; used by runtime/model.py for one-token steps when the library builds, with torch's
  * operations otherwise (and for every multi-token pass).
  *

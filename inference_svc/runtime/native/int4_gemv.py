@@ -1,5 +1,5 @@
-"""The int4 weight kernels of ``int4_gemv.c``: :class:`Int4Kernel` (bf16 activations, AVX512-BF16 and AMX)
-and :class:`Int4KernelF32` (fp32 or int8 activations on AVX2, for CPUs without bf16)."""
+"""The int4 weight kernels: :class:`Int4Kernel` (bf16 activations: ``int4_avx512bf16.c``, ``int4_amx.c``) and
+:class:`Int4KernelF32` (fp32 activations on AVX2, ``int4_avx2.c``, or int8 ones, ``int4_q8.c``; for CPUs without bf16)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class Int4Kernel:
     def pack(self, q4: torch.Tensor, sz4: torch.Tensor) -> torch.Tensor:
         """torch's CPU int4 layout (``_convert_weight_to_int4pack_for_cpu``, see :func:`torch_int4_block`) +
         its ``[K/32, N, 2]`` bf16 scale/zero tensor -> this kernel's ``[N/64, K/32, 4, 320]`` bytes (see
-        ``int4_gemv.c``), in C.
+        ``int4_avx512bf16.c``), in C (``int4_amx.c``).
 
         :meth:`pack_reference` does the same in torch, ~50x slower (3.1 vs 0.06 s for the LM head).
         """
@@ -131,7 +131,7 @@ _NO_VNNI = "this CPU has no AVX512-VNNI"
 
 
 class Int4KernelF32:
-    """int4 weights against fp32 activations on AVX2 (``int4_gemv.c``, second half), for CPUs without bf16.
+    """int4 weights against fp32 activations on AVX2 (``int4_avx2.c``), for CPUs without bf16.
 
     The layout is written once at conversion (:meth:`pack`) and saved in the converted copy. A row's
     product depends only on whether its call has one row (mode 1) or more (mode 2, another summation
@@ -200,7 +200,7 @@ class Int4KernelF32:
     def pack(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """int4 values ``q`` ``[N, K]`` (0..15) and fp16 ``scale``/``zero`` ``[N, K/32]`` -> ``[N/32, K/32, 640]`` bytes.
 
-        The layout is described at the top of the fp32 half of ``int4_gemv.c``. Runs at conversion time.
+        The layout is described at the top of ``int4_avx2.c``. Runs at conversion time.
         """
         n, k = q.shape
         if not Int4KernelF32.supports(n, k, GROUP) or scale.shape != (n, k // GROUP) or scale.dtype != torch.float16:

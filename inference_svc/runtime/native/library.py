@@ -1,4 +1,4 @@
-"""Building and loading the shared library that holds Reprise's C kernels (``int4_gemv.c``, ``decode_ops.c``)."""
+"""Building and loading the shared library that holds Reprise's C kernels (``int4_*.c``, ``decode_ops.c``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import TypeVar
 
 #: Compiled together into one library: the int4 kernels and the fused decode-step operations (:class:`.decode_ops.DecodeOps`).
-SOURCES = (Path(__file__).with_name("int4_gemv.c"), Path(__file__).with_name("decode_ops.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("int4_avx512bf16.c", "int4_amx.c", "int4_avx2.c", "int4_q8.c", "decode_ops.c")
+)
 #: Included by the sources: part of what a built library is digested from.
-HEADERS = (Path(__file__).with_name("bf16.h"),)
+HEADERS = (Path(__file__).with_name("bf16.h"), Path(__file__).with_name("int4.h"))
 # -fno-trapping-math and -fno-math-errno let decode_ops.c's loops vectorize (no reassociation: the same
 # sums); -ffp-contract=off keeps a*b + c two roundings, as in torch (the kernels' FMAs are intrinsics).
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-Wall", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off")

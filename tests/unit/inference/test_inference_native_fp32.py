@@ -1,4 +1,4 @@
-"""Reprise's int4 kernel for fp32 activations (AVX2, int4_gemv.c's second half): layout, arithmetic, routing."""
+"""Reprise's int4 kernel for fp32 activations (AVX2, int4_avx2.c): layout, arithmetic, routing."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _weights(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def test_pack_puts_every_nibble_scale_and_zero_where_the_layout_says() -> None:
-    """The layout documented in int4_gemv.c, read back byte by byte for every weight of two superblocks."""
+    """The layout documented in int4_avx2.c, read back byte by byte for every weight of two superblocks."""
     q, scale, zero, _ = _weights(64, 64)
     packed = Int4KernelF32.pack(q, scale, zero)
     assert packed.shape == (2, 2, 640) and packed.dtype == torch.uint8

@@ -1,4 +1,4 @@
-"""int8 activations against the fp32 kernel's int4 layout (int4_gemv.c, ``reprise_int4_gemm_q8``).
+"""int8 activations against the fp32 kernel's int4 layout (int4_q8.c, ``reprise_int4_gemm_q8``).
 
 What it promises: each row quantized per 32 inputs on its own, integer products, one fp32 combine order,
 so every path (plain C, AVX2 one row, AVX2 several rows) gives the same bits and a row's product never
