@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import headlines, render_docs, results_io
 from gateway.clients import GrpcInference
-from gateway.core.types import InferenceChunk
+from gateway.core.types import InferenceChunk, Prompt
 from gateway.replicas import RoutedInference, RoutingConfig
 from gateway.server import INFERENCE_SERVICE, backend_channel
 from devtools.devstack import ServiceProcess, free_port, wait_serving
@@ -66,7 +66,7 @@ async def ttfts(client: object, conversations: int, turns: int, max_new_tokens: 
             start = time.perf_counter()
             first: float | None = None
             parts = []
-            async for chunk in chat(history, text, None, decoding, 300.0):  # type: ignore[attr-defined]
+            async for chunk in chat(Prompt(text, history, decoding=decoding), 300.0):  # type: ignore[attr-defined]
                 piece: InferenceChunk = chunk
                 if first is None:
                     first = (time.perf_counter() - start) * 1000

@@ -20,11 +20,12 @@ from gateway.core.types import (
     InvalidationKind,
     LookupResult,
     ModelIdentity,
+    Prompt,
     StoredEntry,
 )
 from reprise import convert, tracing
 from reprise.cache.v1 import cache_pb2, cache_pb2_grpc
-from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
+from reprise.domain import Answer, SentimentResult, Usage
 from reprise.errors import ServiceError, Unavailable, from_status
 from reprise.inference.v1 import inference_pb2, inference_pb2_grpc
 from reprise.rpc.logs import REQUEST_ID_HEADER, request_id
@@ -64,17 +65,30 @@ def _cache_error(err: grpc.aio.AioRpcError) -> CacheError:
 
 
 def cache_query_to_pb(req: CacheRequest) -> cache_pb2.CacheQuery:
+    prompt = req.prompt
     return cache_pb2.CacheQuery(
         namespace=req.namespace,
         model_id=req.model.model_id,
         model_revision=req.model.revision,
         task=req.task,
-        text=req.text,
-        system_prompt=req.system_prompt,
-        history=convert.turns_to_pb(req.history),
-        decoding=convert.decoding_to_pb(req.decoding),
-        images=list(req.images),
+        text=prompt.text,
+        system_prompt=prompt.system_key,
+        history=convert.turns_to_pb(prompt.history),
+        decoding=convert.decoding_to_pb(prompt.decoding),
+        images=list(prompt.images),
     )
+
+
+def chat_stream_request_to_pb(prompt: Prompt) -> inference_pb2.ChatStreamRequest:
+    msg = inference_pb2.ChatStreamRequest(
+        text=prompt.text,
+        history=convert.turns_to_pb(prompt.history),
+        decoding=convert.decoding_to_pb(prompt.decoding),
+        images=list(prompt.images),
+    )
+    if prompt.system_prompt is not None:
+        msg.system_prompt = prompt.system_prompt
+    return msg
 
 
 def _seconds(ts: object) -> float:
@@ -223,22 +237,9 @@ class GrpcInference:
             raise _downstream("inference", err) from None
         return convert.sentiment_from_pb(r.result, "result"), convert.usage_from_pb(r.usage)
 
-    async def chat_stream(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
-    ) -> AsyncIterator[InferenceChunk]:
-        msg = inference_pb2.ChatStreamRequest(
-            text=text, history=convert.turns_to_pb(history), decoding=convert.decoding_to_pb(decoding), images=list(images)
-        )
-        if system_prompt is not None:
-            msg.system_prompt = system_prompt
+    async def chat_stream(self, prompt: Prompt, timeout_s: float | None) -> AsyncIterator[InferenceChunk]:
         await self._connected(timeout_s)
-        call = self._stub.ChatStream(msg, timeout=timeout_s, metadata=_metadata())
+        call = self._stub.ChatStream(chat_stream_request_to_pb(prompt), timeout=timeout_s, metadata=_metadata())
         try:
             async for r in call:
                 if r.HasField("finish_reason"):

@@ -32,8 +32,8 @@ import grpc
 
 from gateway.clients import GrpcInference
 from gateway.core.ring import Pick, Ring, Route, conversation_key
-from gateway.core.types import InferenceChunk, ModelIdentity
-from reprise.domain import Decoding, SentimentResult, Turn, Usage
+from gateway.core.types import InferenceChunk, ModelIdentity, Prompt
+from reprise.domain import SentimentResult, Usage
 from reprise.errors import Unavailable
 from reprise.rpc.tls import ClientTLS
 
@@ -225,16 +225,8 @@ class RoutedInference:
                         raise
                     self._down(replica, exc)
 
-    async def chat_stream(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
-    ) -> AsyncIterator[InferenceChunk]:
-        key = conversation_key(history, text, system_prompt)
+    async def chat_stream(self, prompt: Prompt, timeout_s: float | None) -> AsyncIterator[InferenceChunk]:
+        key = conversation_key(prompt)
         tried: set[str] = set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -244,7 +236,7 @@ class RoutedInference:
             with replica.busy():
                 try:
                     async with contextlib.aclosing(
-                        replica.client.chat_stream(history, text, system_prompt, decoding, self._left(deadline), images)
+                        replica.client.chat_stream(prompt, self._left(deadline))
                     ) as chunks:
                         async for chunk in chunks:
                             started = True

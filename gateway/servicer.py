@@ -10,6 +10,7 @@ import grpc
 from gateway import wire
 from gateway.auth import Authenticator
 from gateway.core.flow import Gateway
+from gateway.core.types import Prompt
 from reprise import convert
 from reprise.gateway.v1 import gateway_pb2 as pb
 from reprise.gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -37,32 +38,15 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         tenant = self._tenant(request, context)
-        out = await self._gw.chat(
-            tenant,
-            convert.turns_from_pb(request.history),
-            request.text,
-            request.system_prompt if request.HasField("system_prompt") else None,
-            convert.decoding_from_pb(request.decoding),
-            wire.policy_from_pb(request.cache),
-            context.time_remaining(),
-            tuple(request.images),
-        )
+        out = await self._gw.chat(tenant, wire.prompt_from_pb(request), wire.policy_from_pb(request.cache), context.time_remaining())
         return wire.chat_response(out)
 
     async def ChatStream(
         self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatStreamResponse]:
         tenant = self._tenant(request, context)
-        stream = self._gw.chat_stream(
-            tenant,
-            convert.turns_from_pb(request.history),
-            request.text,
-            request.system_prompt if request.HasField("system_prompt") else None,
-            convert.decoding_from_pb(request.decoding),
-            wire.policy_from_pb(request.cache),
-            context.time_remaining(),
-            tuple(request.images),
-        )
+        prompt, policy = wire.prompt_from_pb(request), wire.policy_from_pb(request.cache)
+        stream = self._gw.chat_stream(tenant, prompt, policy, context.time_remaining())
         # aclosing: a caller that goes away releases the flow's slot now, not at garbage collection.
         async with contextlib.aclosing(stream) as deltas:
             async for delta in deltas:
@@ -70,13 +54,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Analyze(self, request: pb.AnalyzeRequest, context: grpc.aio.ServicerContext) -> pb.AnalyzeResponse:
         tenant = self._tenant(request, context)
+        prompt = Prompt(request.text, decoding=convert.decoding_from_pb(request.decoding))
         out = await self._gw.analyze(
-            tenant,
-            request.text,
-            convert.decoding_from_pb(request.decoding),
-            wire.policy_from_pb(request.cache),
-            tuple(request.tasks),
-            context.time_remaining(),
+            tenant, prompt, wire.policy_from_pb(request.cache), tuple(request.tasks), context.time_remaining()
         )
         return wire.analyze_response(out)
 

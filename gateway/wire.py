@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reprise import convert
-from reprise.domain import Decoding, Turn, Usage
+from reprise.domain import Usage
 from reprise.gateway.v1 import gateway_pb2 as pb
 
 from gateway.core.types import (
@@ -16,6 +16,7 @@ from gateway.core.types import (
     GatewayStats,
     ModelIdentity,
     Policy,
+    Prompt,
     TenantStats,
     Timings,
 )
@@ -57,6 +58,34 @@ def policy_to_pb(p: Policy) -> pb.CachePolicy:
     if p.cache_sampled is not None:
         msg.cache_sampled = p.cache_sampled
     return msg
+
+
+# -- prompt ------------------------------------------------------------------------------------
+
+
+def prompt_from_pb(r: pb.ChatRequest | pb.ChatStreamRequest) -> Prompt:
+    """The prompt of a Chat or ChatStream request, as the gateway passes it down whole."""
+    return Prompt(
+        text=r.text,
+        history=convert.turns_from_pb(r.history),
+        system_prompt=r.system_prompt if r.HasField("system_prompt") else None,
+        decoding=convert.decoding_from_pb(r.decoding),
+        images=tuple(r.images),
+    )
+
+
+def chat_fields(prompt: Prompt, policy: Policy) -> dict[str, object]:
+    """The fields of a ChatRequest or ChatStreamRequest (the two messages have the same ones)."""
+    fields: dict[str, object] = dict(
+        text=prompt.text,
+        history=convert.turns_to_pb(prompt.history),
+        decoding=convert.decoding_to_pb(prompt.decoding),
+        cache=policy_to_pb(policy),
+        images=list(prompt.images),
+    )
+    if prompt.system_prompt is not None:
+        fields["system_prompt"] = prompt.system_prompt
+    return fields
 
 
 # -- cache info and timings -------------------------------------------------------------------
@@ -191,26 +220,6 @@ def stats_response(s: GatewayStats) -> pb.StatsResponse:
 
 
 # -- requests and responses (client side) -------------------------------------------------------
-
-
-def chat_fields(
-    text: str,
-    history: tuple[Turn, ...],
-    system_prompt: str | None,
-    decoding: Decoding,
-    policy: Policy,
-    images: tuple[bytes, ...] = (),
-) -> dict[str, object]:
-    fields: dict[str, object] = dict(
-        text=text,
-        history=convert.turns_to_pb(history),
-        decoding=convert.decoding_to_pb(decoding),
-        cache=policy_to_pb(policy),
-        images=list(images),
-    )
-    if system_prompt is not None:
-        fields["system_prompt"] = system_prompt
-    return fields
 
 
 def classify_outcome(r: pb.ClassifyResponse) -> ClassifyOutcome:

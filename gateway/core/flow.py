@@ -38,11 +38,12 @@ from gateway.core.types import (
     InferenceChunk,
     ModelIdentity,
     Policy,
+    Prompt,
     TenantStats,
     Timings,
 )
 from reprise import tracing
-from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
+from reprise.domain import Answer, SentimentResult, Usage
 from reprise.errors import InvalidArgument, Unavailable
 from reprise.images import check_files
 
@@ -172,62 +173,37 @@ class Gateway:
             self.validate.policy(policy)
             return await self._classify(tenant, text, policy, timeout_s)
 
-    async def chat(
-        self,
-        tenant: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None = None,
-        images: tuple[bytes, ...] = (),
-    ) -> ChatOutcome:
+    async def chat(self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None = None) -> ChatOutcome:
         with self.requests.slot(tenant):
-            self.validate.chat(history, text, system_prompt, decoding)
+            self.validate.chat(prompt)
             self.validate.policy(policy)
-            self._check_images(images)
-            return await self._chat(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
+            self._check_images(prompt.images)
+            return await self._chat(tenant, prompt, policy, timeout_s)
 
     async def chat_stream(
-        self,
-        tenant: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None = None,
-        images: tuple[bytes, ...] = (),
+        self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None = None
     ) -> AsyncIterator[ChatDelta]:
         with self.requests.slot(tenant):
-            self.validate.chat(history, text, system_prompt, decoding)
+            self.validate.chat(prompt)
             self.validate.policy(policy)
-            self._check_images(images)
-            async for delta in self._chat_stream(tenant, history, text, system_prompt, decoding, policy, timeout_s, images):
+            self._check_images(prompt.images)
+            async for delta in self._chat_stream(tenant, prompt, policy, timeout_s):
                 yield delta
 
     async def analyze(
-        self,
-        tenant: str,
-        text: str,
-        decoding: Decoding,
-        policy: Policy,
-        tasks: tuple[str, ...] = (),
-        timeout_s: float | None = None,
+        self, tenant: str, prompt: Prompt, policy: Policy, tasks: tuple[str, ...] = (), timeout_s: float | None = None
     ) -> AnalyzeOutcome:
+        """Sentiment of the prompt's text and a reply to it (its decoding is the reply's)."""
         with self.requests.slot(tenant):
             wanted = self.validate.tasks(tasks)
-            self.validate.text(text)
-            self.validate.decoding(decoding)
+            self.validate.text(prompt.text)
+            self.validate.decoding(prompt.decoding)
             self.validate.policy(policy)
             jobs: dict[str, asyncio.Task[object]] = {}
             if TASK_SENTIMENT in wanted:
-                jobs[TASK_SENTIMENT] = asyncio.ensure_future(self._classify(tenant, text, policy, timeout_s))
+                jobs[TASK_SENTIMENT] = asyncio.ensure_future(self._classify(tenant, prompt.text, policy, timeout_s))
             if TASK_CHAT in wanted:
-                jobs[TASK_CHAT] = asyncio.ensure_future(
-                    self._chat(tenant, (), text, None, decoding, policy, timeout_s)
-                )
+                jobs[TASK_CHAT] = asyncio.ensure_future(self._chat(tenant, prompt, policy, timeout_s))
             try:
                 done, _ = await asyncio.wait(jobs.values(), return_when=asyncio.FIRST_EXCEPTION)
                 for job in done:
@@ -280,10 +256,10 @@ class Gateway:
             raise InvalidArgument("images", f"model {self._model.model_id} takes no images")
         check_files(images)
 
-    def _request(self, tenant: str, task: str, text: str, **kw: object) -> CacheRequest:
+    def _request(self, tenant: str, task: str, prompt: Prompt) -> CacheRequest:
         if self._model is None:
             raise Unavailable("gateway is starting: model identity unknown")
-        return CacheRequest(namespace=tenant, task=task, text=text, model=self._model, **kw)  # type: ignore[arg-type]
+        return CacheRequest(namespace=tenant, task=task, model=self._model, prompt=prompt)
 
     def _finish(self, task: str, tenant: str, info: CacheInfo, start: float) -> None:
         self._counters.count(tenant, info)
@@ -318,7 +294,7 @@ class Gateway:
 
     async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
         start = time.perf_counter()
-        request = self._request(tenant, TASK_SENTIMENT, text)
+        request = self._request(tenant, TASK_SENTIMENT, Prompt(text))
         plan = self._policies.plan(TASK_SENTIMENT, policy)
         flow = lambda: self._classify_flow(request, plan, text, timeout_s)  # noqa: E731
         async with self._shared(TASK_SENTIMENT, request, plan, flow) as (looked, items):
@@ -361,19 +337,9 @@ class Gateway:
                 yield result
                 return  # the one result: the flow is complete now, not when the call is forgotten
 
-    async def _chat(
-        self,
-        tenant: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
-    ) -> ChatOutcome:
+    async def _chat(self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None) -> ChatOutcome:
         start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
+        request, plan, flow = self._chat_plan(tenant, prompt, policy, timeout_s)
         async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
             found, info = looked.found, looked.info
             if found.hit is not None:
@@ -395,23 +361,13 @@ class Gateway:
         )
 
     def _chat_plan(
-        self,
-        tenant: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None,
-        images: tuple[bytes, ...],
+        self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None
     ) -> tuple[CacheRequest, Plan, Callable[[], AsyncIterator[object]]]:
-        request = self._request(
-            tenant, TASK_CHAT, text, system_prompt=system_prompt or "", history=history, decoding=decoding, images=images
-        )
-        plan = self._policies.plan(TASK_CHAT, policy, decoding)
+        request = self._request(tenant, TASK_CHAT, prompt)
+        plan = self._policies.plan(TASK_CHAT, policy, prompt.decoding)
 
         def source() -> AsyncIterator[object]:
-            chunks = self._inference.chat_stream(history, text, system_prompt, decoding, timeout_s, images)
+            chunks = self._inference.chat_stream(prompt, timeout_s)
             return until_finished(chunks)  # type: ignore[return-value]
 
         return request, plan, lambda: self._chat_flow(request, plan, source, timeout_s)
@@ -431,18 +387,10 @@ class Gateway:
             yield chunk
 
     async def _chat_stream(
-        self,
-        tenant: str,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        policy: Policy,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
+        self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None
     ) -> AsyncIterator[ChatDelta]:
         start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, history, text, system_prompt, decoding, policy, timeout_s, images)
+        request, plan, flow = self._chat_plan(tenant, prompt, policy, timeout_s)
         async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
             found, info = looked.found, looked.info
             if found.hit is not None:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.core.types import TASKS, Policy
-from reprise.domain import Decoding, Turn
+from gateway.core.types import TASKS, Policy, Prompt
+from reprise.domain import Decoding
 from reprise.errors import InvalidArgument, ResourceExhausted
 from reprise.sampling import check_sampling
 from reprise.text import check_turns, check_visible
@@ -64,21 +64,21 @@ class Validator:
                 raise InvalidArgument(f"tasks[{i}]", f"{name!r} is named twice")
         return tuple(t for t in TASKS if t in tasks)
 
-    def chat(self, history: tuple[Turn, ...], text: str, system_prompt: str | None, decoding: Decoding) -> None:
-        lim = self.limits
-        self.text(text)
-        if system_prompt is not None:
-            _check_chars("system_prompt", system_prompt, lim.max_system_prompt_chars)
+    def chat(self, prompt: Prompt) -> None:
+        lim, history = self.limits, prompt.history
+        self.text(prompt.text)
+        if prompt.system_prompt is not None:
+            _check_chars("system_prompt", prompt.system_prompt, lim.max_system_prompt_chars)
         if len(history) > lim.max_history_turns:
             raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
-        total = len(text) + len(system_prompt or "")
+        total = len(prompt.text) + len(prompt.system_key)
         for i, turn in enumerate(history):
             _check_chars(f"history[{i}].content", turn.content, lim.max_text_chars)
             total += len(turn.content)
         check_turns(history)
         if total > lim.max_total_chars:
             raise InvalidArgument("history", f"text, system prompt and history are {total} characters; the limit is {lim.max_total_chars}")
-        self.decoding(decoding)
+        self.decoding(prompt.decoding)
 
     def decoding(self, d: Decoding) -> None:
         lim = self.limits

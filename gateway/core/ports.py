@@ -12,9 +12,10 @@ from gateway.core.types import (
     Invalidation,
     LookupResult,
     ModelIdentity,
+    Prompt,
     StoredEntry,
 )
-from reprise.domain import Answer, Decoding, SentimentResult, Turn, Usage
+from reprise.domain import Answer, SentimentResult, Usage
 
 
 class CacheError(Exception):
@@ -61,16 +62,8 @@ class CachePort(Protocol):
 class InferencePort(Protocol):
     async def classify(self, text: str, timeout_s: float | None) -> tuple[SentimentResult, Usage]: ...
 
-    def chat_stream(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
-    ) -> AsyncIterator[InferenceChunk]:
-        """The reply to the new message ``text`` (showing ``images``, encoded files), piece by piece."""
+    def chat_stream(self, prompt: Prompt, timeout_s: float | None) -> AsyncIterator[InferenceChunk]:
+        """The reply to the prompt's new message (showing its pictures), piece by piece."""
         ...
 
     async def model_identity(self) -> ModelIdentity: ...

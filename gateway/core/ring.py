@@ -25,7 +25,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from reprise.domain import Role, Turn
+from gateway.core.types import Prompt
+from reprise.domain import Role
 
 
 class Route(str, enum.Enum):
@@ -45,10 +46,10 @@ def _point(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def conversation_key(history: tuple[Turn, ...], text: str, system_prompt: str | None) -> bytes:
+def conversation_key(prompt: Prompt) -> bytes:
     """The same for every turn of one conversation: its system prompt and first user turn."""
-    first = next((t.content for t in history if t.role is Role.USER), text)
-    return hashlib.blake2b(f"{system_prompt or ''}\x00{first}".encode(), digest_size=16).digest()
+    first = next((t.content for t in prompt.history if t.role is Role.USER), prompt.text)
+    return hashlib.blake2b(f"{prompt.system_key}\x00{first}".encode(), digest_size=16).digest()
 
 
 class Ring:

@@ -70,8 +70,45 @@ class ModelIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class Prompt:
+    """What the caller asks of the model: the one value a request carries from the servicer to inference.
+
+    Built once at the edge (:func:`gateway.wire.prompt_from_pb`) and passed down whole:
+    validated (:class:`~gateway.core.limits.Validator`), part of the cache's question
+    (:class:`CacheRequest`), routed (:func:`~gateway.core.ring.conversation_key`) and
+    sent to inference as it came. A Classify prompt is its text alone.
+    """
+
+    #: The new message.
+    text: str
+    #: The conversation before it, oldest turn first.
+    history: tuple[Turn, ...] = ()
+    #: None: the model's default. Sent to inference as given; not part of equality, since an empty
+    #: one means the default too (inference reads it so, and the cache keys it so): ``system_key`` is.
+    system_prompt: str | None = field(default=None, compare=False)
+    decoding: Decoding = field(default_factory=Decoding)
+    #: Encoded pictures of the new message, sent to the cache (which keys their decoded pixels) and to
+    #: inference. Not part of equality: :attr:`image_ids` stands for them, so a request kept as a
+    #: hot-layer key (:meth:`without_image_bytes`) need not hold megabytes of pictures.
+    images: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    #: SHA-256 of each picture's bytes, in order (filled in from ``images`` when not given).
+    image_ids: tuple[str, ...] = ()
+    #: The system prompt as the cache keys it ("" for the default).
+    system_key: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "system_key", self.system_prompt or "")
+        if self.images and not self.image_ids:
+            object.__setattr__(self, "image_ids", tuple(hashlib.sha256(image).hexdigest() for image in self.images))
+
+    def without_image_bytes(self) -> Prompt:
+        """The same prompt (equal, same hash) without the pictures' bytes: for keys kept long."""
+        return replace(self, images=()) if self.images else self
+
+
+@dataclass(frozen=True, slots=True)
 class CacheRequest:
-    """What the gateway asks the cache about.
+    """What the gateway asks the cache about: one task's prompt, in a namespace, for a model.
 
     Frozen and hashable on purpose: the object itself is the hot-key layer's
     key and the singleflight key of requests the cache never keyed. It holds
@@ -80,25 +117,12 @@ class CacheRequest:
 
     namespace: str
     task: str
-    text: str
     model: ModelIdentity
-    system_prompt: str = ""
-    history: tuple[Turn, ...] = ()
-    decoding: Decoding = field(default_factory=Decoding)
-    #: Encoded pictures of the new message, sent to the cache (which keys their decoded pixels) and to
-    #: inference. Not part of equality: :attr:`image_ids` stands for them, so a request kept as a
-    #: hot-layer key (:meth:`without_image_bytes`) need not hold megabytes of pictures.
-    images: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
-    #: SHA-256 of each picture's bytes, in order (filled in from ``images`` when not given).
-    image_ids: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.images and not self.image_ids:
-            object.__setattr__(self, "image_ids", tuple(hashlib.sha256(image).hexdigest() for image in self.images))
+    prompt: Prompt
 
     def without_image_bytes(self) -> CacheRequest:
         """The same request (equal, same hash) without the pictures' bytes: for keys kept long."""
-        return replace(self, images=()) if self.images else self
+        return replace(self, prompt=self.prompt.without_image_bytes()) if self.prompt.images else self
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from gateway import wire
-from gateway.core.types import Policy
+from gateway.core.types import Policy, Prompt
 from reprise import convert
 from reprise.domain import Decoding, Turn
 from reprise.errors import ServiceError, from_status
@@ -85,8 +85,8 @@ def chat_request(
     policy: Policy | None,
     images: Sequence[bytes] = (),
 ) -> pb.ChatRequest:
-    fields = wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy(), tuple(images))
-    return pb.ChatRequest(**fields)  # type: ignore[arg-type]
+    prompt = Prompt(text, tuple(history), system_prompt, decoding or Decoding(), tuple(images))
+    return pb.ChatRequest(**wire.chat_fields(prompt, policy or Policy()))  # type: ignore[arg-type]
 
 
 def chat_stream_request(
@@ -97,8 +97,8 @@ def chat_stream_request(
     policy: Policy | None,
     images: Sequence[bytes] = (),
 ) -> pb.ChatStreamRequest:
-    fields = wire.chat_fields(text, tuple(history), system_prompt, decoding or Decoding(), policy or Policy(), tuple(images))
-    return pb.ChatStreamRequest(**fields)  # type: ignore[arg-type]
+    prompt = Prompt(text, tuple(history), system_prompt, decoding or Decoding(), tuple(images))
+    return pb.ChatStreamRequest(**wire.chat_fields(prompt, policy or Policy()))  # type: ignore[arg-type]
 
 
 def analyze_request(text: str, decoding: Decoding | None, policy: Policy | None, tasks: Sequence[str]) -> pb.AnalyzeRequest:

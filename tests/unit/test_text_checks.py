@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.limits import Validator
-from reprise.domain import Decoding, Role, Turn
+from gateway.core.types import Prompt
+from reprise.domain import Role, Turn
 from reprise.errors import InvalidArgument
 from reprise.text import check_turns, check_visible
 
@@ -28,7 +29,7 @@ def test_invisible_only_text_is_invalid(text: str) -> None:
     with pytest.raises(InvalidArgument, match="^text: "):
         Validator().text(text)
     with pytest.raises(InvalidArgument, match=r"^history\[0\]\.content: "):
-        Validator().chat((Turn(U, text), Turn(A, "ok")), "hi", None, Decoding())
+        Validator().chat(Prompt("hi", (Turn(U, text), Turn(A, "ok"))))
 
 
 @pytest.mark.parametrize("text", ["a", "\u200bhi\u200b", "好", "e\u0301", "😀", "١٢٣"])
@@ -42,6 +43,6 @@ def test_history_alternates_through_the_new_text() -> None:
     with pytest.raises(InvalidArgument, match="^history: ends with a user turn"):
         check_turns((Turn(U, "a"),))
     with pytest.raises(InvalidArgument, match="^history: ends with a user turn"):
-        Validator().chat((Turn(U, "a"), Turn(A, "b"), Turn(U, "c")), "hi", None, Decoding())
+        Validator().chat(Prompt("hi", (Turn(U, "a"), Turn(A, "b"), Turn(U, "c"))))
     with pytest.raises(InvalidArgument, match=r"^history\[1\]\.role: must be assistant"):
         check_turns((Turn(U, "a"), Turn(U, "b")))

@@ -19,9 +19,10 @@ from gateway.core.types import (
     InvalidationKind,
     LookupResult,
     ModelIdentity,
+    Prompt,
     StoredEntry,
 )
-from reprise.domain import Answer, Decoding, Finish, Label, SentimentResult, Turn, Usage
+from reprise.domain import Answer, Finish, Label, SentimentResult, Usage
 from reprise.errors import Unavailable
 
 MODEL = ModelIdentity("tiny", "r1")
@@ -29,8 +30,9 @@ MODEL = ModelIdentity("tiny", "r1")
 
 def key_of(request: CacheRequest) -> str:
     """Stand-in for the cache's exact key: case and outer whitespace do not matter."""
-    raw = repr((request.namespace, request.task, request.text.strip().lower(), request.system_prompt,
-                request.history, request.decoding, request.model, request.image_ids))
+    prompt = request.prompt
+    raw = repr((request.namespace, request.task, prompt.text.strip().lower(), prompt.system_key,
+                prompt.history, prompt.decoding, request.model, prompt.image_ids))
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -125,17 +127,9 @@ class FakeInference:
         label = Label.NEGATIVE if "bad" in text else Label.POSITIVE
         return SentimentResult(label, 0.9), Usage(10, 8, 0)
 
-    async def chat_stream(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        timeout_s: float | None,
-        images: tuple[bytes, ...] = (),
-    ) -> AsyncIterator[InferenceChunk]:
+    async def chat_stream(self, prompt: Prompt, timeout_s: float | None) -> AsyncIterator[InferenceChunk]:
         self.chat_calls += 1
-        self.images.append(images)
+        self.images.append(prompt.images)
         self.timeouts.append(timeout_s)
         if self.gate is not None:
             await self.gate.wait()

@@ -9,7 +9,7 @@ import pytest
 from gateway_fakes import FakeCache, FakeInference
 
 from gateway.core.flow import Gateway, GatewayConfig
-from gateway.core.types import CacheRequest, CacheStatus, LookupResult, Policy
+from gateway.core.types import CacheRequest, CacheStatus, LookupResult, Policy, Prompt
 from reprise.domain import Decoding, Finish
 from reprise.errors import Unavailable
 
@@ -60,7 +60,7 @@ async def settle() -> None:
 async def test_50_identical_chats_one_lookup_one_model_run_no_bypass(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
     inference.gate = asyncio.Event()
-    calls = [asyncio.ensure_future(gw.chat(NS, (), "same question", None, Decoding(), Policy())) for _ in range(50)]
+    calls = [asyncio.ensure_future(gw.chat(NS, Prompt("same question"), Policy())) for _ in range(50)]
     await asyncio.sleep(0.1)  # every lookup the gateway would make has been made (or timed out) by now
     inference.gate.set()
     out = await asyncio.gather(*calls)
@@ -79,7 +79,7 @@ async def test_50_identical_streams_share_the_stream(world) -> None:  # type: ig
     inference.gate = asyncio.Event()
 
     async def stream() -> list:  # type: ignore[type-arg]
-        return [d async for d in gw.chat_stream(NS, (), "tell me", None, Decoding(), Policy())]
+        return [d async for d in gw.chat_stream(NS, Prompt("tell me"), Policy())]
 
     calls = [asyncio.ensure_future(stream()) for _ in range(50)]
     await asyncio.sleep(0.1)
@@ -100,25 +100,25 @@ async def test_50_identical_classify_one_lookup(world) -> None:  # type: ignore[
 
 async def test_a_burst_of_a_cached_request_is_one_lookup_reported_exact(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
-    await gw.chat(NS, (), "cached one", None, Decoding(), Policy())
+    await gw.chat(NS, Prompt("cached one"), Policy())
     await settle()
     gw.front.hot.clear()  # make the burst ask the cache
     lookups = cache.lookups
-    out = await asyncio.gather(*(gw.chat(NS, (), "cached one", None, Decoding(), Policy()) for _ in range(20)))
+    out = await asyncio.gather(*(gw.chat(NS, Prompt("cached one"), Policy()) for _ in range(20)))
     assert cache.lookups == lookups + 1 and inference.chat_calls == 1
     assert all(o.cache.status is CacheStatus.EXACT for o in out)
     assert sum(o.cache.coalesced for o in out) == 19
     # The burst is over: the next request asks again (from the hot layer now) and is not "joined".
-    again = await gw.chat(NS, (), "cached one", None, Decoding(), Policy())
+    again = await gw.chat(NS, Prompt("cached one"), Policy())
     assert again.cache.status is CacheStatus.EXACT and not again.cache.coalesced
 
 
 async def test_the_leader_going_away_does_not_fail_those_that_joined(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
     inference.gate = asyncio.Event()
-    leader = asyncio.ensure_future(gw.chat(NS, (), "leaves early", None, Decoding(), Policy()))
+    leader = asyncio.ensure_future(gw.chat(NS, Prompt("leaves early"), Policy()))
     await asyncio.sleep(0.01)
-    follower = asyncio.ensure_future(gw.chat(NS, (), "leaves early", None, Decoding(), Policy()))
+    follower = asyncio.ensure_future(gw.chat(NS, Prompt("leaves early"), Policy()))
     await asyncio.sleep(0.05)
     leader.cancel()
     await asyncio.sleep(0.01)
@@ -132,18 +132,18 @@ async def test_an_error_reaches_every_joined_request_and_is_not_replayed(world) 
     gw, _, inference = world
     inference.fail_after = 1
     out = await asyncio.gather(
-        *(gw.chat(NS, (), "breaks", None, Decoding(), Policy()) for _ in range(5)), return_exceptions=True
+        *(gw.chat(NS, Prompt("breaks"), Policy()) for _ in range(5)), return_exceptions=True
     )
     assert all(isinstance(o, Unavailable) for o in out) and inference.chat_calls == 1
     inference.fail_after = None
-    r = await gw.chat(NS, (), "breaks", None, Decoding(), Policy())
+    r = await gw.chat(NS, Prompt("breaks"), Policy())
     assert r.cache.status is CacheStatus.MISS and not r.cache.coalesced and inference.chat_calls == 2
 
 
 async def test_what_must_not_share(world) -> None:  # type: ignore[no-untyped-def]
     gw, _, inference = world
     sampled = Decoding(temperature=0.9)
-    await asyncio.gather(*(gw.chat(NS, (), "fresh", None, sampled, Policy()) for _ in range(3)))
+    await asyncio.gather(*(gw.chat(NS, Prompt("fresh", decoding=sampled), Policy()) for _ in range(3)))
     assert inference.chat_calls == 3  # sampled: each caller wants its own sample
     inference.gate = asyncio.Event()
     tenants = [asyncio.ensure_future(gw.classify(t, "same words", Policy())) for t in ("a", "b")]
@@ -167,13 +167,13 @@ async def test_a_straggler_before_the_write_back_lands_replays_the_flow() -> Non
     gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05))
     await gw.start()
     try:
-        first = await gw.chat(NS, (), "late one", None, Decoding(), Policy())
-        late = await gw.chat(NS, (), "late one", None, Decoding(), Policy())  # answer known, not yet cached
+        first = await gw.chat(NS, Prompt("late one"), Policy())
+        late = await gw.chat(NS, Prompt("late one"), Policy())  # answer known, not yet cached
         assert (first.cache.coalesced, late.cache.coalesced) == (False, True)
         assert cache.lookups == 1 and inference.chat_calls == 1 and late.reply == first.reply
         cache.stored.set()
         await settle()
-        after = await gw.chat(NS, (), "late one", None, Decoding(), Policy())  # cached now: a hit of its own
+        after = await gw.chat(NS, Prompt("late one"), Policy())  # cached now: a hit of its own
         assert after.cache.status is CacheStatus.EXACT and not after.cache.coalesced
     finally:
         cache.stored.set()

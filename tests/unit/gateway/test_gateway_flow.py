@@ -11,7 +11,7 @@ from gateway_fakes import FakeCache, FakeInference, key_of
 from gateway.core.breaker import BreakerConfig
 from gateway.core.flow import Gateway, GatewayConfig
 from gateway.core.hot import HotConfig
-from gateway.core.types import CacheStatus, Invalidation, InvalidationKind, Policy
+from gateway.core.types import CacheStatus, Invalidation, InvalidationKind, Policy, Prompt
 from reprise.domain import Decoding, Finish
 from reprise.errors import ResourceExhausted, Unavailable
 
@@ -58,13 +58,13 @@ async def test_miss_then_store_then_hot_hit(world) -> None:  # type: ignore[no-u
 
 async def test_invalidation_event_drops_hot_entry(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
-    await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    await gw.chat(NS, Prompt("hello there"), Policy())
     await settle()
-    hot = await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    hot = await gw.chat(NS, Prompt("hello there"), Policy())
     assert hot.cache.hot
     cache.invalidate_key(hot.cache.key)
     await settle()
-    after = await gw.chat(NS, (), "hello there", None, Decoding(), Policy())
+    after = await gw.chat(NS, Prompt("hello there"), Policy())
     assert after.cache.status is CacheStatus.MISS
     assert inference.chat_calls == 2
 
@@ -150,7 +150,7 @@ async def test_streamed_singleflight_joiner_gets_whole_stream(world) -> None:  #
     inference.gate = asyncio.Event()
 
     async def stream() -> list:  # type: ignore[type-arg]
-        return [d async for d in gw.chat_stream(NS, (), "tell me", None, Decoding(), Policy())]
+        return [d async for d in gw.chat_stream(NS, Prompt("tell me"), Policy())]
 
     a = asyncio.ensure_future(stream())
     await asyncio.sleep(0.02)
@@ -169,22 +169,22 @@ async def test_failed_stream_is_not_stored_and_not_joined(world) -> None:  # typ
     inference.fail_after = 2
     got = []
     with pytest.raises(Unavailable):
-        async for d in gw.chat_stream(NS, (), "break", None, Decoding(), Policy()):
+        async for d in gw.chat_stream(NS, Prompt("break"), Policy()):
             got.append(d)
     assert len(got) == 2 and got[0].cache.status is CacheStatus.MISS
     await settle()
     assert cache.stores == 0
     inference.fail_after = None
-    r = await gw.chat(NS, (), "break", None, Decoding(), Policy())
+    r = await gw.chat(NS, Prompt("break"), Policy())
     assert r.cache.status is CacheStatus.MISS and not r.cache.coalesced
     assert inference.chat_calls == 2
 
 
 async def test_cached_reply_replays_as_stream_in_pieces(world) -> None:  # type: ignore[no-untyped-def]
     gw, _, inference = world
-    live = [d async for d in gw.chat_stream(NS, (), "story", None, Decoding(), Policy())]
+    live = [d async for d in gw.chat_stream(NS, Prompt("story"), Policy())]
     await settle()
-    replay = [d async for d in gw.chat_stream(NS, (), "story", None, Decoding(), Policy())]
+    replay = [d async for d in gw.chat_stream(NS, Prompt("story"), Policy())]
     assert replay[0].cache.status is CacheStatus.EXACT and len(replay) > 1
     assert all(d.cache is None for d in replay[1:]) and all(d.timings is None for d in replay[:-1])
     assert "".join(d.delta for d in replay) == "".join(d.delta for d in live)
@@ -195,24 +195,24 @@ async def test_cached_reply_replays_as_stream_in_pieces(world) -> None:  # type:
 
 async def test_policies(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
-    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(no_store=True))
+    r = await gw.chat(NS, Prompt("p1"), Policy(no_store=True))
     await settle()
     assert not r.cache.store and cache.stores == 0
-    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(no_cache=True))
+    r = await gw.chat(NS, Prompt("p1"), Policy(no_cache=True))
     assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "no_cache policy"
     await settle()
     assert cache.stores == 1  # no_cache still stores
     sampled = Decoding(temperature=0.9)
-    r = await gw.chat(NS, (), "p2", None, sampled, Policy())
+    r = await gw.chat(NS, Prompt("p2", decoding=sampled), Policy())
     assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "sampled decoding" and not r.cache.store
     await settle()
     assert cache.stores == 1
-    r = await gw.chat(NS, (), "p2", None, sampled, Policy(cache_sampled=True))
+    r = await gw.chat(NS, Prompt("p2", decoding=sampled), Policy(cache_sampled=True))
     await settle()
     assert r.cache.store and cache.stores == 2
     # max_age 0: an entry stored before now is too old (hot layer and cache both honour it)
     await asyncio.sleep(0.01)
-    r = await gw.chat(NS, (), "p1", None, Decoding(), Policy(max_age_s=0))
+    r = await gw.chat(NS, Prompt("p1"), Policy(max_age_s=0))
     assert r.cache.status is CacheStatus.MISS
 
 
@@ -247,10 +247,10 @@ async def test_deadline_reaches_inference(world) -> None:  # type: ignore[no-unt
 
 async def test_analyze_runs_requested_parts(world) -> None:  # type: ignore[no-untyped-def]
     gw, _, inference = world
-    both = await gw.analyze(NS, "bad food", Decoding(), Policy())
+    both = await gw.analyze(NS, Prompt("bad food"), Policy())
     assert both.sentiment is not None and both.chat is not None
     assert both.sentiment.result.label.value == "negative"
-    only = await gw.analyze(NS, "bad food 2", Decoding(), Policy(), tasks=("chat",))
+    only = await gw.analyze(NS, Prompt("bad food 2"), Policy(), tasks=("chat",))
     assert only.sentiment is None and only.chat is not None
 
 
@@ -260,9 +260,9 @@ async def test_hot_key_matches_cache_key_helper() -> None:
 
     from gateway_fakes import MODEL
 
-    a = CacheRequest("a", "chat", "Hi", MODEL)
-    assert key_of(a) == key_of(CacheRequest("a", "chat", " hi", MODEL))
-    assert key_of(a) != key_of(CacheRequest("b", "chat", "Hi", MODEL))
+    a = CacheRequest("a", "chat", MODEL, Prompt("Hi"))
+    assert key_of(a) == key_of(CacheRequest("a", "chat", MODEL, Prompt(" hi")))
+    assert key_of(a) != key_of(CacheRequest("b", "chat", MODEL, Prompt("Hi")))
     assert Invalidation(InvalidationKind.KEY, key_of(a)).value == key_of(a)
 
 
@@ -287,21 +287,21 @@ async def test_hot_copy_past_its_age_is_served_when_the_cache_fails() -> None:
 
 async def test_streamed_miss_is_stored_even_if_the_reader_stops_at_the_last_piece(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, inference = world
-    stream = gw.chat_stream(NS, (), "stop early", None, Decoding(), Policy())
+    stream = gw.chat_stream(NS, Prompt("stop early"), Policy())
     async for d in stream:
         if d.finish is not None:
             break  # what the servicer effectively does: the last message is sent, the call ends
     await stream.aclose()
     await asyncio.sleep(0.05)
     assert cache.stores == 1
-    again = await gw.chat(NS, (), "stop early", None, Decoding(), Policy())
+    again = await gw.chat(NS, Prompt("stop early"), Policy())
     assert again.cache.status is CacheStatus.EXACT and inference.chat_calls == 1
 
 
 async def test_a_chat_lookup_gets_a_longer_budget_than_a_classify(world) -> None:  # type: ignore[no-untyped-def]
     """A chat miss costs seconds, a classify miss ~0.1 s: a 70 ms lookup is given up for Classify only."""
     gw, cache, _ = world
-    await gw.chat(NS, (), "a chat stored earlier", None, Decoding(), Policy())
+    await gw.chat(NS, Prompt("a chat stored earlier"), Policy())
     await gw.classify(NS, "a text stored earlier", Policy())
     for _ in range(50):  # the write-backs run in the background
         if len(cache.data) >= 2:
@@ -309,7 +309,7 @@ async def test_a_chat_lookup_gets_a_longer_budget_than_a_classify(world) -> None
         await asyncio.sleep(0.01)
     gw.front.hot.clear()  # every hit below must ask the (slow) cache
     cache.delay_s = 0.07  # over the classify budget (50 ms here), under chat's (100 ms by default)
-    chat = await gw.chat(NS, (), "a chat stored earlier", None, Decoding(), Policy())
+    chat = await gw.chat(NS, Prompt("a chat stored earlier"), Policy())
     assert chat.cache.status is CacheStatus.EXACT, chat.cache
     r = await gw.classify(NS, "a text stored earlier", Policy())
     assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"

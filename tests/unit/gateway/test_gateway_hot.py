@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.core.hot import HotConfig, HotLayer
-from gateway.core.types import CachedEntry, CacheRequest, Invalidation, InvalidationKind, ModelIdentity
+from gateway.core.types import CachedEntry, CacheRequest, Invalidation, InvalidationKind, ModelIdentity, Prompt
 from reprise.domain import Answer
 
 M1 = ModelIdentity("m", "r1")
@@ -18,7 +18,7 @@ class Clock:
 
 
 def req(text: str, ns: str = "a", model: ModelIdentity = M1) -> CacheRequest:
-    return CacheRequest(namespace=ns, task="chat", text=text, model=model)
+    return CacheRequest(namespace=ns, task="chat", model=model, prompt=Prompt(text))
 
 
 def entry(key: str, clock: Clock, ttl: float = 100.0) -> CachedEntry:

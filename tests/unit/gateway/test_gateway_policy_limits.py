@@ -6,7 +6,7 @@ import pytest
 
 from gateway.core.limits import Admission, Limits, Validator
 from gateway.core.policy import REASON_NO_CACHE, REASON_SAMPLED, Policies
-from gateway.core.types import Policy
+from gateway.core.types import Policy, Prompt
 from reprise.domain import Decoding, Role, Turn
 from reprise.errors import InvalidArgument, ResourceExhausted
 
@@ -52,11 +52,11 @@ U, A = Role.USER, Role.ASSISTANT
         (lambda: V.request_size(101), "request", "limit is 100"),
         (lambda: V.tasks(("sentiment", "summarize")), "tasks[1]", "unknown task 'summarize'"),
         (lambda: V.tasks(("chat", "chat")), "tasks[1]", "named twice"),
-        (lambda: V.chat((), "hi", "s" * 11, Decoding()), "system_prompt", "limit is 10"),
-        (lambda: V.chat((Turn(U, "a"), Turn(A, "b"), Turn(U, "c")), "hi", None, Decoding()), "history", "limit is 2"),
-        (lambda: V.chat((Turn(A, "a"),), "hi", None, Decoding()), "history[0].role", "must be user"),
-        (lambda: V.chat((Turn(U, " "),), "hi", None, Decoding()), "history[0].content", "must not be empty"),
-        (lambda: V.chat((Turn(U, "x" * 20), Turn(A, "y" * 20)), "z" * 20, None, Decoding()), "history", "limit is 50"),
+        (lambda: V.chat(Prompt("hi", system_prompt="s" * 11)), "system_prompt", "limit is 10"),
+        (lambda: V.chat(Prompt("hi", (Turn(U, "a"), Turn(A, "b"), Turn(U, "c")))), "history", "limit is 2"),
+        (lambda: V.chat(Prompt("hi", (Turn(A, "a"),))), "history[0].role", "must be user"),
+        (lambda: V.chat(Prompt("hi", (Turn(U, " "),))), "history[0].content", "must not be empty"),
+        (lambda: V.chat(Prompt("z" * 20, (Turn(U, "x" * 20), Turn(A, "y" * 20)))), "history", "limit is 50"),
         (lambda: V.decoding(Decoding(temperature=2.5)), "decoding.temperature", "[0, 2]"),
         (lambda: V.decoding(Decoding(temperature=float("nan"))), "decoding.temperature", "[0, 2]"),
         (lambda: V.decoding(Decoding(top_p=0.0)), "decoding.top_p", "(0, 1]"),
@@ -80,7 +80,7 @@ def test_each_violation_names_the_field_and_why(call, field: str, why: str) -> N
 
 
 def test_valid_requests_pass() -> None:
-    V.chat((Turn(U, "a"), Turn(A, "b")), "hi", "sys", Decoding(temperature=0.7, top_p=0.9, max_new_tokens=100, stop=("##",)))
+    V.chat(Prompt("hi", (Turn(U, "a"), Turn(A, "b")), system_prompt="sys", decoding=Decoding(temperature=0.7, top_p=0.9, max_new_tokens=100, stop=("##",))))
     assert V.tasks(()) == ("sentiment", "chat")
     assert V.tasks(("chat", "sentiment")) == ("sentiment", "chat")
 

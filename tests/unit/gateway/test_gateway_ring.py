@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from gateway.core.ring import Ring, Route, conversation_key
+from gateway.core.types import Prompt
 from gateway.replicas import RoutedInference, parse_target
 from reprise.rpc.tls import ClientTLS
 from reprise.domain import Role, Turn
@@ -21,7 +22,7 @@ def ring(*members: str, load_factor: float = 1.25) -> Ring:
 
 
 def keys(n: int) -> list[bytes]:
-    return [conversation_key((), f"conversation {i}", None) for i in range(n)]
+    return [conversation_key(Prompt(f"conversation {i}")) for i in range(n)]
 
 
 def everyone(_: str) -> bool:
@@ -29,11 +30,11 @@ def everyone(_: str) -> bool:
 
 
 def test_every_turn_of_a_conversation_has_the_same_key() -> None:
-    first = conversation_key((), "Plan a trip to Kyoto", "be brief")
+    first = conversation_key(Prompt("Plan a trip to Kyoto", system_prompt="be brief"))
     history = (Turn(Role.USER, "Plan a trip to Kyoto"), Turn(Role.ASSISTANT, "Day 1: ..."))
-    assert conversation_key(history, "And day 3?", "be brief") == first
-    assert conversation_key(history + (Turn(Role.USER, "And day 3?"), Turn(Role.ASSISTANT, "...")), "Thanks", "be brief") == first
-    assert conversation_key((), "Plan a trip to Kyoto", "be verbose") != first  # another system prompt: another prefix
+    assert conversation_key(Prompt("And day 3?", history, "be brief")) == first
+    assert conversation_key(Prompt("Thanks", history + (Turn(Role.USER, "And day 3?"), Turn(Role.ASSISTANT, "...")), "be brief")) == first
+    assert conversation_key(Prompt("Plan a trip to Kyoto", system_prompt="be verbose")) != first  # another system prompt: another prefix
 
 
 def test_a_key_always_lands_on_the_same_replica_and_keys_spread() -> None:
