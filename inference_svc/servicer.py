@@ -9,6 +9,7 @@ import grpc
 
 from inference_svc import spans
 from inference_svc.core.engine import ChatChunk
+from inference_svc.core.request import ChatRequest
 from inference_svc.core.scheduling import DEFAULT_TENANT
 from inference_svc.core.service import InferenceService
 from reprise import convert
@@ -45,15 +46,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def _chat(
         self, request: pb.ChatRequest | pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tuple[ChatChunk, float]]:
-        return self._service.chat_stream(
-            convert.turns_from_pb(request.history),
-            request.text,
-            request.system_prompt if request.HasField("system_prompt") else None,
-            convert.decoding_from_pb(request.decoding),
-            _tenant(context),
-            context.time_remaining(),
-            tuple(request.images),
-        )
+        chat = convert.chat_from_pb(request, ChatRequest)  # the one value the service and the engine take
+        return self._service.chat_stream(chat, _tenant(context), context.time_remaining())
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         parts: list[str] = []

@@ -7,7 +7,8 @@ naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from reprise.common.v1 import common_pb2 as pb
 from reprise.domain import Answer, Decoding, Finish, Label, Role, SentimentResult, Turn, Usage
@@ -65,6 +66,25 @@ def decoding_to_pb(d: Decoding) -> pb.DecodingParams:
     if d.repetition_penalty is not None:
         msg.repetition_penalty = d.repetition_penalty
     return msg
+
+
+T = TypeVar("T")
+
+
+def chat_from_pb(msg: Any, make: Callable[..., T]) -> T:
+    """``make`` called with the prompt of a Chat or ChatStream request, read here once for every service.
+
+    The gateway's and inference's chat messages carry the same prompt fields; each service builds
+    its own prompt type of them (``make``): ``text``, ``history``, ``system_prompt`` (``None`` when
+    unset), ``decoding`` and ``images`` (the encoded files as sent).
+    """
+    return make(
+        text=msg.text,
+        history=turns_from_pb(msg.history),
+        system_prompt=msg.system_prompt if msg.HasField("system_prompt") else None,
+        decoding=decoding_from_pb(msg.decoding),
+        images=tuple(msg.images),
+    )
 
 
 def usage_from_pb(msg: pb.Usage) -> Usage:

@@ -32,6 +32,7 @@ from bench.inference.baseline import GenerateBaseline
 from bench.inference.engines import RESULTS, add_model_cache, make_engine
 from inference_svc.core.decoding import pick_token
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime import loader, model_source, placement, precision
 from inference_svc.runtime.kv import PrefixIndex
 from inference_svc.runtime.native import int4_gemv
@@ -158,7 +159,7 @@ def decode_tok_s(engine: Engine, steps: int = 64, repeats: int = 3, context: int
 def greedy_replies(engine: Engine, max_new: int = 48) -> list[list[str]]:
     out = []
     for prompt in AGREEMENT_PROMPTS:
-        chunks = list(engine.chat((), prompt, None, Decoding(max_new_tokens=max_new), threading.Event(), remember=False))
+        chunks = list(engine.chat(ChatRequest(prompt, decoding=Decoding(max_new_tokens=max_new)), threading.Event(), remember=False))
         out.append("".join(c.delta for c in chunks))
     return out
 
@@ -218,14 +219,15 @@ def multi_turn(engine: Engine) -> dict[str, Any]:
     """Turn 5 of a conversation with ~1,000 tokens of history: time to first token reusing KV vs recomputing."""
     history: tuple[Turn, ...] = ()
     for question in MULTI_TURN[:4]:
-        chunks = list(engine.chat(history, question, None, Decoding(max_new_tokens=300), threading.Event()))
+        chunks = list(engine.chat(ChatRequest(question, history, decoding=Decoding(max_new_tokens=300)), threading.Event()))
         history += (Turn(Role.USER, question), Turn(Role.ASSISTANT, "".join(c.delta for c in chunks)))
     question = MULTI_TURN[4]
 
     def turn5(index: PrefixIndex) -> tuple[float, str, int, int]:
         saved, engine.index = engine.index, index
         try:
-            chunks = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event(), remember=False))
+            chat = ChatRequest(question, history, decoding=Decoding(max_new_tokens=32))
+            chunks = list(engine.chat(chat, threading.Event(), remember=False))
         finally:
             engine.index = saved
         last = chunks[-1]

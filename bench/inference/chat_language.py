@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.inference import engines
 from inference_svc.core import prompts
 from inference_svc.core.engine import Engine
+from inference_svc.core.request import ChatRequest
 from reprise.domain import Decoding
 
 #: (split, language, message). "dev": the ten messages the variants were written against (2026-11-30) and
@@ -134,9 +135,8 @@ def summarize(replies: list[dict]) -> dict:
 def run_variant(engine: Engine, system: str, max_new_tokens: int, splits: tuple[str, ...]) -> dict:
     replies = []
     for split, lang, text in (m for m in MESSAGES if m[0] in splits):
-        reply = "".join(
-            c.delta for c in engine.chat((), text, system, Decoding(max_new_tokens=max_new_tokens), threading.Event(), remember=False)
-        )
+        chat = ChatRequest(text, system_prompt=system, decoding=Decoding(max_new_tokens=max_new_tokens))
+        reply = "".join(c.delta for c in engine.chat(chat, threading.Event(), remember=False))
         replies.append({"split": split, "lang": lang, "message": text, "reply": reply, **judge(lang, text, reply)})
     return {split: summarize([r for r in replies if r["split"] == split]) for split in splits} | {"replies": replies}
 

@@ -40,6 +40,7 @@ from typing import Any
 from bench import results_io
 from bench.inference import engines
 from inference_svc.core.engine import Engine
+from inference_svc.core.request import ChatRequest
 from reprise.domain import Decoding, Finish, Role, Turn
 
 DATA = engines.ROOT / "bench" / "data" / "chat" / "messages.jsonl"
@@ -175,7 +176,8 @@ def _history(message: dict[str, Any]) -> tuple[Turn, ...]:
 def reply(engine: Engine, config: Config, message: dict[str, Any]) -> dict[str, Any]:
     """One message through one configuration, judged."""
     system = config.system or engine.config.chat_system_prompt
-    chunks = list(engine.chat(_history(message), message["text"], config.system, config.decoding, threading.Event(), remember=False))
+    chat = ChatRequest(message["text"], _history(message), config.system, config.decoding)
+    chunks = list(engine.chat(chat, threading.Event(), remember=False))
     text = "".join(c.delta for c in chunks)
     last = chunks[-1]
     return {

@@ -27,11 +27,12 @@ import torch
 from inference_svc.core import generation, prompts, vision_prompt
 from inference_svc.core.decoding import TextStream, pick_token, previous_ids, with_defaults
 from inference_svc.core.metrics import METRICS
+from inference_svc.core.request import ChatRequest
 from inference_svc.core.scheduling import Step
 from inference_svc.runtime import loader, model_source, placement, precision, vision
 from inference_svc.runtime.architecture import UnsupportedModel
 from inference_svc.runtime.kv import IndexStats, KVBuffer, PrefixIndex
-from reprise.domain import Decoding, Finish, Label, SentimentResult, Turn, Usage
+from reprise.domain import Decoding, Finish, Label, SentimentResult, Usage
 from reprise.errors import InvalidArgument, ServiceError
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class Engine:
         self.model.forward(torch.tensor(ids), kv)
         self.index.insert(ids, kv, pinned=True)
         self.classify_batch(["warm up", "a slightly longer warm-up sentence to pad the batch"])
-        for _ in self.chat((), "hi", None, Decoding(max_new_tokens=2), threading.Event(), remember=False):
+        for _ in self.chat(ChatRequest("hi", decoding=Decoding(max_new_tokens=2)), threading.Event(), remember=False):
             pass
         self._publish_kv_stats()
 
@@ -298,23 +299,25 @@ class Engine:
         assert self._sentiment is not None, "engine not loaded"
         return self.model.max_context - len(self._sentiment.ids)
 
-    def count_chat_tokens(self, history: Sequence[Turn], text: str, system_prompt: str | None) -> int:
-        """Tokens of the whole chat prompt; an upper bound of its prefill (a cached prefix is not run)."""
+    def count_chat_tokens(self, request: ChatRequest) -> int:
+        """Tokens of the whole chat prompt: its text's and its pictures' (:attr:`.vision.Pictures.prompt_tokens`).
+
+        An upper bound of its prefill (a cached prefix is not run).
+        """
         assert self._counter is not None, "engine not loaded"
-        return len(prompts.chat_prompt(self._counter, system_prompt, self.config.chat_system_prompt, history, text).ids)
+        text = len(prompts.chat_prompt(self._counter, request, self.config.chat_system_prompt).ids)
+        return text + (request.pictures.prompt_tokens if request.pictures is not None else 0)
 
     def set_sentiment_prompt(self, spec: prompts.SentimentPrompt) -> None:
         """Replace the sentiment prompt (recomputes its cached KV); used by prompt tuning."""
         self._sentiment = self._build_sentiment_prefix(spec)
 
-    def _chat_prompt(
-        self, history: Sequence[Turn], text: str, system_prompt: str | None, images: vision.Pictures | None = None
-    ) -> prompts.ChatPrompt:
-        if images is not None:
-            return vision_prompt.chat_prompt(
-                self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text, images, self.model.image_token_id
-            )
-        return prompts.chat_prompt(self.tokenizer, system_prompt, self.config.chat_system_prompt, history, text)
+    def _chat_prompt(self, request: ChatRequest) -> prompts.ChatPrompt:
+        # A request's images reach the prompt only as its pictures (the service prepares them off the model thread).
+        assert request.pictures is not None or not request.images, "ChatRequest.with_pictures comes before the engine"
+        if request.pictures is not None:
+            return vision_prompt.chat_prompt(self.tokenizer, request, self.config.chat_system_prompt, self.model.image_token_id)
+        return prompts.chat_prompt(self.tokenizer, request, self.config.chat_system_prompt)
 
     # -- sentiment -------------------------------------------------------------
 
@@ -435,18 +438,9 @@ class Engine:
 
     # -- chat ------------------------------------------------------------------
 
-    def chat(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        cancelled: threading.Event,
-        *,
-        remember: bool = True,
-    ) -> Iterator[ChatChunk]:
+    def chat(self, request: ChatRequest, cancelled: threading.Event, *, remember: bool = True) -> Iterator[ChatChunk]:
         """Stream one reply. Reuses the longest cached KV prefix; stores the turn's KV when done."""
-        steps = self.chat_steps(history, text, system_prompt, decoding, cancelled, remember=remember)
+        steps = self.chat_steps(request, cancelled, remember=remember)
         try:
             for step in steps:
                 if step.item is not None:
@@ -457,25 +451,21 @@ class Engine:
     @torch.inference_mode()
     def chat_steps(
         self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
+        request: ChatRequest,
         cancelled: threading.Event,
         *,
         remember: bool = True,
         chunk_tokens: Callable[[], int] | None = None,
-        images: vision.Pictures | None = None,
     ) -> Iterator[Step]:
         """:meth:`chat` as worker steps: one per prefill chunk, one per decode token; items are ChatChunks.
 
         The worker runs other requests between steps, so a long prompt is prefilled
         in chunks between the decode steps of other replies and classify batches.
         ``chunk_tokens()`` sizes each chunk when it starts (default: ``prefill_chunk``).
-        ``images``: the new message's pictures (vision-language models only, :mod:`.vision`).
+        ``request.pictures``: the new message's pictures (vision-language models only, :mod:`.vision`).
         """
-        decoding = with_defaults(decoding, self.decoding_defaults)
-        prompt = self._chat_prompt(history, text, system_prompt, images)
+        decoding = with_defaults(request.decoding, self.decoding_defaults)
+        prompt = self._chat_prompt(request)
         ids = prompt.ids
         limit = self.model.max_context
         if len(ids) >= limit:
@@ -487,8 +477,8 @@ class Engine:
         kv = self.model.new_kv(len(ids) + max_new)
         if reused and match.kv is not None:
             kv.copy_prefix(match.kv, reused)
-        if images is not None:
-            vision.attach(kv, prompt.ids, images, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
+        if request.pictures is not None:
+            vision.attach(kv, prompt.ids, request.pictures, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
         METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
         hidden = None
         chunk = 0
@@ -540,7 +530,7 @@ class Engine:
         finally:
             if row is not None and row.logits is not None:
                 seq.append(row.token)  # closed after its pass ran: the KV holds the token
-            if remember and images is None:  # every picture's tokens share one id: ids cannot key its KV
+            if remember and request.pictures is None:  # every picture's tokens share one id: ids cannot key its KV
                 self.index.insert(seq, kv)
                 self._publish_kv_stats()
             METRICS.generated_tokens.inc(generated)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reprise.domain import Label, Role, Turn
+from inference_svc.core.request import ChatRequest
+from reprise.domain import Label, Role
 from reprise.errors import InvalidArgument
 
 
@@ -243,12 +244,13 @@ class ChatPrompt:
         )
 
 
-def chat_prompt(
-    tokenizer: Any, system_prompt: str | None, default_system: str, history: Sequence[Turn], text: str
-) -> ChatPrompt:
-    """The prompt of one chat turn: system, history, the new user text, then the reply's header."""
-    messages = [{"role": "system", "content": system_prompt or default_system}]
-    messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in history]
-    messages.append({"role": "user", "content": text})
+def chat_prompt(tokenizer: Any, request: ChatRequest, default_system: str) -> ChatPrompt:
+    """The prompt of one chat turn: system, history, the new user text, then the reply's header.
+
+    Text only: ``request.pictures`` are placed by :func:`.vision_prompt.chat_prompt`.
+    """
+    messages = [{"role": "system", "content": request.system_prompt or default_system}]
+    messages += [{"role": "user" if t.role is Role.USER else "assistant", "content": t.content} for t in request.history]
+    messages.append({"role": "user", "content": request.text})
     ids, sizes = template_ids(tokenizer, messages, generation=True)
-    return ChatPrompt(ids, sizes[0], sizes[-1], bool(system_prompt))
+    return ChatPrompt(ids, sizes[0], sizes[-1], bool(request.system_prompt))

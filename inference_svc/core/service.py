@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.engine import ChatChunk, Classification, Engine, ModelDescription
+from inference_svc.core.request import ChatRequest
 from inference_svc.core.scheduling import DEFAULT_TENANT, Admission, Cost, Step, Ticket
 from inference_svc.core.worker import ModelWorker
 from inference_svc.runtime import vision
-from reprise.domain import Decoding, SentimentResult, Turn, Usage
+from reprise.domain import Decoding, SentimentResult, Usage
 from reprise.errors import InvalidArgument, Unavailable
 from reprise.images import check_images, decode_images
 from reprise.sampling import check_sampling
@@ -96,10 +97,10 @@ class InferenceService:
         """Measure prefill and decode rates once through the serving paths, so the first requests are priced right."""
         text = "A short warm-up review: the battery lasts all day and the screen is bright. " * 3
         await self._batcher.classify(text, tokens=self._engine.count_classify_tokens(text))
-        decoding = Decoding(max_new_tokens=8)
+        chat = ChatRequest(text, decoding=Decoding(max_new_tokens=8))
 
         def run(cancelled: threading.Event) -> Iterator[Step]:
-            return self._engine.chat_steps((), text, None, decoding, cancelled, remember=False)
+            return self._engine.chat_steps(chat, cancelled, remember=False)
 
         async for _ in self._worker.stream(run):
             pass
@@ -121,9 +122,11 @@ class InferenceService:
         if len(text) > self._limits.max_text_chars:
             raise InvalidArgument("text", f"is {len(text)} characters; the limit is {self._limits.max_text_chars}")
 
-    def _check_chat(self, history: tuple[Turn, ...], text: str, decoding: Decoding) -> None:
-        self._check_text(text)
+    def _check_chat(self, request: ChatRequest) -> None:
+        """Every limit a chat request is held to before it is priced (the first one broken is named)."""
+        self._check_text(request.text)
         lim = self._limits
+        history, decoding = request.history, request.decoding
         if len(history) > lim.max_history_turns:
             raise InvalidArgument("history", f"has {len(history)} turns; the limit is {lim.max_history_turns}")
         check_turns(history)
@@ -135,6 +138,11 @@ class InferenceService:
         for i, stop in enumerate(decoding.stop):
             if not stop or len(stop) > lim.max_stop_chars:
                 raise InvalidArgument(f"decoding.stop[{i}]", f"must be 1 to {lim.max_stop_chars} characters")
+        if request.images:
+            self._check_takes_images(request.images)
+        system_prompt = request.system_prompt
+        if system_prompt is not None and len(system_prompt) > lim.max_text_chars:
+            raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {lim.max_text_chars}")
 
     async def classify(self, text: str, tenant: str = DEFAULT_TENANT, seconds_left: float | None = None) -> Classified:
         """Classify ``text``; ``ResourceExhausted`` at once when it cannot finish within ``seconds_left``."""
@@ -173,34 +181,23 @@ class InferenceService:
         return Classified(result.result, result.usage, (started[0] - queued) * 1000, (done - started[0]) * 1000)
 
     async def chat_stream(
-        self,
-        history: tuple[Turn, ...],
-        text: str,
-        system_prompt: str | None,
-        decoding: Decoding,
-        tenant: str = DEFAULT_TENANT,
-        seconds_left: float | None = None,
-        images: Sequence[bytes] = (),
+        self, request: ChatRequest, tenant: str = DEFAULT_TENANT, seconds_left: float | None = None
     ) -> AsyncIterator[tuple[ChatChunk, float]]:
         """Yields (chunk, queue_ms); queue_ms is the same on every chunk.
 
         Refused at once (``ResourceExhausted``) when the reply, priced at its prompt and
-        ``max_new_tokens``, is not expected to finish within ``seconds_left``. ``images``
+        ``max_new_tokens``, is not expected to finish within ``seconds_left``. ``request.images``
         (encoded files) go with the new message: vision-language models only.
         """
         self._check_ready()
-        self._check_chat(history, text, decoding)
-        if images:
-            self._check_takes_images(images)
-        if system_prompt is not None and len(system_prompt) > self._limits.max_text_chars:
-            raise InvalidArgument("system_prompt", f"is {len(system_prompt)} characters; the limit is {self._limits.max_text_chars}")
-        new_tokens = decoding.max_new_tokens or self._engine.config.max_new_tokens
+        self._check_chat(request)
+        new_tokens = request.decoding.max_new_tokens or self._engine.config.max_new_tokens
         # Refuse on the reply alone first: a burst of refusals must stay cheap, since every millisecond
         # the event loop holds the GIL (templating, tokenizing) is taken from the model worker's steps.
         self.admission.check(tenant, Cost(0, new_tokens), seconds_left)
-        pictures = await self._pictures(images) if images else None
-        prompt_tokens = self._engine.count_chat_tokens(history, text, system_prompt)
-        prompt_tokens += pictures.prompt_tokens if pictures is not None else 0
+        if request.images:
+            request = request.with_pictures(await self._pictures(request.images))
+        prompt_tokens = self._engine.count_chat_tokens(request)
         # The prefix KV index may hold most of the prompt; pricing all of it errs on the side of refusing.
         ticket = self.admission.admit(tenant, Cost(prompt_tokens, new_tokens), seconds_left)
         queued = time.perf_counter()
@@ -208,9 +205,7 @@ class InferenceService:
 
         def run(cancelled: threading.Event) -> Iterator[Step]:
             started.append(time.perf_counter())
-            return self._engine.chat_steps(
-                history, text, system_prompt, decoding, cancelled, chunk_tokens=self._chunk_tokens, images=pictures
-            )
+            return self._engine.chat_steps(request, cancelled, chunk_tokens=self._chunk_tokens)
 
         try:
             async for chunk in self._worker.stream(run, tenant, ticket):

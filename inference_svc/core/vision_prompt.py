@@ -9,13 +9,13 @@ encoded as plain text, as on the text path (:func:`.prompts.encode_plain`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from inference_svc.core import prompts
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime.vision import Pictures
-from reprise.domain import Role, Turn
+from reprise.domain import Role
 from reprise.errors import InvalidArgument
 
 #: Stands in for a message's text while the template renders (NUL is in no template or role name).
@@ -41,29 +41,23 @@ class VisionPrompt(prompts.ChatPrompt):
         return super().too_long(limit)
 
 
-def chat_prompt(
-    tokenizer: Any,
-    system_prompt: str | None,
-    default_system: str,
-    history: Sequence[Turn],
-    text: str,
-    pictures: Pictures,
-    image_token_id: int,
-) -> VisionPrompt:
-    """The prompt of a chat turn whose new message shows ``pictures`` before its text.
+def chat_prompt(tokenizer: Any, request: ChatRequest, default_system: str, image_token_id: int) -> VisionPrompt:
+    """The prompt of a chat turn whose new message shows ``request.pictures`` before its text.
 
     Rendered by the model's own chat template (where it puts the vision blocks), with every
     caller string encoded as plain text (:func:`.prompts.encode_plain`), as on the text path.
     """
+    pictures = request.pictures
+    assert pictures is not None, "a request's images are prepared (ChatRequest.with_pictures) before its prompt"
     messages: list[dict[str, Any]] = [{"role": "system", "content": _SLOT.format(0)}]
-    contents = [system_prompt or default_system]
-    for turn in history:
+    contents = [request.system_prompt or default_system]
+    for turn in request.history:
         messages.append({"role": "user" if turn.role is Role.USER else "assistant", "content": _SLOT.format(len(contents))})
         contents.append(turn.content)
     last = len(contents)
     parts = [{"type": "image"} for _ in pictures.tokens] + [{"type": "text", "text": _SLOT.format(last)}]
     messages.append({"role": "user", "content": parts})
-    contents.append(text)
+    contents.append(request.text)
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     pieces = _SLOT_RE.split(rendered)  # markup, index, markup, index, ..., markup
     ids: list[int] = []
@@ -87,4 +81,4 @@ def chat_prompt(
             sizes[last] += n
     if next(images, None) is not None:
         raise InvalidArgument("images", "the model's chat template has no place for images")
-    return VisionPrompt(ids, sizes[0], sizes[last], bool(system_prompt), pictures)
+    return VisionPrompt(ids, sizes[0], sizes[last], bool(request.system_prompt), pictures)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime import loader, precision
 from inference_svc.runtime.architecture import UnsupportedModel
 from reprise.domain import Decoding
@@ -94,9 +95,9 @@ def test_greedy_output_matches_transformers_token_for_token(name: str, built: di
     assert len(set(expected)) > 3, "a degenerate reference would not test much"
     assert _greedy_runtime(engine, list(ids), STEPS) == expected
     # The engine's chat: the same tokens, stopped where transformers' generate stops.
-    chunks = list(engine.chat((), PROMPT, None, Decoding(max_new_tokens=STEPS), threading.Event(), remember=False))
+    chunks = list(engine.chat(ChatRequest(PROMPT, decoding=Decoding(max_new_tokens=STEPS)), threading.Event(), remember=False))
     reply = "".join(c.delta for c in chunks)
-    prompt = prompts.chat_prompt(engine.tokenizer, None, engine.config.chat_system_prompt, (), PROMPT).ids
+    prompt = prompts.chat_prompt(engine.tokenizer, ChatRequest(PROMPT), engine.config.chat_system_prompt).ids
     generated = _greedy_reference(reference, prompt, STEPS)
     # Where transformers' generate stops: its generation config's end-of-sequence ids (here <|im_end|> alone,
     # so a reply goes on past an <|endoftext|>, as the engine's does).

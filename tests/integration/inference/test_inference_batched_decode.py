@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.core.worker import ModelWorker
 from reprise.domain import Decoding
 
@@ -40,7 +41,7 @@ def _engine(model_dir: Path, cache: Path, **kwargs: object) -> Engine:
 
 
 def _alone(engine: Engine, text: str, decoding: Decoding) -> str:
-    return "".join(c.delta for c in engine.chat((), text, None, decoding, threading.Event(), remember=False))
+    return "".join(c.delta for c in engine.chat(ChatRequest(text, decoding=decoding), threading.Event(), remember=False))
 
 
 async def _together(engine: Engine, texts: list[str], decoding: Decoding) -> tuple[list[str], list[list[int]]]:
@@ -60,7 +61,7 @@ async def _together(engine: Engine, texts: list[str], decoding: Decoding) -> tup
         worker.submit(lambda _c: release.wait(10))  # every stream starts in the same round
 
         async def reply(text: str) -> str:
-            stream = worker.stream(lambda c: engine.chat_steps((), text, None, decoding, c, remember=False))
+            stream = worker.stream(lambda c: engine.chat_steps(ChatRequest(text, decoding=decoding), c, remember=False))
             return "".join([chunk.delta async for chunk in stream])
 
         replies = [asyncio.ensure_future(reply(t)) for t in texts]
@@ -129,7 +130,7 @@ async def _mixed(engine: Engine, texts: list[str], decodings: list[Decoding]) ->
         worker.submit(lambda _c: release.wait(10))
 
         async def reply(text: str, decoding: Decoding) -> str:
-            stream = worker.stream(lambda c: engine.chat_steps((), text, None, decoding, c, remember=False))
+            stream = worker.stream(lambda c: engine.chat_steps(ChatRequest(text, decoding=decoding), c, remember=False))
             return "".join([chunk.delta async for chunk in stream])
 
         replies = [asyncio.ensure_future(reply(t, d)) for t, d in zip(texts, decodings)]
@@ -159,7 +160,7 @@ async def test_a_cancelled_stream_leaves_and_the_others_finish_unchanged(wide_mo
     try:
         async def reply(text: str, stop_after: int | None = None) -> str:
             out = []
-            stream = worker.stream(lambda c: engine.chat_steps((), text, None, decoding, c))
+            stream = worker.stream(lambda c: engine.chat_steps(ChatRequest(text, decoding=decoding), c))
             async for chunk in stream:
                 out.append(chunk.delta)
                 if stop_after is not None and len(out) >= stop_after:

@@ -17,6 +17,7 @@ import pytest
 
 from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from reprise.domain import Decoding, Role, Turn
 from reprise.errors import InvalidArgument
 
@@ -78,7 +79,7 @@ def test_chat_prompt_holds_only_the_templates_control_tokens(engine: Engine, fie
         history = (Turn(Role.USER, value if field == "history_user" else "hello"),
                    Turn(Role.ASSISTANT, value if field == "history_assistant" else "hi"))
         system = value if field == "system_prompt" else None
-        return engine._chat_prompt(history, value if field == "text" else "thanks", system).ids
+        return engine._chat_prompt(ChatRequest(value if field == "text" else "thanks", history, system)).ids
 
     baseline = [i for i in prompt("harmless words") if i in controls]
     for token in _specials(tok):
@@ -113,7 +114,7 @@ def test_classify_rows_hold_no_control_token_and_the_label_does_not_follow_a_for
 
 
 def _chat(engine: Engine, history: tuple[Turn, ...], text: str, system: str | None = None) -> None:
-    for _ in engine.chat(history, text, system, Decoding(max_new_tokens=1), threading.Event(), remember=False):
+    for _ in engine.chat(ChatRequest(text, history, system, Decoding(max_new_tokens=1)), threading.Event(), remember=False):
         pass
 
 

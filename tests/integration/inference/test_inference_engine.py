@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference_svc.core.engine import ChatChunk, Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime.model import SHORTLIST
 from inference_svc.runtime.native import int4_gemv
 from inference_svc.runtime.native.decode_ops import DECODE_OPS_NAME
@@ -44,7 +45,7 @@ def _reply(chunks: list[ChatChunk]) -> str:
 
 
 def _chat(engine: Engine, history: tuple[Turn, ...], text: str, **decoding: object) -> list[ChatChunk]:
-    return list(engine.chat(history, text, None, Decoding(**decoding), threading.Event()))  # type: ignore[arg-type]
+    return list(engine.chat(ChatRequest(text, history, decoding=Decoding(**decoding)), threading.Event()))  # type: ignore[arg-type]
 
 
 def _assert_three_turns_reuse_equals_recompute(engine: Engine) -> None:
@@ -251,7 +252,7 @@ def test_max_new_tokens_and_stop_strings(fp32: Engine) -> None:
 def test_cancellation_stops_decoding_within_a_token(fp32: Engine) -> None:
     cancelled = threading.Event()
     produced = 0
-    gen = fp32.chat((), "Tell me a long story", None, Decoding(max_new_tokens=200), cancelled)
+    gen = fp32.chat(ChatRequest("Tell me a long story", decoding=Decoding(max_new_tokens=200)), cancelled)
     for chunk in gen:
         if chunk.finish is not None:
             break

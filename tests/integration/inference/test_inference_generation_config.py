@@ -16,6 +16,7 @@ import torch
 
 from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from reprise.domain import Decoding, Finish
 
 STEPS = 16
@@ -37,7 +38,7 @@ def _engine(model_dir: Path, cache: Path) -> Engine:
 
 
 def _chat(engine: Engine, decoding: Decoding) -> tuple[str, Finish | None]:
-    chunks = list(engine.chat((), TEXT, None, decoding, threading.Event(), remember=False))
+    chunks = list(engine.chat(ChatRequest(TEXT, decoding=decoding), threading.Event(), remember=False))
     return "".join(c.delta for c in chunks), chunks[-1].finish
 
 
@@ -67,7 +68,7 @@ def test_an_unset_repetition_penalty_is_the_generation_configs_and_a_set_one_win
     engine = _engine(model_dir, tmp_path / "cache")
     assert engine.decoding_defaults == Decoding(top_k=3, repetition_penalty=1.8)
     tok = engine.tokenizer
-    ids = prompts.chat_prompt(tok, None, engine.config.chat_system_prompt, (), TEXT).ids
+    ids = prompts.chat_prompt(tok, ChatRequest(TEXT), engine.config.chat_system_prompt).ids
     eos = {tok.convert_tokens_to_ids("<|im_end|>")}
     penalized = _until(_reference(model_dir, ids, 1.8, eos), eos)
     plain = _until(_reference(model_dir, ids, 1.0, eos), eos)
@@ -88,7 +89,7 @@ def test_the_defaults_are_part_of_the_models_identity(tiny_model_dir: Path, tmp_
 def test_a_reply_ends_at_any_end_of_turn_token_the_generation_config_names(tiny_model_dir: Path, tmp_path: Path) -> None:
     first = _engine(_model(tiny_model_dir, tmp_path / "a", None), tmp_path / "cache")
     tok = first.tokenizer
-    ids = prompts.chat_prompt(tok, None, first.config.chat_system_prompt, (), TEXT).ids
+    ids = prompts.chat_prompt(tok, ChatRequest(TEXT), first.config.chat_system_prompt).ids
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     tokens = _until(_reference(tmp_path / "a", ids, 1.0, set()), {im_end})
     # The first token of the reply not seen before it becomes an end-of-turn token of a second model.

@@ -15,6 +15,7 @@ import torch
 
 from inference_svc.core import prompts
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime import generic
 from inference_svc.runtime.architecture import UnsupportedModel
 from inference_svc.runtime.model_source import ModelSourceError
@@ -46,7 +47,7 @@ def _engine(model_dir: Path, cache: Path, **kwargs: Any) -> Engine:
 
 
 def _reply(engine: Engine, history: tuple[Turn, ...], text: str) -> tuple[str, Any]:
-    chunks = list(engine.chat(history, text, None, Decoding(max_new_tokens=STEPS), threading.Event()))
+    chunks = list(engine.chat(ChatRequest(text, history, decoding=Decoding(max_new_tokens=STEPS)), threading.Event()))
     return "".join(c.delta for c in chunks), chunks[-1].usage
 
 
@@ -54,7 +55,7 @@ def _reply(engine: Engine, history: tuple[Turn, ...], text: str) -> tuple[str, A
 def _reference_reply(engine: Engine, history: tuple[Turn, ...], text: str) -> str:
     """transformers' greedy reply to the same prompt, recomputed from scratch every token, cut at end of turn."""
     hf = engine.model.hf
-    seq = prompts.chat_prompt(engine.tokenizer, None, engine.config.chat_system_prompt, history, text).ids
+    seq = prompts.chat_prompt(engine.tokenizer, ChatRequest(text, history), engine.config.chat_system_prompt).ids
     out: list[int] = []
     for _ in range(STEPS):
         token = int(hf(input_ids=torch.tensor([seq + out])).logits[0, -1].argmax())

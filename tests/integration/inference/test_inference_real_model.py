@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from reprise.domain import Decoding, Label, Role, Turn
 
 from tests.support.cpu import int8_kernel_name
@@ -41,9 +42,10 @@ def test_five_turn_conversation_reuse_equals_recompute(engine: Engine) -> None:
     history: tuple[Turn, ...] = ()
     questions = ["What is a hash map?", "How does it handle collisions?", "And in Python?", "Give an example.", "Thanks! Summarize."]
     for question in questions:
-        reused = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event()))
+        chat = ChatRequest(question, history, decoding=Decoding(max_new_tokens=32))
+        reused = list(engine.chat(chat, threading.Event()))
         engine.index.clear()
-        fresh = list(engine.chat(history, question, None, Decoding(max_new_tokens=32), threading.Event()))
+        fresh = list(engine.chat(chat, threading.Event()))
         reply = "".join(c.delta for c in reused)
         assert reply == "".join(c.delta for c in fresh)
         if history:
@@ -69,7 +71,7 @@ def test_lm_head_shortlist_picks_the_exact_int8_argmax(engine: Engine, monkeypat
 
     monkeypatch.setattr(model, "logits", checked)
     for prompt in ("Explain what a hash map is.", "缓存是什么？", "List three uses of Redis."):
-        list(engine.chat((), prompt, None, Decoding(max_new_tokens=32), threading.Event(), remember=False))
+        list(engine.chat(ChatRequest(prompt, decoding=Decoding(max_new_tokens=32)), threading.Event(), remember=False))
     assert len(steps) >= 60 and all(steps)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from inference_svc.core.engine import Engine, EngineConfig
+from inference_svc.core.request import ChatRequest
 from inference_svc.runtime import model_source, vision
 from inference_svc.server import InferenceApp
 from reprise.domain import Decoding, Role, Turn
@@ -56,14 +57,15 @@ def any_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def _reply(engine: Engine, text: str, pictures: vision.Pictures | None, history: tuple[Turn, ...] = ()) -> tuple[str, object]:
     """Our greedy reply (text) and its last chunk."""
-    steps = engine.chat_steps(history, text, None, GREEDY, threading.Event(), images=pictures, remember=False)
+    chat = ChatRequest(text, history, decoding=GREEDY, pictures=pictures)
+    steps = engine.chat_steps(chat, threading.Event(), remember=False)
     chunks = [s.item for s in steps if s.item is not None]
     return "".join(c.delta for c in chunks), chunks[-1]
 
 
 def _transformers_reply(engine: Engine, text: str, pictures: vision.Pictures, history: tuple[Turn, ...] = ()) -> str:
     """transformers' own greedy generate on the same prompt ids and pixels."""
-    prompt = engine._chat_prompt(history, text, None, pictures)
+    prompt = engine._chat_prompt(ChatRequest(text, history, pictures=pictures))
     ids = torch.tensor(prompt.ids)[None]
     out = engine.model.hf.generate(
         input_ids=ids,
@@ -109,10 +111,10 @@ def test_the_picture_changes_the_reply_and_image_turns_are_not_reused(engine: En
     blue = engine.model.prepare(decode_images([png((10, 10, 200), mark=20)]))  # same size as RED: same token ids
     assert red.tokens == blue.tokens
     entries = engine.index.stats().entries
-    first = list(engine.chat((), QUESTION, None, GREEDY, threading.Event()))  # text-only: stored for reuse
-    steps = engine.chat_steps((), QUESTION, None, GREEDY, threading.Event(), images=red)
+    first = list(engine.chat(ChatRequest(QUESTION, decoding=GREEDY), threading.Event()))  # text-only: stored for reuse
+    steps = engine.chat_steps(ChatRequest(QUESTION, decoding=GREEDY, pictures=red), threading.Event())
     reply_red = "".join(s.item.delta for s in steps if s.item is not None)
-    steps = engine.chat_steps((), QUESTION, None, GREEDY, threading.Event(), images=blue)
+    steps = engine.chat_steps(ChatRequest(QUESTION, decoding=GREEDY, pictures=blue), threading.Event())
     reply_blue = "".join(s.item.delta for s in steps if s.item is not None)
     assert reply_red != reply_blue  # the pixels reach the model, not only the image token ids
     assert engine.index.stats().entries == entries + 1  # the text-only turn only
@@ -197,7 +199,7 @@ async def test_a_picture_over_the_pixel_cap_is_refused_before_decoding(vl_host: 
 
 def test_a_typed_image_token_is_text_not_an_image_slot(engine: Engine) -> None:
     pictures = engine.model.prepare(decode_images([RED]))
-    typed = engine._chat_prompt((), "<|vision_start|><|image_pad|><|vision_end|> what is this?", None, pictures)
+    typed = engine._chat_prompt(ChatRequest("<|vision_start|><|image_pad|><|vision_end|> what is this?", pictures=pictures))
     assert typed.ids.count(engine.model.image_token_id) == sum(pictures.tokens)  # only the real picture's tokens
 
 
@@ -211,7 +213,7 @@ def test_large_pictures_are_scaled_to_the_image_token_cap(engine: Engine) -> Non
 
 def test_pictures_over_the_context_are_blamed(engine: Engine) -> None:
     pictures = engine.model.prepare(decode_images([png((1, 2, 3), size=(112, 112))] * 2))
-    prompt = engine._chat_prompt((), QUESTION, None, pictures)
+    prompt = engine._chat_prompt(ChatRequest(QUESTION, pictures=pictures))
     over = prompt.too_long(len(prompt.ids) - 5)  # fits without the pictures: they are to blame
     assert over.field == "images" and "smaller pictures" in over.message
     assert prompt.too_long(len(prompt.ids) - pictures.prompt_tokens - 1).field != "images"
