@@ -1,9 +1,12 @@
-"""The cache-first flow: validate, ask the cache (hot layer first), else run the model once, store after.
+"""The cache-first flow: one path for every request, from the cache or else the model, written back after.
 
-A request never gets worse because of the cache: lookups have a tight budget
-and a circuit breaker (:mod:`.front`), write-backs happen after the response.
-Identical requests in flight share one lookup and one model call (:mod:`.bursts`),
-and misses with the same cache key share one model call (:mod:`.calls`).
+:meth:`Gateway._serve` is that path; Classify, Chat and ChatStream are shapes of what it
+yields, and Analyze runs two of them. It asks the cache (hot layer first, :mod:`.front`),
+else runs the model once (:meth:`Gateway._answer`), which writes the answer back as soon
+as it is whole. A request never gets worse because of the cache: lookups have a tight
+budget and a circuit breaker, write-backs happen after the response. Identical requests
+in flight share one lookup and one model call (:mod:`.bursts`), and misses with the same
+cache key share one model call (:mod:`.calls`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.core.bursts import Bursts, Looked
-from gateway.core.calls import ModelCalls, complete, one, reply_answer, trace_join, unusable, until_finished
+from gateway.core.calls import ModelCalls, trace_join
 from gateway.core.front import CacheFront, FrontConfig, Found
 from gateway.core.hot import HotConfig, HotLayer
 from gateway.core.limits import Admission, Limits, Validator
@@ -31,11 +34,11 @@ from gateway.core.types import (
     AnalyzeOutcome,
     CacheInfo,
     CacheRequest,
+    CacheStatus,
     ChatDelta,
     ChatOutcome,
     ClassifyOutcome,
     GatewayStats,
-    InferenceChunk,
     ModelIdentity,
     Policy,
     Prompt,
@@ -43,7 +46,7 @@ from gateway.core.types import (
     Timings,
 )
 from reprise import tracing
-from reprise.domain import Answer, SentimentResult, Usage
+from reprise.domain import Answer, Usage
 from reprise.errors import InvalidArgument, Unavailable
 from reprise.images import check_files
 
@@ -69,6 +72,24 @@ class GatewayConfig:
     task_defaults: Mapping[str, TaskDefaults] = field(default_factory=default_task_defaults)
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of an answer as the model gives it: text of a reply; the last part holds the whole answer."""
+
+    delta: str
+    answer: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A part of an answer as :meth:`Gateway._serve` hands it to the RPC's shape: where it came from;
+    with the last part, where the time went."""
+
+    info: CacheInfo
+    part: Part
+    timings: Timings | None = None
+
+
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
@@ -90,22 +111,16 @@ class Gateway:
             HotLayer(config.hot),
             self._observer,
             FrontConfig(lookup_timeout_s=config.cache_timeout_s, store_timeout_s=config.store_timeout_s),
-            on_invalidation=self._invalidated,
         )
         self.validate = Validator(config.limits)
         self._policies = Policies(config.task_defaults)
         self.requests = Admission(config.max_in_flight, "gateway requests")
         self.model_calls = Admission(config.max_model_in_flight, "model calls")
         self._counters = Counters()
-        self._calls = ModelCalls(self.front, self.model_calls, self._counters, self._observer, config.cache_timeout_s)
+        self._calls = ModelCalls(self.model_calls, self._counters, self._observer, config.cache_timeout_s)
         self._bursts = Bursts()
         self._model: ModelIdentity | None = None
         self._background: list[asyncio.Task[None]] = []
-
-    def _invalidated(self) -> None:
-        # Finished flows and calls may hold answers that were just invalidated: nobody replays them.
-        self._bursts.drop_finished()
-        self._calls.drop_finished()
 
     def _breaker_changed(self, state: BreakerState) -> None:
         level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
@@ -127,7 +142,7 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._background = [
-            asyncio.ensure_future(self.front.watch_invalidations()),
+            asyncio.ensure_future(self._follow_invalidations()),
             asyncio.ensure_future(self._refresh_model()),
         ]
 
@@ -138,6 +153,13 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.front.close()
+
+    async def _follow_invalidations(self) -> None:
+        """The cache's invalidations: the front applies each to the hot layer; finished flows and
+        calls may hold answers that were just invalidated, so nobody replays them."""
+        async for _ in self.front.watch_invalidations():
+            self._bursts.drop_finished()
+            self._calls.drop_finished()
 
     async def _refresh_model(self) -> None:
         """A redeployed model has a new revision: keys must follow, or old answers would be served."""
@@ -171,7 +193,7 @@ class Gateway:
         with self.requests.slot(tenant):
             self.validate.text(text)
             self.validate.policy(policy)
-            return await self._classify(tenant, text, policy, timeout_s)
+            return await self._classify(tenant, Prompt(text), policy, timeout_s)
 
     async def chat(self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None = None) -> ChatOutcome:
         with self.requests.slot(tenant):
@@ -201,7 +223,7 @@ class Gateway:
             self.validate.policy(policy)
             jobs: dict[str, asyncio.Task[object]] = {}
             if TASK_SENTIMENT in wanted:
-                jobs[TASK_SENTIMENT] = asyncio.ensure_future(self._classify(tenant, prompt.text, policy, timeout_s))
+                jobs[TASK_SENTIMENT] = asyncio.ensure_future(self._classify(tenant, Prompt(prompt.text), policy, timeout_s))
             if TASK_CHAT in wanted:
                 jobs[TASK_CHAT] = asyncio.ensure_future(self._chat(tenant, prompt, policy, timeout_s))
             try:
@@ -267,174 +289,175 @@ class Gateway:
         if tracing.recording():  # on the request's span: Analyze answers two tasks, so the status is per task
             tracing.annotate({tracing.NAMESPACE: tenant, f"{tracing.CACHE_STATUS}.{task}": info.status.value})
 
-    @contextlib.asynccontextmanager
-    async def _shared(
-        self, task: str, request: CacheRequest, plan: Plan, flow: Callable[[], AsyncIterator[object]]
-    ) -> AsyncIterator[tuple[Looked, AsyncIterator[object]]]:
-        """Run ``flow`` for this request, or read the identical one in flight (:mod:`.bursts`).
+    # -- the three shapes of an answer ------------------------------------------------------
 
-        Yields what the lookup found and the model items that follow it (none on a hit).
-        """
-        if not plan.coalesce:
-            async with contextlib.aclosing(flow()) as items:
-                yield await anext(items), items  # type: ignore[misc]
-            return
-        key = (request, plan)
-        flight, joined = self._bursts.join(key, flow, reuse_finished=plan.lookup)
-        async with contextlib.aclosing(flight.read()) as items:
-            looked: Looked = await anext(items)  # type: ignore[assignment]
-            if joined:
-                self._observer.coalesced(task)
-                looked = Looked(looked.found, replace(looked.info, coalesced=True), looked.call)
-                if tracing.enabled() and looked.call is not None:
-                    trace_join(task, request, looked.call)
-            yield looked, items
-        # Reached only when the caller read its whole answer (not on errors or cancellation).
-        self._bursts.answered(key, flight)
-
-    async def _classify(self, tenant: str, text: str, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
-        start = time.perf_counter()
-        request = self._request(tenant, TASK_SENTIMENT, Prompt(text))
-        plan = self._policies.plan(TASK_SENTIMENT, policy)
-        flow = lambda: self._classify_flow(request, plan, text, timeout_s)  # noqa: E731
-        async with self._shared(TASK_SENTIMENT, request, plan, flow) as (looked, items):
-            found, info = looked.found, looked.info
-            if found.hit is not None:
-                answer = found.hit.entry.answer
-                self._finish(TASK_SENTIMENT, tenant, info, start)
-                return ClassifyOutcome(
-                    answer.sentiment, info, answer.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages)  # type: ignore[arg-type]
-                )
-            t = time.perf_counter()
-            async for item in items:
-                result, usage = item  # type: ignore[misc]
-        inference_ms = _ms(t)
-        self._finish(TASK_SENTIMENT, tenant, info, start)
-        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
-        return ClassifyOutcome(result, info, usage, Timings(_ms(start), found.cache_ms, inference_ms, stages))
-
-    async def _classify_flow(
-        self, request: CacheRequest, plan: Plan, text: str, timeout_s: float | None
-    ) -> AsyncIterator[object]:
-        """Lookup, then (on a miss) the model call's one item: what identical requests share."""
-        found = await self.front.find(request, plan, timeout_s)
-        if found.hit is not None and found.hit.entry.answer.sentiment is not None:
-            yield Looked(found, found.info)
-            return
-        found = unusable(found, plan)  # a hit without a label (should not happen) is a miss
-
-        async def compute() -> tuple[SentimentResult, Usage]:
-            return await self._inference.classify(text, timeout_s)
-
-        def answer_of(items: list[object]) -> Answer | None:
-            result, usage = items[0]  # type: ignore[misc]
-            return Answer(sentiment=result, usage=usage)
-
-        call, info = self._calls.join(TASK_SENTIMENT, request, found, plan, lambda: one(compute), answer_of)
-        yield Looked(found, info, call)
-        async with contextlib.aclosing(call.read()) as results:
-            async for result in results:
-                yield result
-                return  # the one result: the flow is complete now, not when the call is forgotten
+    async def _classify(self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None) -> ClassifyOutcome:
+        last = await _last(self._serve(TASK_SENTIMENT, tenant, prompt, policy, timeout_s))
+        answer = last.part.answer
+        return ClassifyOutcome(answer.sentiment, last.info, answer.usage, last.timings)  # type: ignore[union-attr,arg-type]
 
     async def _chat(self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None) -> ChatOutcome:
-        start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, prompt, policy, timeout_s)
-        async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
-            found, info = looked.found, looked.info
-            if found.hit is not None:
-                a = found.hit.entry.answer
-                self._finish(TASK_CHAT, tenant, info, start)
-                return ChatOutcome(a.reply, a.finish, info, a.usage, Timings(_ms(start), found.cache_ms, 0.0, found.stages))  # type: ignore[arg-type]
-            t = time.perf_counter()
-            parts: list[str] = []
-            last: InferenceChunk | None = None
-            async for chunk in chunks:
-                last = chunk  # type: ignore[assignment]
-                parts.append(last.delta)  # type: ignore[union-attr]
-        complete(last)
-        inference_ms = _ms(t)
-        self._finish(TASK_CHAT, tenant, info, start)
-        stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
-        return ChatOutcome(
-            "".join(parts), last.finish, info, last.usage or Usage(), Timings(_ms(start), found.cache_ms, inference_ms, stages)  # type: ignore[union-attr]
-        )
-
-    def _chat_plan(
-        self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None
-    ) -> tuple[CacheRequest, Plan, Callable[[], AsyncIterator[object]]]:
-        request = self._request(tenant, TASK_CHAT, prompt)
-        plan = self._policies.plan(TASK_CHAT, policy, prompt.decoding)
-
-        def source() -> AsyncIterator[object]:
-            chunks = self._inference.chat_stream(prompt, timeout_s)
-            return until_finished(chunks)  # type: ignore[return-value]
-
-        return request, plan, lambda: self._chat_flow(request, plan, source, timeout_s)
-
-    async def _chat_flow(
-        self, request: CacheRequest, plan: Plan, source: Callable[[], AsyncIterator[object]], timeout_s: float | None
-    ) -> AsyncIterator[object]:
-        """Lookup, then (on a miss) the model call's reply stream: what identical requests share."""
-        found = await self.front.find(request, plan, timeout_s)
-        if found.hit is not None and found.hit.entry.answer.reply is not None:
-            yield Looked(found, found.info)
-            return
-        found = unusable(found, plan)
-        call, info = self._calls.join(TASK_CHAT, request, found, plan, source, reply_answer)
-        yield Looked(found, info, call)
-        async for chunk in until_finished(call.read()):  # type: ignore[arg-type]
-            yield chunk
+        last = await _last(self._serve(TASK_CHAT, tenant, prompt, policy, timeout_s))
+        answer = last.part.answer
+        return ChatOutcome(answer.reply or "", answer.finish, last.info, answer.usage, last.timings)  # type: ignore[union-attr,arg-type]
 
     async def _chat_stream(
         self, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None
     ) -> AsyncIterator[ChatDelta]:
+        first = True
+        async for served in self._serve(TASK_CHAT, tenant, prompt, policy, timeout_s, stream=True):
+            answer = served.part.answer
+            yield ChatDelta(
+                served.part.delta,
+                cache=served.info if first else None,
+                finish=answer.finish if answer else None,
+                usage=answer.usage if answer else None,
+                timings=served.timings,
+            )
+            first = False
+
+    # -- the flow ---------------------------------------------------------------------------
+
+    async def _serve(
+        self, task: str, tenant: str, prompt: Prompt, policy: Policy, timeout_s: float | None, stream: bool = False
+    ) -> AsyncIterator[Served]:
+        """The one path of every request: the cache's answer, else the model's, in pieces.
+
+        Every part says where the answer came from; the last one holds the whole answer
+        and the timings. A cached reply is one piece, or for a ``stream`` replayed in
+        pieces of ``replay_chunk_chars``; a live stream also reports its time to first piece.
+        """
         start = time.perf_counter()
-        request, plan, flow = self._chat_plan(tenant, prompt, policy, timeout_s)
-        async with self._shared(TASK_CHAT, request, plan, flow) as (looked, chunks):
+        request = self._request(tenant, task, prompt)
+        plan = self._policies.plan(task, policy, prompt.decoding)
+        async with self._shared(request, plan, timeout_s) as (looked, parts):
             found, info = looked.found, looked.info
             if found.hit is not None:
-                async for delta in self._replay(found, info, start):
-                    yield delta
-                self._finish(TASK_CHAT, tenant, info, start)
+                answer, t = found.hit.entry.answer, time.perf_counter()
+                pieces = self._replay(answer.reply or "") if stream else [answer.reply or ""]
+                for piece in pieces[:-1]:
+                    yield Served(info, Part(piece))
+                stages = {**found.stages, "replay": _ms(t)} if stream else found.stages
+                self._finish(task, tenant, info, start)
+                yield Served(info, Part(pieces[-1], answer), Timings(_ms(start), found.cache_ms, 0.0, stages))
                 return
             t = time.perf_counter()
             first: float | None = None
-            cache: CacheInfo | None = info
-            async for item in chunks:
-                chunk: InferenceChunk = item  # type: ignore[assignment]
-                if first is None:
-                    first = _ms(t)
-                if chunk.finish is None:
-                    yield ChatDelta(chunk.delta, cache=cache)
-                    cache = None
+            async for item in parts:
+                part: Part = item  # type: ignore[assignment]
+                first = _ms(t) if first is None else first
+                if part.answer is None:
+                    yield Served(info, part)
                     continue
                 inference_ms = _ms(t)
-                stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms, "ttft": first}
-                self._finish(TASK_CHAT, tenant, info, start)
-                yield ChatDelta(
-                    chunk.delta,
-                    cache=cache,
-                    finish=chunk.finish,
-                    usage=chunk.usage or Usage(),
-                    timings=Timings(_ms(start), found.cache_ms, inference_ms, stages),
-                )
+                stages = {**found.stages, "wait" if info.coalesced else "inference": inference_ms}
+                if stream:
+                    stages["ttft"] = first
+                self._finish(task, tenant, info, start)
+                yield Served(info, part, Timings(_ms(start), found.cache_ms, inference_ms, stages))
                 return
-        complete(None)
+        # Inference streams end with a finish reason; anything else is a broken stream, never stored.
+        raise Unavailable("inference: the reply stream ended before the reply was complete")
 
-    async def _replay(self, found: Found, info: CacheInfo, start: float) -> AsyncIterator[ChatDelta]:
-        """A cached reply as a stream, in the same message format as a live one."""
-        answer = found.hit.entry.answer  # type: ignore[union-attr]
-        reply, n = answer.reply or "", self._config.replay_chunk_chars
-        pieces = [reply[i : i + n] for i in range(0, len(reply), n)] or [""]
-        t = time.perf_counter()
-        for i, piece in enumerate(pieces[:-1]):
-            yield ChatDelta(piece, cache=info if i == 0 else None)
-        stages = {**found.stages, "replay": _ms(t)}
-        yield ChatDelta(
-            pieces[-1],
-            cache=info if len(pieces) == 1 else None,
-            finish=answer.finish,
-            usage=answer.usage,
-            timings=Timings(_ms(start), found.cache_ms, 0.0, stages),
+    def _replay(self, reply: str) -> list[str]:
+        """A cached reply cut into the pieces a stream replays it in (one, empty, for an empty reply)."""
+        n = self._config.replay_chunk_chars
+        return [reply[i : i + n] for i in range(0, len(reply), n)] or [""]
+
+    @contextlib.asynccontextmanager
+    async def _shared(
+        self, request: CacheRequest, plan: Plan, timeout_s: float | None
+    ) -> AsyncIterator[tuple[Looked, AsyncIterator[object]]]:
+        """This request's :meth:`_flow`, or the identical one in flight (:mod:`.bursts`).
+
+        Yields what the lookup found and the model's parts that follow it (none on a hit).
+        """
+        if not plan.coalesce:
+            async with contextlib.aclosing(self._flow(request, plan, timeout_s)) as items:
+                yield await anext(items), items  # type: ignore[misc]
+            return
+        key = (request, plan)
+        flight, joined = self._bursts.join(key, lambda: self._flow(request, plan, timeout_s), reuse_finished=plan.lookup)
+        async with contextlib.aclosing(flight.read()) as items:
+            looked: Looked = await anext(items)  # type: ignore[assignment]
+            if joined:
+                self._observer.coalesced(request.task)
+                looked = Looked(looked.found, replace(looked.info, coalesced=True), looked.call)
+                if tracing.enabled() and looked.call is not None:
+                    trace_join(request.task, request, looked.call)
+            yield looked, items
+        # Reached only when the caller read its whole answer (not on errors or cancellation).
+        self._bursts.answered(key, flight)
+
+    async def _flow(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> AsyncIterator[object]:
+        """Lookup, then (on a miss) the model call's parts: what identical requests share."""
+        found = _usable(request.task, await self.front.find(request, plan, timeout_s), plan)
+        if found.hit is not None:
+            yield Looked(found, found.info)
+            return
+        requested_by = tracing.current()
+        call, info = self._calls.join(
+            request, found, plan, lambda stored: self._answer(request, plan, timeout_s, requested_by, stored)
         )
+        yield Looked(found, info, call)
+        async with contextlib.aclosing(call.read()) as parts:
+            async for part in parts:
+                yield part
+                if part.answer is not None:  # type: ignore[attr-defined]
+                    return  # the answer is whole: the flow is complete now, not when the call is forgotten
+
+    async def _answer(
+        self,
+        request: CacheRequest,
+        plan: Plan,
+        timeout_s: float | None,
+        requested_by: tracing.SpanContext,
+        stored: Callable[[asyncio.Task[None]], None],
+    ) -> AsyncIterator[Part]:
+        """The model's answer to a miss, part by part: what one model call carries (:mod:`.calls`).
+
+        As soon as the answer is whole it is written back to the cache, in the background
+        (its callers have it already); ``stored`` learns of that write, so that the call
+        lingers until the answer can be found in the cache.
+        """
+        if request.task == TASK_SENTIMENT:
+            result, usage = await self._inference.classify(request.prompt.text, timeout_s)
+            answer = Answer(sentiment=result, usage=usage)
+            yield Part("", answer)
+        else:
+            deltas: list[str] = []
+            # Closed at the finish chunk: the reply is complete there, so it is stored at once,
+            # not when the transport's end-of-stream arrives.
+            async with contextlib.aclosing(self._inference.chat_stream(request.prompt, timeout_s)) as chunks:
+                async for chunk in chunks:
+                    deltas.append(chunk.delta)
+                    if chunk.finish is None:
+                        yield Part(chunk.delta)
+                        continue
+                    answer = Answer(reply="".join(deltas), finish=chunk.finish, usage=chunk.usage or Usage())
+                    yield Part(chunk.delta, answer)
+                    break
+                else:
+                    return  # a broken stream: nothing to store (its readers fail)
+        write = self.front.store_later(request, answer, plan, requested_by)
+        if write is not None:
+            stored(write)
+
+
+def _usable(task: str, found: Found, plan: Plan) -> Found:
+    """A hit that cannot answer this task (an entry of the other kind; should not happen) is a miss."""
+    if found.hit is None:
+        return found
+    answer = found.hit.entry.answer
+    if (answer.sentiment if task == TASK_SENTIMENT else answer.reply) is not None:
+        return found
+    return Found(None, CacheInfo(CacheStatus.MISS, key=found.info.key, store=plan.store), found.cache_ms, found.stages)
+
+
+async def _last(pieces: AsyncIterator[Served]) -> Served:
+    """The last piece of an answer (with the whole of it), read to the end."""
+    last = None
+    async for last in pieces:  # noqa: B007
+        pass
+    assert last is not None  # _serve ends with the whole answer or raises
+    return last

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.hot import HotLayer
 from gateway.core.policy import Plan
 from gateway.core.ports import CacheError, CachePort, Observer
-from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, StoredEntry
+from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, Invalidation, StoredEntry
 from reprise import tracing
 from reprise.domain import Answer
 
@@ -61,10 +61,8 @@ class CacheFront:
         hot: HotLayer,
         observer: Observer,
         config: FrontConfig = FrontConfig(),
-        on_invalidation: Callable[[], None] | None = None,
     ) -> None:
         self._cache = cache
-        self._on_invalidation = on_invalidation
         self.breaker = breaker
         self.hot = hot
         self._observer = observer
@@ -162,11 +160,29 @@ class CacheFront:
         info = CacheInfo(CacheStatus.EXACT, similarity=1.0, key=entry.key, hot=True, reason=f"hot copy served: {why}")
         return Found(CacheHit(entry, info), info, ms, {"hot": ms})
 
-    def store_later(self, request: CacheRequest, answer: Answer, plan: Plan) -> asyncio.Task[None] | None:
-        """Write ``answer`` back in the background (the caller never waits); None when not storing."""
+    def store_later(
+        self, request: CacheRequest, answer: Answer, plan: Plan, requested_by: tracing.SpanContext
+    ) -> asyncio.Task[None] | None:
+        """Write ``answer`` back in the background (the caller never waits); None when not storing.
+
+        Traced in the trace of the request that computed the answer (``requested_by``): the
+        response did not wait for it, so besides its parent it carries a link: the request
+        caused it, but it is no part of the request's latency.
+        """
         if not plan.store or self.breaker.state is not BreakerState.CLOSED:
             return None
-        task = asyncio.ensure_future(self._store(request, answer, plan))
+        if not tracing.enabled():
+            task = asyncio.ensure_future(self._store(request, answer, plan))
+        else:
+            span = tracing.start(
+                "gateway.cache_write_back",
+                {tracing.TASK: request.task, tracing.NAMESPACE: request.namespace},
+                links=(requested_by,),
+                parent=requested_by,
+            )
+            with tracing.use(span):
+                task = asyncio.ensure_future(self._store(request, answer, plan))
+            task.add_done_callback(lambda _: span.end())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return task
@@ -194,9 +210,10 @@ class CacheFront:
             log.info("cache stats unavailable: %s", exc)
             return None
 
-    async def watch_invalidations(self) -> None:
+    async def watch_invalidations(self) -> AsyncIterator[Invalidation]:
         """Keep the hot layer coherent: follow the cache's invalidation stream forever.
 
+        Each event is applied to the hot layer, then yielded (for what else holds answers).
         The layer serves only while subscribed; every (re)subscription starts it
         from empty, since events may have been missed in between.
         """
@@ -206,8 +223,7 @@ class CacheFront:
             try:
                 async for event in self._cache.watch_invalidations(on_open=self._on_watch_open):
                     removed = self.hot.invalidate(event)
-                    if self._on_invalidation is not None:
-                        self._on_invalidation()
+                    yield event
                     self._observer.invalidation(event.kind.value, removed)
                 delay = self._config.watch_retry_s
                 log.info("invalidation stream ended; hot layer off until it is back")
