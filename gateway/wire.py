@@ -65,13 +65,7 @@ def policy_to_pb(p: Policy) -> pb.CachePolicy:
 
 def prompt_from_pb(r: pb.ChatRequest | pb.ChatStreamRequest) -> Prompt:
     """The prompt of a Chat or ChatStream request, as the gateway passes it down whole."""
-    return Prompt(
-        text=r.text,
-        history=convert.turns_from_pb(r.history),
-        system_prompt=r.system_prompt if r.HasField("system_prompt") else None,
-        decoding=convert.decoding_from_pb(r.decoding),
-        images=tuple(r.images),
-    )
+    return convert.chat_from_pb(r, Prompt)  # the fields every service's chat request shares
 
 
 def chat_fields(prompt: Prompt, policy: Policy) -> dict[str, object]:
