@@ -11,8 +11,7 @@ was tuned on (read only by the final scoring).
 bias per script there. Without it the candidate prompt (``sentiment_variants.CANDIDATE``) and
 the served one are scored on dev, test and the held-out set, single classify latency of
 both is timed against the generate(10) baseline in the same process, and the result goes to
-``bench/results/sentiment-hard-<cpu kind>.{json,md}``, a row of
-``bench/results/sentiment-hard-history.md`` and the generated block of docs/inference.md.
+``bench/results/sentiment-hard-<cpu kind>.{json,md}``, a row of ``bench/results/HISTORY.md`` and the generated block of docs/inference.md.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench import results_io
 from bench.inference import engines
 from bench.inference.sentiment_tune import fit_bias
 from inference_svc.core import prompts
@@ -217,13 +217,15 @@ def markdown(report: dict[str, Any], heading: str = "#") -> str:
     return "\n".join(lines) + "\n"
 
 
-def history_row(report: dict[str, Any]) -> str:
+def headline(report: dict[str, Any]) -> str:
+    """The run's HISTORY.md headline: the candidate prompt's accuracy per set and its latency ratio."""
     s, lat = report["candidate"]["test"], report["latency"]["classify"]["candidate"]
     h = report["candidate"]["heldout"]
     return (
-        f"| {report['date']} | {report['cpu_kind']} | {report['prompts_revision']} | {_pct(s['en/clean']['accuracy'])} / "
-        f"{_pct(s['zh/clean']['accuracy'])} | {_pct(s['en/hard']['accuracy'])} / {_pct(s['zh/hard']['accuracy'])} | "
-        f"{_pct(h['en/hard']['accuracy'])} / {_pct(h['zh/hard']['accuracy'])} | {lat['ratio']:.2f}x |\n"
+        f"prompts revision {report['prompts_revision']}; candidate prompt: test clean en / zh "
+        f"{_pct(s['en/clean']['accuracy'])} / {_pct(s['zh/clean']['accuracy'])}, test hard "
+        f"{_pct(s['en/hard']['accuracy'])} / {_pct(s['zh/hard']['accuracy'])}, held-out hard "
+        f"{_pct(h['en/hard']['accuracy'])} / {_pct(h['zh/hard']['accuracy'])}; classify / generate(10) {lat['ratio']:.2f}x"
     )
 
 
@@ -287,14 +289,7 @@ def main() -> None:
     out = engines.RESULTS / f"sentiment-hard-{report['cpu_kind']}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
-    history = engines.RESULTS / "sentiment-hard-history.md"
-    if not history.exists():
-        history.write_text(
-            "# make bench-sentiment history\n\n| date | cpu kind | prompts revision | test clean en / zh | test hard en / zh "
-            "| held-out hard en / zh | classify / generate(10) |\n|---|---|---|---|---|---|---|\n"
-        )
-    with history.open("a") as f:
-        f.write(history_row(report))
+    results_io.append_history("sentiment-hard", headline(report), report["cpu_kind"])
     if not args.no_doc:
         write_doc(report)
     print(markdown(report))
