@@ -90,4 +90,7 @@ def test_report_says_which_targets_are_met() -> None:
     report["candidate"]["test"]["zh/hard"]["accuracy"] = 0.8
     assert "| test hard ≥ 85% | **94.0%** (served 80.0%) | **80.0%** (served 80.0%) | no |" in sentiment_hard.markdown(report)
     assert "| sarcasm_light | 95.0% / 80.0% (8)" in text and "held-out zh |" in text
-    assert sentiment_hard.history_row(report).startswith("| 2026-12-07 06:00 | amd-epyc-zen4 | aaa | 94.0% / 94.0% |")
+    assert sentiment_hard.headline(report) == (
+        "prompts revision aaa; candidate prompt: test clean en / zh 94.0% / 94.0%, test hard 94.0% / 80.0%, "
+        "held-out hard 90.0% / 90.0%; classify / generate(10) 0.18x"
+    )
