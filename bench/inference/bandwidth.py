@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
-import hashlib
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import results_io
+from inference_svc.runtime.native.library import NativeUnavailable, compile_once
 
 SOURCE = Path(__file__).with_name("native_probe") / "stream_read.c"
 FLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-Wall")
@@ -53,26 +50,10 @@ class ProbeUnavailable(RuntimeError):
 
 def build(directory: Path = BUILD_DIR) -> Path:
     """Compile the probe once per source/flags version into ``directory``; return the library's path."""
-    compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:12]
-    target = directory / f"stream_read-{digest}.so"
-    if target.exists():
-        return target
-    if shutil.which(compiler) is None:
-        raise ProbeUnavailable(f"no C compiler ({compiler!r} not found; install gcc)")
-    directory.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed: two processes building at once each finish a whole file.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stream_read-", suffix=".so")
-    os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise ProbeUnavailable(f"{compiler} failed: {done.stderr.strip()[-400:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        return compile_once("stream_read", (SOURCE,), (), FLAGS, (), directory, timeout=120)
+    except NativeUnavailable as exc:
+        raise ProbeUnavailable(str(exc)) from exc
 
 
 @functools.cache

@@ -33,22 +33,35 @@ class NativeUnavailable(RuntimeError):
 
 def build(directory: Path) -> Path:
     """Compile ``SOURCES`` into ``directory`` once per source and flags; returns the library's path."""
+    return compile_once("int4_gemv", SOURCES, HEADERS, FLAGS, LIBS, directory, timeout=300)
+
+
+def compile_once(
+    name: str, sources: tuple[Path, ...], headers: tuple[Path, ...], flags: tuple[str, ...], libs: tuple[str, ...],
+    directory: Path, timeout: float,
+) -> Path:
+    """``directory/<name>-<digest>.so`` built from ``sources`` with the system compiler, unless already there.
+
+    The digest covers sources, headers, compiler and flags, so a change rebuilds and an unchanged
+    library is reused (e.g. one built into the image's model cache, where the runtime has no
+    compiler). Raises :class:`NativeUnavailable` without a compiler or when the build fails.
+    """
     compiler = os.environ.get("CC", "cc")
-    sources = b"".join(source.read_bytes() for source in (*SOURCES, *HEADERS))
-    digest = hashlib.sha256(sources + " ".join((compiler, *FLAGS, *LIBS)).encode()).hexdigest()[:12]
-    target = directory / f"int4_gemv-{digest}.so"
+    text = b"".join(path.read_bytes() for path in (*sources, *headers))
+    digest = hashlib.sha256(text + " ".join((compiler, *flags, *libs)).encode()).hexdigest()[:12]
+    target = directory / f"{name}-{digest}.so"
     if target.exists():
-        return target  # e.g. built into the image's model cache, where the runtime has no compiler
+        return target
     if shutil.which(compiler) is None:
         raise NativeUnavailable(f"no C compiler ({compiler!r} not found; install gcc)")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".int4_gemv-", suffix=".so")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), *LIBS, "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([compiler, *flags, *map(str, sources), *libs, "-o", tmp], capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise NativeUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
-        os.replace(tmp, target)  # atomic: concurrent starts each build, one wins
+        os.replace(tmp, target)  # atomic: concurrent builds each finish a whole file, one wins
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
