@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -575,9 +574,7 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
     shape = ModelShape.from_config(config)  # refuse unsupported models before the expensive part
     check_tensors(_tensor_names(hf), shape)  # from the files' headers, before reading the weights
     tensors = build_runtime_tensors(_read_state(hf), shape, spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".runtime-"))
-    try:
+    with model_source.staged_dir(target, ".runtime-") as tmp:
         metadata = {"spec": spec.name, "source": source.model_id}
         if any(name.endswith(".q4") for name in tensors):  # torch's int4 layout differs between CPU kinds
             try:
@@ -589,10 +586,4 @@ def _convert(source: model_source.ResolvedModel, cache_dir: Path, spec: RuntimeS
         for name in _COPIED_FILES:
             if (hf / name).exists():
                 shutil.copy(hf / name, tmp / name)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %s to %s in %.1fs", source.model_id, spec.name, time.perf_counter() - start)

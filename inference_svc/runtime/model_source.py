@@ -23,6 +23,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,9 +253,7 @@ def save_converted(model: object, tokenizer: object, target: Path, source: Resol
     ``save_pretrained`` refuses a model that still carries the GGUF quantizer
     marker, although its weights are plain tensors after loading; drop it.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    with staged_dir(target, ".convert-") as tmp:
         model.hf_quantizer = None  # type: ignore[attr-defined]
         config = model.config  # type: ignore[attr-defined]
         if hasattr(config, "quantization_config"):
@@ -263,6 +263,18 @@ def save_converted(model: object, tokenizer: object, target: Path, source: Resol
         (tmp / "reprise-source.json").write_text(
             json.dumps({"model_id": source.model_id, "revision": source.revision, "gguf_file": source.gguf_file})
         )
+
+
+@contextmanager
+def staged_dir(target: Path, prefix: str) -> Iterator[Path]:
+    """A scratch directory beside ``target`` that replaces it when the block completes.
+
+    A reader never sees a half-written copy; a failed block leaves ``target`` as it was and no scratch behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
+    try:
+        yield tmp
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
