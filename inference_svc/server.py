@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from inference_svc import options
+from inference_svc import metrics, options
 from inference_svc.core.engine import Engine, EngineConfig
 from inference_svc.core.scheduling import Rates
 from inference_svc.core.service import Batching, InferenceService, Limits
@@ -48,8 +48,9 @@ class InferenceApp:
         rates: Rates | None = None,
         prefill_slice: int = 32,
     ) -> None:
-        self.engine = Engine(engine_config)
-        self.worker = ModelWorker(max_queue, max_active_streams, rates=rates)
+        observer = metrics.PrometheusObserver()
+        self.engine = Engine(engine_config, observer)
+        self.worker = ModelWorker(max_queue, max_active_streams, rates=rates, observer=observer)
         self.service = InferenceService(self.engine, self.worker, limits, batching, prefill_slice)
 
     def register(self, server: grpc.aio.Server) -> None:

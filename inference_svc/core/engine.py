@@ -26,7 +26,7 @@ import torch
 
 from inference_svc.core import generation, prompts, vision_prompt
 from inference_svc.core.decoding import TextStream, pick_token, previous_ids, with_defaults
-from inference_svc.core.metrics import METRICS
+from inference_svc.core.observer import NullObserver, Observer
 from inference_svc.core.request import ChatRequest
 from inference_svc.core.scheduling import Step
 from inference_svc.runtime import loader, model_source, placement, precision, vision
@@ -150,8 +150,9 @@ class _SentimentPrefix:
 class Engine:
     """Owns tokenizer, model and KV caches. Not thread-safe: call from the worker thread only."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
+        self._observer: Observer = observer or NullObserver()
         self.loaded: loader.LoadedModel | None = None
         self.index = PrefixIndex(config.kv_cache_bytes)
         self._sentiment: _SentimentPrefix | None = None
@@ -357,15 +358,14 @@ class Engine:
             neg = torch.logsumexp(logits[:, prefix.label_columns[1]], dim=-1)
             bias = torch.tensor([prefix.spec.bias_for(t) for t in batch])
             p_pos = torch.sigmoid(pos - neg - bias).tolist()
-            METRICS.batch_size.observe(len(batch))
+            self._observer.classify_pass(len(batch))
             for text, p in zip(batch, p_pos):
                 label = Label.POSITIVE if p >= 0.5 else Label.NEGATIVE
                 prob = p if label is Label.POSITIVE else 1.0 - p
                 n = len(rows[text])
                 usage = Usage(prompt_tokens=len(prefix.ids) + n, cached_tokens=len(prefix.ids))
                 outcome[text] = Classification(SentimentResult(label, prob), usage, p)
-                METRICS.prompt_tokens.inc(len(prefix.ids) + n)
-                METRICS.cached_tokens.inc(len(prefix.ids))
+                self._observer.prompt(usage.prompt_tokens, usage.cached_tokens)
         return [outcome[t] for t in texts]
 
     def _score_long(self, prefix: _SentimentPrefix, row: list[int]) -> torch.Tensor:
@@ -430,9 +430,8 @@ class Engine:
         p = float(torch.sigmoid(pos - neg - prefix.spec.bias_for(text))[0])
         label = Label.POSITIVE if p >= 0.5 else Label.NEGATIVE
         usage = Usage(prompt_tokens=len(prefix.ids) + len(row), cached_tokens=len(prefix.ids))
-        METRICS.batch_size.observe(1)
-        METRICS.prompt_tokens.inc(len(prefix.ids) + len(row))
-        METRICS.cached_tokens.inc(len(prefix.ids))
+        self._observer.classify_pass(1)
+        self._observer.prompt(usage.prompt_tokens, usage.cached_tokens)
         result = Classification(SentimentResult(label, p if label is Label.POSITIVE else 1.0 - p), usage, p)
         yield Step(prefill_tokens=last.prefill_tokens, item=result)
 
@@ -479,7 +478,7 @@ class Engine:
             kv.copy_prefix(match.kv, reused)
         if request.pictures is not None:
             vision.attach(kv, prompt.ids, request.pictures, self.model)  # type: ignore[arg-type]  # M-RoPE positions and image rows
-        METRICS.prefix_lookups.labels("hit" if reused else "miss").inc()
+        self._observer.prefix_lookup(hit=reused > 0)
         hidden = None
         chunk = 0
         at = reused
@@ -493,9 +492,8 @@ class Engine:
             at += chunk
         logits = self.model.logits(hidden)[0]
         prefill_ms = (time.perf_counter() - start) * 1000
-        METRICS.ttft.observe(prefill_ms / 1000)
-        METRICS.prompt_tokens.inc(len(ids))
-        METRICS.cached_tokens.inc(reused)
+        self._observer.first_token(prefill_ms / 1000)
+        self._observer.prompt(len(ids), reused)
         generator = torch.Generator().manual_seed(decoding.seed) if decoding.seed is not None else None
         stream = TextStream(lambda toks: self.tokenizer.decode(toks, skip_special_tokens=True), decoding.stop)
         seq = list(ids)
@@ -533,10 +531,10 @@ class Engine:
             if remember and request.pictures is None:  # every picture's tokens share one id: ids cannot key its KV
                 self.index.insert(seq, kv)
                 self._publish_kv_stats()
-            METRICS.generated_tokens.inc(generated)
+            self._observer.generated(generated)
         decode_ms = (time.perf_counter() - start) * 1000 - prefill_ms
         if generated > 1 and decode_ms > 0:
-            METRICS.decode_tps.observe((generated - 1) / (decode_ms / 1000))
+            self._observer.decode_speed((generated - 1) / (decode_ms / 1000))
         yield Step(
             prefill_tokens=chunk,
             item=ChatChunk(
@@ -566,6 +564,5 @@ class Engine:
 
     def _publish_kv_stats(self) -> None:
         stats = self.index.stats()
-        METRICS.kv_bytes.set(stats.bytes)
-        METRICS.kv_entries.set(stats.entries)
+        self._observer.kv_index(stats.entries, stats.bytes)
 

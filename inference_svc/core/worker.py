@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from inference_svc.core.metrics import METRICS
+from inference_svc.core.observer import NullObserver, Observer
 from inference_svc.core.scheduling import DEFAULT_TENANT, BatchPart, Rates, Step, Ticket
 from reprise.errors import ResourceExhausted, Unavailable
 
@@ -75,10 +75,16 @@ class ModelWorker:
     """A single daemon thread running calls and interleaved streams from a bounded queue."""
 
     def __init__(
-        self, max_queue: int, max_active_streams: int = 4, name: str = "model-worker", rates: Rates | None = None
+        self,
+        max_queue: int,
+        max_active_streams: int = 4,
+        name: str = "model-worker",
+        rates: Rates | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.max_queue = max_queue
-        METRICS.queue_capacity.set(max_queue)
+        self._observer: Observer = observer or NullObserver()
+        self._observer.queue_capacity(max_queue)
         self.max_active_streams = max_active_streams
         #: Fed with the duration of every stream step that says what it computed.
         self.rates = rates if rates is not None else Rates()
@@ -131,7 +137,7 @@ class ModelWorker:
                 self._publish()
             self._run_calls()
             self._round()
-            METRICS.active_streams.set(len(self._active))
+            self._observer.active_streams(len(self._active))
 
     def _round(self) -> None:
         """Every active stream once: up to its next pass (parked), one prefill chunk, or its end; then the passes."""
@@ -203,7 +209,7 @@ class ModelWorker:
         self._mark = time.perf_counter()  # a call times itself (the batcher prices its pass)
 
     def _publish(self) -> None:
-        METRICS.queue_depth.set(self.depth)
+        self._observer.queue_depth(self.depth)
 
     @staticmethod
     def _run_call(job: _Job) -> None:

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import cache_svc.metrics  # noqa: F401  (registers the cache metrics)
-import inference_svc.core.metrics  # noqa: F401
+import inference_svc.metrics  # noqa: F401
 from gateway import metrics as gateway_metrics
 from gateway.core.types import CacheInfo, CacheStatus
 from reprise.rpc import metrics as rpc_metrics
