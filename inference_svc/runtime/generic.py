@@ -18,9 +18,9 @@ only the window, so a prefix cannot be cut out of them): a reused prefix is reco
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,24 +164,34 @@ class GenericModel:
 
 
 def load(directory: Path, max_context: int) -> tuple[Any, GenericModel, int]:
-    """The tokenizer, the model and its weight bytes, from a Hugging Face directory (refusing what would load wrong).
+    """The tokenizer, the model and its weight bytes of a causal LM's Hugging Face directory (refusing what would load wrong).
 
-    A vision-language directory (:func:`.vision.is_vision_dir`) loads its image-text model class and
-    image processor: a :class:`.vision.VisionModel`, which also takes images.
+    A vision-language directory is :func:`.vision.load`'s instead (the loader picks, :func:`.loader.load_generic`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from inference_svc.runtime import vision
+    from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    image_processor = None
-    if vision.is_vision_dir(directory, json.loads((directory / "config.json").read_text())):
-        hf, info, image_processor = vision.load_parts(directory)
-    else:
-        try:
-            hf, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
-        except (ValueError, KeyError, OSError, ImportError) as exc:
-            raise UnsupportedModel(f"transformers cannot load {directory} as a causal LM: {exc}") from exc
+    try:
+        hf, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
+    except (ValueError, KeyError, OSError, ImportError) as exc:
+        raise UnsupportedModel(f"transformers cannot load {directory} as a causal LM: {exc}") from exc
+    return serve(directory, hf, info, max_context, GenericModel, start)
+
+
+def serve(
+    directory: Path,
+    hf: Any,
+    info: dict[str, Any],
+    max_context: int,
+    build: Callable[[Any, int], GenericModel],
+    start: float,
+) -> tuple[Any, GenericModel, int]:
+    """Check what transformers loaded from ``directory`` (``info``: its loading report) and serve it as ``build(hf, context)``.
+
+    Returns the tokenizer, the model and its weight bytes, as :func:`load`; ``start``: when loading began (logged).
+    """
+    from transformers import AutoTokenizer
+
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(sorted(map(str, v))[:5])}" for k, v in problems.items())
@@ -190,7 +200,7 @@ def load(directory: Path, max_context: int) -> tuple[Any, GenericModel, int]:
     # A VL model's config nests its language model's (which holds the context length).
     config_max = getattr(hf.config.get_text_config(), "max_position_embeddings", None) or max_context
     context = min(max_context, int(config_max))
-    model = GenericModel(hf, context) if image_processor is None else vision.VisionModel(hf, context, image_processor)
+    model = build(hf, context)
     model.check_head()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from inference_svc.runtime import model_source, precision
+from inference_svc.runtime import generic, model_source, precision, vision
 from inference_svc.runtime.model import Layer, ModelShape, Transformer
 from inference_svc.runtime.native import int4_gemv
 from inference_svc.runtime.native.decode_ops import DECODE_OPS_NAME, load_decode_ops
@@ -464,12 +464,16 @@ def source_config(source: model_source.ResolvedModel, cache_dir: Path) -> dict[s
 
 
 def load_generic(source: model_source.ResolvedModel, cache_dir: Path, max_context: int) -> LoadedModel:
-    """``source`` through transformers' own model (:mod:`.generic`): fp32, no conversion beyond a GGUF's fp32 copy."""
-    from inference_svc.runtime import generic
+    """``source`` through transformers' own model (:mod:`.generic`): fp32, no conversion beyond a GGUF's fp32 copy.
 
+    A vision-language checkpoint (:func:`.vision.is_vision_dir`) loads its image-text model class and image
+    processor: a :class:`.vision.VisionModel`, which also takes images.
+    """
     start = time.perf_counter()
     directory = _hf_dir(source, cache_dir)
-    tokenizer, model, weight_bytes = generic.load(directory, max_context)
+    config = json.loads((directory / "config.json").read_text())
+    load_model = vision.load if vision.is_vision_dir(directory, config) else generic.load
+    tokenizer, model, weight_bytes = load_model(directory, max_context)
     spec = RuntimeSpec(torch.float32, WeightFormat.DENSE, dense_prefill=False, tie_embeddings=False)
     loaded = LoadedModel(
         tokenizer, model, source, spec, time.perf_counter() - start, False, weight_bytes, weight_bytes, "", generic.RUNTIME,

@@ -27,6 +27,7 @@ tokens each picture costs (admission prices them).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from inference_svc.runtime import generic
 from inference_svc.runtime.architecture import UnsupportedModel
 from inference_svc.runtime.generic import GenericKV, GenericModel
 from reprise.errors import InvalidArgument
@@ -175,14 +177,16 @@ def attach(kv: GenericKV, prompt_ids: Sequence[int], pictures: Pictures, model: 
 # -- loading -------------------------------------------------------------------------------------
 
 
-def load_parts(directory: Path) -> tuple[Any, dict[str, Any], Any]:
-    """transformers' VL model (fp32), its loading report and the image processor (see :func:`.generic.load`)."""
+def load(directory: Path, max_context: int) -> tuple[Any, GenericModel, int]:
+    """A VL directory's tokenizer, :class:`VisionModel` (fp32) and weight bytes, checked as :func:`.generic.load` checks."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
+    start = time.perf_counter()
     try:
         hf, info = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
         image_processor = AutoImageProcessor.from_pretrained(directory)
     except (ValueError, KeyError, OSError, ImportError) as exc:
         raise UnsupportedModel(f"transformers cannot load {directory} as a vision-language model: {exc}") from exc
-    return hf, info, image_processor
-
+    return generic.serve(
+        directory, hf, info, max_context, lambda hf, context: VisionModel(hf, context, image_processor), start
+    )
