@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -77,28 +79,28 @@ def classify_request(text: str, policy: Policy | None) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(text=text, cache=wire.policy_to_pb(policy or Policy()))
 
 
-def chat_request(
+#: The two chat request messages, which have the same fields.
+ChatMessage = TypeVar("ChatMessage", pb.ChatRequest, pb.ChatStreamRequest)
+
+
+def chat_message(
+    message: type[ChatMessage],
     text: str,
     history: Sequence[Turn],
     system_prompt: str | None,
     decoding: Decoding | None,
     policy: Policy | None,
     images: Sequence[bytes] = (),
-) -> pb.ChatRequest:
+) -> ChatMessage:
+    """A ``message`` (ChatRequest or ChatStreamRequest) asking for one chat turn."""
     prompt = Prompt(text, tuple(history), system_prompt, decoding or Decoding(), tuple(images))
-    return pb.ChatRequest(**wire.chat_fields(prompt, policy or Policy()))  # type: ignore[arg-type]
+    return message(**wire.chat_fields(prompt, policy or Policy()))  # type: ignore[arg-type]
 
 
-def chat_stream_request(
-    text: str,
-    history: Sequence[Turn],
-    system_prompt: str | None,
-    decoding: Decoding | None,
-    policy: Policy | None,
-    images: Sequence[bytes] = (),
-) -> pb.ChatStreamRequest:
-    prompt = Prompt(text, tuple(history), system_prompt, decoding or Decoding(), tuple(images))
-    return pb.ChatStreamRequest(**wire.chat_fields(prompt, policy or Policy()))  # type: ignore[arg-type]
+#: ``chat_request(text, history, system_prompt, decoding, policy, images=())``: Chat's request.
+chat_request = functools.partial(chat_message, pb.ChatRequest)
+#: The same for ChatStream.
+chat_stream_request = functools.partial(chat_message, pb.ChatStreamRequest)
 
 
 def analyze_request(text: str, decoding: Decoding | None, policy: Policy | None, tasks: Sequence[str]) -> pb.AnalyzeRequest:

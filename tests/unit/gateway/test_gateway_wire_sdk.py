@@ -1,4 +1,4 @@
-"""Protobuf <-> domain conversions both ways, and the SDK's channel and metadata options."""
+"""Protobuf <-> domain conversions both ways, and the SDK's channel and metadata options and requests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from gateway.core.types import (
     Policy,
     Timings,
 )
-from gateway.sdk import ClientOptions, ClientTLS
-from reprise.domain import Finish, Label, SentimentResult, Usage
+from gateway.sdk import ClientOptions, ClientTLS, base
+from reprise.domain import Decoding, Finish, Label, Role, SentimentResult, Turn, Usage
+from reprise.gateway.v1 import gateway_pb2 as pb
 
 
 def test_policy_round_trip_keeps_unset_fields_unset() -> None:
@@ -58,3 +59,14 @@ def test_sdk_metadata_carries_request_id_and_token() -> None:
     assert md == {"x-request-id": "rid-1", "authorization": "Bearer tok"}
     generated = dict(ClientOptions().metadata(None))
     assert len(generated["x-request-id"]) == 16 and "authorization" not in generated
+
+
+def test_sdk_chat_and_chat_stream_requests_carry_the_same_fields() -> None:
+    args = ("and now?", (Turn(Role.USER, "hi"), Turn(Role.ASSISTANT, "hello")), "be brief",
+            Decoding(max_new_tokens=5, temperature=0.0), Policy(exact_only=True), (b"png",))
+    chat, stream = base.chat_request(*args), base.chat_stream_request(*args)
+    assert isinstance(chat, pb.ChatRequest) and isinstance(stream, pb.ChatStreamRequest)
+    assert chat.SerializeToString() == stream.SerializeToString()  # same field numbers, same values
+    assert chat.text == "and now?" and chat.system_prompt == "be brief" and len(chat.history) == 2
+    assert chat.decoding.max_new_tokens == 5 and chat.cache.exact_only and list(chat.images) == [b"png"]
+    assert not base.chat_request("hi", (), None, None, None).HasField("system_prompt")
