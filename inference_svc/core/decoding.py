@@ -103,6 +103,13 @@ def pick_token(
     penalty = decoding.repetition_penalty
     if penalty is not None and penalty != 1.0 and previous is not None and len(previous):
         ids = previous if isinstance(previous, torch.Tensor) else torch.tensor(list(previous), dtype=torch.long)
+        if decoding.greedy and penalty > 1.0:
+            # A penalty above 1 only lowers the logits it touches: when the first maximum is not one of them, it
+            # is still the first maximum afterwards. That saves copying the vocabulary's logits for most tokens
+            # (0.3 ms of each stream's 64 per pass of eight).
+            best = int(torch.max(logits, dim=-1).indices)
+            if not bool((ids == best).any()):
+                return best
         logits = penalize_repetition(logits, ids, penalty)
     if decoding.greedy:
         return int(torch.max(logits, dim=-1).indices)  # the first maximum, like argmax, at ~1/3 of its time on CPU

@@ -135,3 +135,15 @@ def test_out_of_range_decoding_is_refused_naming_the_field(decoding: Decoding, f
 def test_in_range_decoding_passes() -> None:
     check_sampling(Decoding(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=2.0))
     check_sampling(Decoding(temperature=2.0, top_p=0.01, top_k=100_000, min_p=1.0, repetition_penalty=0.5))
+
+
+@pytest.mark.parametrize("penalty", [1.1, 1.5, 0.8])
+def test_greedy_with_a_penalty_picks_the_first_maximum_of_the_penalized_logits(penalty: float) -> None:
+    """pick_token skips the copy when the best token is not penalized; its answer must not change (ties included)."""
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(300):
+        logits = torch.randint(-4, 5, (40,), generator=gen).float() / 2  # coarse values: many ties
+        previous = torch.randint(0, 40, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen)
+        expected = int(torch.argmax(penalize_repetition(logits, previous, penalty)))
+        got = pick_token(logits, Decoding(repetition_penalty=penalty), None, previous)
+        assert got == expected, (trial, logits.tolist(), previous.tolist())
