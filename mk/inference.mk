@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=$(call cpu_has,avx512f) \
 BENCH_LOCK ?= /tmp/reprise-bench.lock
 BENCH_INFERENCE_ARGS ?=
 
-.PHONY: llamacpp bench-inference bench-sentiment bench-sched bench-chat
+.PHONY: llamacpp llama-server bench-inference bench-sentiment bench-sched bench-chat
 
 llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the benchmark peer
 	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then echo "llama-cpp-python already installed"; \
@@ -27,6 +27,22 @@ llamacpp: install ## build (once, ~15 min) and install llama-cpp-python, the ben
 	    flock $(BENCH_LOCK) $(PY) -m pip wheel --no-deps -w $(LLAMACPP_WHEELS) llama-cpp-python==$(LLAMACPP_VERSION); \
 	  $(PY) -m pip install -q --no-deps $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl; \
 	  $(PY) -m pip install -q 'diskcache>=5.6.1' 'jinja2>=2.11.3' 'typing-extensions>=4.5.0'; \
+	fi
+
+# llama.cpp's own server (the continuous-batching peer of `make bench-peer`), built from the llama.cpp source
+# that the llama-cpp-python sdist vendors (same version, same portable flags as above) into
+# .cache/llama-server/bin/llama-server, where bench/inference/peer_server.py looks first. ~10 min on 2 cores.
+LLAMA_SERVER_BUILD := .cache/llama-server
+llama-server: install ## build llama.cpp's server (llama-server, --parallel N continuous batching), the peer under concurrency
+	@if [ -x $(LLAMA_SERVER_BUILD)/bin/llama-server ]; then echo "llama-server already built"; else \
+	  set -e; mkdir -p $(LLAMA_SERVER_BUILD)/src; \
+	  $(PY) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_SERVER_BUILD)/src llama-cpp-python==$(LLAMACPP_VERSION); \
+	  tar xzf $(LLAMA_SERVER_BUILD)/src/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMA_SERVER_BUILD)/src; \
+	  cmake -S $(LLAMA_SERVER_BUILD)/src/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp -B $(LLAMA_SERVER_BUILD) \
+	    -DCMAKE_BUILD_TYPE=Release $(LLAMACPP_CMAKE_ARGS) -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+	    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF; \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) flock $(BENCH_LOCK) cmake --build $(LLAMA_SERVER_BUILD) --target llama-server; \
+	  rm -rf $(LLAMA_SERVER_BUILD)/src; \
 	fi
 
 # The benchmark needs the model; llama.cpp is used when installed (`make llamacpp`), else skipped

@@ -384,7 +384,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if serving.loaded.int4_kernel.endswith("-vnni"):
         results["vnni_effect"] = vnni_effect(serving, sets)
         log.info("vnni %s", results["vnni_effect"])
-    if serving.loaded.spec.dtype == torch.bfloat16 and serving.loaded.spec.weights is WeightFormat.INT4:
+    if precision.cpu_supports_bf16() and serving.loaded.spec.weights is WeightFormat.INT4 and (
+        serving.loaded.spec.dtype == torch.bfloat16 or serving.loaded.spec.int8_activations
+    ):
         results["bf16_vs_int8_effect"] = bf16_vs_int8_effect(serving, cache, sets)
         log.info("bf16 vs int8 activations %s", results["bf16_vs_int8_effect"])
     del serving
@@ -485,20 +487,42 @@ def activations_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Sp
 
 
 def bf16_vs_int8_effect(serving: Engine, cache: Path, sets: dict[str, datasets.Split]) -> dict[str, Any]:
-    """On a CPU with native bf16, what auto serves (int4 weights, bf16 activations: AMX for prefill) vs int4 with
-    int8 activations (what auto serves on CPUs without bf16), alternating in one process: prefill at 64 and 512
-    tokens, one classify request at a time (p50 over 40 texts per language), decode; weights in memory."""
-    other = make_engine("fp32", "int4", cache, activations="int8")
+    """On a CPU with native bf16, int4 weights with bf16 activations (a dense bf16 copy for prefill; what auto serves
+    with AMX) vs int8 activations (no dense copy; what auto serves elsewhere), alternating in one process, whichever
+    of the two is served: prefill at 64 and 512 tokens, one classify request at a time (p50 over 40 texts per
+    language), decode, and eight streams decoded together; weights in memory."""
+    served = "bf16" if serving.loaded.spec.dtype == torch.bfloat16 else "int8"
+    other = make_engine("fp32", "int4", cache, activations="int8") if served == "bf16" else make_engine("bf16", "int4", cache)
+    engines = {served: serving, "int8" if served == "bf16" else "bf16": other}
     examples = [e for s in sets.values() for e in s.test[:40]]
     out: dict[str, Any] = alternating(
-        {"bf16": lambda: prompt_speeds(serving, examples, decode=True), "int8": lambda: prompt_speeds(other, examples, decode=True)}
+        {name: (lambda e=e: {**prompt_speeds(e, examples, decode=True), "decode_8_rows_tok_s": batched_decode_tok_s(e, 8)})
+         for name, e in engines.items()}
     )
-    out["int8_kernel"] = other.loaded.int4_kernel
-    out["int8_weights_mb"] = other.loaded.weight_bytes / 1e6
-    out["greedy_vs_int8"] = agreement(greedy_replies(other), greedy_replies(serving))
-    del other
+    out["served"] = served
+    out["int8_kernel"] = engines["int8"].loaded.int4_kernel
+    out["int8_weights_mb"] = engines["int8"].loaded.weight_bytes / 1e6
+    out["bf16_weights_mb"] = engines["bf16"].loaded.weight_bytes / 1e6
+    out["greedy_vs_int8"] = agreement(greedy_replies(engines["int8"]), greedy_replies(engines["bf16"]))
+    del other, engines
     gc.collect()
     return out
+
+
+def batched_decode_tok_s(engine: Engine, rows: int, context: int = 100, steps: int = 16) -> float:
+    """Tokens per second of ``rows`` streams decoded together (one pass per token, logits included), median step."""
+    model = engine.model
+    prompt = torch.arange(1000, 1000 + context)
+    with torch.inference_mode():
+        kvs = [model.new_kv(context + steps + 4) for _ in range(rows)]
+        for kv in kvs:
+            model.forward(prompt, kv)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.logits(model.decode_batch([5] * rows, kvs), rows_alone=True)
+            times.append(time.perf_counter() - start)
+    return rows / statistics.median(times)
 
 
 def vnni_effect(serving: Engine, sets: dict[str, datasets.Split]) -> dict[str, Any]:

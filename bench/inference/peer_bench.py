@@ -11,7 +11,6 @@ always runs. Run under the shared bench lock (the Make target does).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.inference import bandwidth, peer_batch, peer_server
+from bench.inference import bandwidth, peer_batch
 
 log = logging.getLogger("bench.inference.peer_bench")
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,8 +64,6 @@ def run(levels: tuple[int, ...], rounds: int, new_tokens: int, prompt_tokens: in
         r["llamacpp"] = peer_batch.measure_parallel(peer_batch.default_gguf(), threads, prompt_tokens, levels, new_tokens, rounds)
     else:
         r["llamacpp"] = {"unavailable": "llama-cpp-python is not installed (`make llamacpp`)"}
-    log.info("llama-server at %s concurrent chats (when a binary is found)", levels)
-    r["llama_server"] = asyncio.run(peer_server.run(levels, rounds, new_tokens, peer_server.PROMPTS))
     r["loadavg_end"] = os.getloadavg()[0]
     return r
 
@@ -140,22 +137,8 @@ def markdown(r: dict[str, Any]) -> str:
             )
     else:
         lines.append(f"llama.cpp under concurrency: not measured ({lc.get('unavailable', '?')}).")
-    sv = r.get("llama_server", {})
-    if "levels" in sv:
-        lines += [
-            "",
-            f"**llama.cpp's server** (`{sv['engine']}`, continuous batching, {sv['threads']} threads, {sv['gguf']}): N greedy "
-            f"chats at once over HTTP (OpenAI chat completions, at most {sv['new_tokens']} tokens each, the prompts of "
-            "`bench/inference/concurrency.py`); completion tokens of all replies / wall time, prefill included; median of "
-            f"{sv['rounds']} rounds:",
-            "",
-            "| concurrent chats | aggregate tok/s | × one | wall s |",
-            "|---|---|---|---|",
-        ]
-        for lvl, v in sv["levels"].items():
-            lines.append(f"| {lvl} | {v['tok_s']:.1f} | {sv['speedup'][lvl]:.2f}× | {v['wall_s']:.2f} |")
-    elif sv:
-        lines += ["", f"llama.cpp's server: not measured ({sv.get('unavailable', '?')[:120]}...)."]
+    lines += ["", "llama.cpp's server (`--parallel`, continuous batching) is measured beside Reprise, in the same run and "
+              "the same way, by the concurrency bench: `bench/results/inference-concurrency-<cpu kind>.md`."]
     return "\n".join(lines) + "\n"
 
 

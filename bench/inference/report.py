@@ -139,11 +139,17 @@ def markdown(r: dict[str, Any]) -> str:
         ))
     both = r.get("bf16_vs_int8_effect")
     if both:
-        lines.append(_ab(
-            f"bf16 activations (served: AVX512-BF16/AMX, a dense bf16 copy for prefill) vs int8 activations "
-            f"({both['int8_kernel']}, no dense copy), int4 weights both", both["bf16"], both["int8"],
-            both["greedy_vs_int8"], (serving.get("weights_mb", 0), both["int8_weights_mb"]),
-        ))
+        served = both.get("served", "bf16")  # runs before 2026-12-07 served bf16
+        a, b = ("bf16", "int8") if served == "bf16" else ("int8", "bf16")
+        sides = {"bf16": "bf16 activations (a dense bf16 copy for prefill)", "int8": f"int8 activations ({both['int8_kernel']}, no dense copy)"}
+        mb = {"bf16": serving.get("weights_mb", 0) if served == "bf16" else both.get("bf16_weights_mb", 0),
+              "int8": both["int8_weights_mb"]}
+        line = _ab(f"{sides[a]} (served) vs {sides[b]}, int4 weights both", both[a], both[b], both["greedy_vs_int8"],
+                   (mb[a], mb[b]))
+        if "decode_8_rows_tok_s" in both[a]:
+            x, y = both[a]["decode_8_rows_tok_s"], both[b]["decode_8_rows_tok_s"]
+            line = line[:-1] + f"; eight streams decoded together {x:.0f} vs {y:.0f} tok/s ({x / y:.2f}x)."
+        lines.append(line)
     if dense:  # measured only for formats that keep a dense prefill copy
         lines.append(
             f"- Dense {'fp16' if fp32 else 'bf16'} copy for prefill: {dense['prefill_512_with_dense_copy']:.0f} tok/s at 512 tokens vs "
