@@ -25,7 +25,7 @@ def add_model_options(parser: EnvArgumentParser) -> None:
     parser.add_option("--cpus", default="", help="pin to these CPUs, e.g. 0-3 or 0,2 (empty: the inherited affinity)")
     parser.add_option(
         "--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-        help="compute dtype; auto = bf16 where the CPU has AVX512-BF16/AMX, else fp32 activations (int4 weights through Reprise's AVX2 kernel, or fp16 through fbgemm; see --weights); decided from CPU features, never timed, so every start on a machine serves the same format",
+        help="compute dtype; auto = bf16 with int4 weights on AMX CPUs; elsewhere fp32 with int4 weights and int8 activations through Reprise's AVX2 kernel (AVX512-VNNI where present; on AVX512-BF16 CPUs without AMX, such as AMD Zen 4, this beats bf16), or where that kernel cannot serve bf16 (AVX512-BF16) or fp16 weights through fbgemm; decided from CPU features, never timed, so every start on a machine serves the same format",
     )
     parser.add_option(
         "--weights", default="auto", choices=("auto", "int4", "int8", "fp16", "dense"),

@@ -182,12 +182,16 @@ def test_dtype_auto_is_a_function_of_the_cpu_facts_alone(monkeypatch: pytest.Mon
     monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times"))
     for facts in (
         precision.CpuFacts(True, (True, "")),
+        precision.CpuFacts(True, (True, ""), amx=True),
         precision.CpuFacts(False, (True, "kernel builds")),
         precision.CpuFacts(False, (False, "no compiler")),
     ):
         answers = {(p.dtype, p.weights, p.reason) for p in (precision.decide("auto", "auto", facts) for _ in range(5))}
         assert len(answers) == 1
     assert precision.decide("auto", "auto", precision.CpuFacts(True)).dtype == torch.bfloat16
+    assert precision.decide("auto", "auto", precision.CpuFacts(True, (True, ""), amx=True)).dtype == torch.bfloat16
+    assert precision.decide("auto", "auto", precision.CpuFacts(True, (True, ""))).weights.value == "int4"
+    assert precision.decide("auto", "auto", precision.CpuFacts(True, (True, ""))).dtype == torch.float32
     assert precision.decide("auto", "auto", precision.CpuFacts(False, (True, ""))).weights.value == "int4"
     assert precision.decide("auto", "auto", precision.CpuFacts(False, (False, ""))).weights.value == "fp16"
 

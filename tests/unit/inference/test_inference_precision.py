@@ -93,14 +93,31 @@ def test_without_fbgemm_fp32_falls_back_to_dense(monkeypatch: pytest.MonkeyPatch
         precision.choose("fp32", "fp16")
 
 
-def test_native_bf16_serves_bf16_without_timing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_amx_serves_bf16_without_timing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times"))
-    chosen = precision.choose("auto", "auto", lambda: pytest.fail("under bf16 the AVX2 kernel is not asked"))
+    chosen = precision.choose("auto", "auto", lambda: pytest.fail("with AMX the AVX2 kernel is not asked"))
     assert (chosen.dtype, chosen.weights) == (torch.bfloat16, precision.WeightFormat.INT4)
-    assert "natively" in chosen.reason
+    assert "AMX" in chosen.reason
     for weights in ("int4", "int8"):
         assert precision.choose("auto", weights).dtype == torch.bfloat16
+
+
+def test_avx512_bf16_without_amx_serves_int8_activations_where_the_kernel_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMD Zen 4/5: integer products (VNNI) beat VDPBF16PS for prompts and batched decode (docs/inference.md)."""
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("a start never times"))
+    chosen = precision.choose("auto", "auto", (lambda: (True, "kernel builds")))
+    assert (chosen.dtype, chosen.weights) == (torch.float32, precision.WeightFormat.INT4)
+    assert precision.activations("auto", chosen) == "int8" and "without AMX" in chosen.reason
+    # the kernel cannot serve (no compiler in the image): bf16, said why
+    chosen = precision.choose("auto", "auto", (lambda: (False, "no C compiler")))
+    assert chosen.dtype == torch.bfloat16 and "no C compiler" in chosen.reason
+    # asked for explicitly, bf16 and int8 weights stay what they were
+    assert precision.choose("bf16", "auto", lambda: (True, "")).dtype == torch.bfloat16
+    assert precision.choose("auto", "int8", lambda: (True, "")).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
@@ -130,7 +147,7 @@ def test_anywhere_lists_what_each_kind_of_cpu_would_serve(monkeypatch: pytest.Mo
     monkeypatch.setattr(precision, "race", lambda *a, **k: pytest.fail("nor time it"))
     bf16, fp32 = torch.bfloat16, torch.float32
     assert _formats("auto", "auto") == [
-        (bf16, "int4", "fp32"),  # AVX512-BF16/AMX
+        (bf16, "int4", "fp32"),  # AMX; AVX512-BF16 where the AVX2 kernel cannot serve
         (fp32, "int4", "int8"),  # elsewhere, the AVX2 kernel serving
         (fp32, "fp16", "fp32"),  # where the AVX2 kernel cannot serve
     ]
