@@ -8,9 +8,9 @@ bench/data/sentiment/heldout_hard.jsonl is a second, later set of hard cases tha
 was tuned on (read only by the final scoring).
 
 ``--tune`` compares prompt variants on the *dev* split only and fits the calibration
-bias per script there. Without it the candidate prompt (``sentiment_variants.CANDIDATE``) and
-the served one are scored on dev, test and the held-out set, single classify latency of
-both is timed against the generate(10) baseline in the same process, and the result goes to
+bias per script there. Without it the served prompt (``prompts.SENTIMENT``) and the one
+served before it (``sentiment_variants.PREVIOUS``) are scored on dev, test and the held-out
+set, single classify latency of both is timed against the generate(10) baseline in the same process, and the result goes to
 ``bench/results/sentiment-hard-<cpu kind>.{json,md}``, a row of ``bench/results/HISTORY.md`` and (through
 ``bench.render_docs``, from the current files) the generated block of docs/inference.md.
 """
@@ -162,15 +162,15 @@ def _pct(x: float) -> str:
 
 
 def markdown(report: dict[str, Any], heading: str = "#") -> str:
-    served, prev = report["candidate"], report["served"]
+    served, prev = report["served"], report["previous"]
     lat = report["latency"]
     acc = lambda r, split, key: r[split][key]["accuracy"]  # noqa: E731
     lines = [
-        f"{heading} Sentiment: clean texts and hard cases (`make bench-sentiment`): candidate vs served prompt",
+        f"{heading} Sentiment: clean texts and hard cases (`make bench-sentiment`): served prompt vs the one before",
         "",
         f"{report['date']}, {report['cpu']} ({report['cpu_kind']}), serving format {report['serving_format']}, "
-        f"prompts revision {report['prompts_revision']} (sentiment part: candidate {report['candidate_digest']}, served "
-        f"{report['served_digest']}); load average "
+        f"prompts revision {report['prompts_revision']} (sentiment part: served {report['served_digest']}, before "
+        f"{report['previous_digest']}); load average "
         f"{report['loadavg_start']:.1f} at start, {report['loadavg_end']:.1f} at end. Test split and held-out set read only "
         "by this run; prompt and calibration chosen on dev.",
         "",
@@ -180,27 +180,27 @@ def markdown(report: dict[str, Any], heading: str = "#") -> str:
     for kind, target in (("clean", CLEAN_TARGET), ("hard", HARD_TARGET)):
         en, zh = acc(served, "test", f"en/{kind}"), acc(served, "test", f"zh/{kind}")
         lines.append(
-            f"| test {kind} ≥ {target:.0%} | **{_pct(en)}** (served {_pct(acc(prev, 'test', f'en/{kind}'))}) | "
-            f"**{_pct(zh)}** (served {_pct(acc(prev, 'test', f'zh/{kind}'))}) | {'yes' if min(en, zh) >= target else 'no'} |"
+            f"| test {kind} ≥ {target:.0%} | **{_pct(en)}** (before {_pct(acc(prev, 'test', f'en/{kind}'))}) | "
+            f"**{_pct(zh)}** (before {_pct(acc(prev, 'test', f'zh/{kind}'))}) | {'yes' if min(en, zh) >= target else 'no'} |"
         )
-    new = lat["classify"]["candidate"]
+    new, old = lat["classify"]["served"], lat["classify"]["previous"]
     lines.append(
         f"| classify p50 ≤ {LATENCY_TARGET}x generate(10) | {new['p50_ms']:.0f} vs {lat['generate10_p50_ms']:.0f} ms: "
-        f"**{new['ratio']:.2f}x** (served prompt {lat['classify']['served']['ratio']:.2f}x) | (en + zh texts) | "
+        f"**{new['ratio']:.2f}x** (the one before {old['ratio']:.2f}x) | (en + zh texts) | "
         f"{'yes' if new['ratio'] <= LATENCY_TARGET else 'no'} |"
     )
     lines += [
         "",
-        f"Prompt prefix {new['prefix_tokens']} tokens (served {lat['classify']['served']['prefix_tokens']}), computed once; "
+        f"Prompt prefix {new['prefix_tokens']} tokens (before {old['prefix_tokens']}), computed once; "
         f"single-request p50 over {lat['texts']} texts, both prompts alternating in one process.",
         "",
-        f"Served prompt's scores: {report.get('served_scored_by', 'this run')}.",
+        f"Scores of the prompt before: {report.get('previous_scored_by', 'this run')}.",
         "",
     ]
     splits = [s for s in SPLITS if s in served]
     names = {"dev": "dev", "test": "test", "heldout": "held-out"}
     lines += [
-        "| accuracy: candidate / served (n) | " + " | ".join(f"{names[s]} {lang}" for s in splits for lang in ("en", "zh")) + " |",
+        "| accuracy: served / before (n) | " + " | ".join(f"{names[s]} {lang}" for s in splits for lang in ("en", "zh")) + " |",
         "|---|" + "---|" * (2 * len(splits)),
     ]
     keys = sorted({k.split("/", 1)[1] for s in splits for k in served[s]}, key=lambda k: (k not in ("clean", "hard"), k != "clean", k))
@@ -219,11 +219,11 @@ def markdown(report: dict[str, Any], heading: str = "#") -> str:
 
 
 def headline(report: dict[str, Any]) -> str:
-    """The run's HISTORY.md headline: the candidate prompt's accuracy per set and its latency ratio."""
-    s, lat = report["candidate"]["test"], report["latency"]["classify"]["candidate"]
-    h = report["candidate"]["heldout"]
+    """The run's HISTORY.md headline: the served prompt's accuracy per set and its latency ratio."""
+    s, lat = report["served"]["test"], report["latency"]["classify"]["served"]
+    h = report["served"]["heldout"]
     return (
-        f"prompts revision {report['prompts_revision']}; candidate prompt: test clean en / zh "
+        f"prompts revision {report['prompts_revision']}; served prompt: test clean en / zh "
         f"{_pct(s['en/clean']['accuracy'])} / {_pct(s['zh/clean']['accuracy'])}, test hard "
         f"{_pct(s['en/hard']['accuracy'])} / {_pct(s['zh/hard']['accuracy'])}, held-out hard "
         f"{_pct(h['en/hard']['accuracy'])} / {_pct(h['zh/hard']['accuracy'])}; classify / generate(10) {lat['ratio']:.2f}x"
@@ -241,11 +241,11 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="compare prompt variants on the dev split (bench/inference/sentiment_variants.py)")
     parser.add_argument("--latency-texts", type=int, default=12, help="texts per language timed one at a time")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="sets to score (default: all)")
-    parser.add_argument("--served-from", type=Path, help="take the served prompt's scores from this earlier results file")
+    parser.add_argument("--previous-from", type=Path, help="take the previous prompt's scores from this earlier results file")
     parser.add_argument("--no-doc", action="store_true", help="leave the docs alone (python -m bench.render_docs writes them later)")
     args = parser.parse_args()
     from bench.inference.chat_quality import cpu_kind, engines_cpu
-    from bench.inference.sentiment_variants import CANDIDATE, VARIANTS
+    from bench.inference.sentiment_variants import PREVIOUS, VARIANTS
 
     engine = engines.serving_engine(args.model_cache)
     if args.tune:
@@ -262,22 +262,22 @@ def main() -> None:
         "serving_format": f"{d.weights}-{d.dtype}",
         "prompts_revision": d.prompts_revision,
         # The sentiment part alone (the chat prompt and decoding defaults are digested into prompts_revision too).
-        "candidate_digest": prompts.revision(CANDIDATE, ""),
         "served_digest": prompts.revision(prompts.SENTIMENT, ""),
+        "previous_digest": prompts.revision(PREVIOUS, ""),
     }
     known: dict[str, Any] = {}
-    if args.served_from:  # the served prompt, format and sets scored by an earlier run: those splits are not rescored
-        earlier = json.loads(args.served_from.read_text())
+    if args.previous_from:  # the previous prompt, format and sets scored by an earlier run: those splits are not rescored
+        earlier = json.loads(args.previous_from.read_text())
         if earlier.get("format", "int4") != d.weights:
-            raise SystemExit(f"{args.served_from} scored another serving format")
+            raise SystemExit(f"{args.previous_from} scored another serving format")
         known = {s: earlier[s] for s in SPLITS if s in earlier}
         rev = earlier.get("prompt_revision") or earlier.get("prompts_revision")
-        report["served_scored_by"] = f"{args.served_from.name}, prompts revision {rev} ({', '.join(known)})"
-    report["candidate"] = score(engine, CANDIDATE, tuple(args.splits))
-    report["served"] = {**known, **score(engine, prompts.SENTIMENT, tuple(s for s in args.splits if s not in known))}
+        report["previous_scored_by"] = f"{args.previous_from.name}, prompts revision {rev} ({', '.join(known)})"
+    report["served"] = score(engine, prompts.SENTIMENT, tuple(args.splits))
+    report["previous"] = {**known, **score(engine, PREVIOUS, tuple(s for s in args.splits if s not in known))}
     dev = load("dev")
     texts = [e.text for lang in ("en", "zh") for e in [x for x in dev if x.lang == lang][: args.latency_texts]]
-    report["latency"] = latency(engine, {"candidate": CANDIDATE, "served": prompts.SENTIMENT}, texts)
+    report["latency"] = latency(engine, {"served": prompts.SENTIMENT, "previous": PREVIOUS}, texts)
     report["loadavg_end"] = os.getloadavg()[0]
     out = engines.RESULTS / f"sentiment-hard-{report['cpu_kind']}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

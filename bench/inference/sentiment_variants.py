@@ -63,50 +63,11 @@ VARIANTS: dict[str, SentimentPrompt] = {
 }
 
 # -- issue 23, second round: more demonstrations, each phenomenon in both directions ---------------------
-# The served ones (inference_svc/core/sentiment_prompt.py), split here so a variant can leave a kind out:
+# The served ones (inference_svc/core/prompts.py HARD_CASES), split here so a variant can leave a kind out:
 # DEMOS has no sarcasm, so variants built on it keep sarcasm out of tuning.
 
-#: The candidate of this round (scored on test and the held-out set by make bench-sentiment; not served yet,
-#: see docs/inference.md "Clean texts and hard cases"): an instruction naming sarcasm and 24 demonstrations.
-CANDIDATE_SYSTEM = (
-    "You are a sentiment classifier. Read the user's text (English or Chinese) and decide whether the writer is, "
-    "overall, pleased (Positive) or displeased (Negative). Judge by what actually happened, not by the tone words: "
-    "sarcastic praise of a failure (\"Great, it broke again\", 真是\"好\"服务) is Negative; a joking complaint about "
-    "something too good (\"I hate how good this is\", 好吃到停不下来) is Positive. Answer with exactly one word: "
-    "Positive or Negative."
-)
-
-CANDIDATE_DEMONSTRATIONS: tuple[tuple[str, Label], ...] = (
-    # negated negatives, both ways
-    ("Two years of daily use and it has never let me down.", P),
-    ("插上就能用，一点都不麻烦，没什么可挑剔的。", P),
-    ("No problems with the checkout; the problem is the shoes fell apart in a week.", N),
-    ("不是快递的问题，是东西本身就有毛病，用不了。", N),
-    # negated positives, both ways
-    ("Not impressed. The sound is thin and the app keeps disconnecting.", N),
-    ("这款耳机没有想象的那么好，戴久了耳朵疼。", N),
-    ("I honestly couldn't ask for a better landlord.", P),
-    ("再也找不到比这家更好吃的面馆了。", P),
-    # contrast, both ways
-    ("The wait was long, but the food was worth it and we'll be back.", P),
-    ("虽然价格偏高，但是做工和售后都很好，值得。", P),
-    ("Gorgeous design, however it overheats and shuts down every evening.", N),
-    ("颜值很高，可惜续航太差，半天就没电了。", N),
-    # slang and emoji, both ways
-    ("ngl this hoodie is fire 🔥 wearing it every day", P),
-    ("这个面包真香，回购无数次了😋", P),
-    ("the sequel was mid, kinda boring tbh 😴", N),
-    ("这家店踩雷了，大家拔草吧💩", N),
-    # sarcasm: mock praise of a failure, mock complaints about something too good
-    ("Oh perfect, my 'unbreakable' phone case cracked the first time I dropped it. Great job.", N),
-    ("真是“优质”服务，打了五次电话都没人接。", N),
-    ("This candle is a menace, my whole flat smells too good to leave 😂", P),
-    ("这家烤肉太过分了，好吃到我停不下来。", P),
-    ("Fantastic, the 'express' train was two hours late again. Love it.", N),
-    ("服务员全程玩手机，真是宾至如归啊。", N),
-    ("Ugh, this series ate my whole weekend, I couldn't stop watching 😩❤️", P),
-    ("这款面霜害我被同事追着问用了什么，烦死了哈哈。", P),
-)
+CANDIDATE_SYSTEM = prompts.SENTIMENT.system
+CANDIDATE_DEMONSTRATIONS = prompts.HARD_CASES
 
 DEMOS = CANDIDATE_DEMONSTRATIONS[:16]
 SARCASM_DEMOS = CANDIDATE_DEMONSTRATIONS[16:20]
@@ -141,8 +102,5 @@ VARIANTS.update(
     }
 )
 
-#: The candidate with its calibration: biases inside the range with the best dev accuracy (English 0.20-0.32,
-#: Chinese 0.68-1.5), away from the edges, nearest the served prompt's (0.757 / 0.6975).
-CANDIDATE = SentimentPrompt(
-    CANDIDATE_SYSTEM, prompts.FEW_SHOT + CANDIDATE_DEMONSTRATIONS, user_template=PREVIOUS.user_template, bias=0.3, bias_cjk=0.9
-)
+#: The round's candidate, served since 2026-12-07 (prompts.SENTIMENT); bench-sentiment scores it against PREVIOUS.
+CANDIDATE = prompts.SENTIMENT

@@ -83,21 +83,59 @@ FEW_SHOT: tuple[tuple[str, Label], ...] = (
     ("书的内容很充实，物流也快，值得购买。", Label.POSITIVE),
 )
 
-#: Chosen on the dev split with ``python -m bench.inference.sentiment_tune`` (see docs/inference.md).
+#: Demonstrations of each hard case in both directions and both languages (issue 23; written for this prompt,
+#: not taken from any evaluation set): negated negatives and negated positives, contrast, slang and emoji,
+#: and sarcasm (mock praise of a failure, mock complaints about something too good).
+HARD_CASES: tuple[tuple[str, Label], ...] = (
+    # negated negatives, both ways
+    ("Two years of daily use and it has never let me down.", Label.POSITIVE),
+    ("插上就能用，一点都不麻烦，没什么可挑剔的。", Label.POSITIVE),
+    ("No problems with the checkout; the problem is the shoes fell apart in a week.", Label.NEGATIVE),
+    ("不是快递的问题，是东西本身就有毛病，用不了。", Label.NEGATIVE),
+    # negated positives, both ways
+    ("Not impressed. The sound is thin and the app keeps disconnecting.", Label.NEGATIVE),
+    ("这款耳机没有想象的那么好，戴久了耳朵疼。", Label.NEGATIVE),
+    ("I honestly couldn't ask for a better landlord.", Label.POSITIVE),
+    ("再也找不到比这家更好吃的面馆了。", Label.POSITIVE),
+    # contrast, both ways
+    ("The wait was long, but the food was worth it and we'll be back.", Label.POSITIVE),
+    ("虽然价格偏高，但是做工和售后都很好，值得。", Label.POSITIVE),
+    ("Gorgeous design, however it overheats and shuts down every evening.", Label.NEGATIVE),
+    ("颜值很高，可惜续航太差，半天就没电了。", Label.NEGATIVE),
+    # slang and emoji, both ways
+    ("ngl this hoodie is fire 🔥 wearing it every day", Label.POSITIVE),
+    ("这个面包真香，回购无数次了😋", Label.POSITIVE),
+    ("the sequel was mid, kinda boring tbh 😴", Label.NEGATIVE),
+    ("这家店踩雷了，大家拔草吧💩", Label.NEGATIVE),
+    # sarcasm: mock praise of a failure, mock complaints about something too good
+    ("Oh perfect, my 'unbreakable' phone case cracked the first time I dropped it. Great job.", Label.NEGATIVE),
+    ("真是“优质”服务，打了五次电话都没人接。", Label.NEGATIVE),
+    ("This candle is a menace, my whole flat smells too good to leave 😂", Label.POSITIVE),
+    ("这家烤肉太过分了，好吃到我停不下来。", Label.POSITIVE),
+    ("Fantastic, the 'express' train was two hours late again. Love it.", Label.NEGATIVE),
+    ("服务员全程玩手机，真是宾至如归啊。", Label.NEGATIVE),
+    ("Ugh, this series ate my whole weekend, I couldn't stop watching 😩❤️", Label.POSITIVE),
+    ("这款面霜害我被同事追着问用了什么，烦死了哈哈。", Label.POSITIVE),
+)
+
+#: Chosen on the dev split (``python -m bench.inference.sentiment_hard --tune``, docs/inference.md "Clean texts
+#: and hard cases"): an instruction that names sarcasm, the eight general examples and the hard cases. Its
+#: 1,233-token prefix (the 314-token one before) is computed once; each request still runs only its own text.
 SENTIMENT = SentimentPrompt(
     system=(
-        "You are a sentiment classifier. Read the user's text (English or Chinese) and answer with "
+        "You are a sentiment classifier. Read the user's text (English or Chinese) and decide whether the writer is, "
+        "overall, pleased (Positive) or displeased (Negative). Judge by what actually happened, not by the tone "
+        "words: sarcastic praise of a failure (\"Great, it broke again\", 真是\"好\"服务) is Negative; a joking "
+        "complaint about something too good (\"I hate how good this is\", 好吃到停不下来) is Positive. Answer with "
         "exactly one word: Positive or Negative."
     ),
-    examples=FEW_SHOT,
+    examples=FEW_SHOT + HARD_CASES,
     # The question comes before the text, so it is part of the cached prefix: a request runs only its
-    # text and the 5-token template tail instead of 16 tokens: single classify p50 119 -> 87 ms on a Zen 4,
-    # for the same dev accuracy within one text per language.
+    # text and the 5-token template tail instead of 16 tokens.
     user_template="Is the sentiment of this text Positive or Negative?\n\n{text}",
-    # Fitted on the dev split with fp32 label logits (scoring version 2): English 0.86 -> 0.935,
-    # Chinese 0.75 -> 0.785 (its label-supported texts 0.859).
-    bias=0.757,
-    bias_cjk=0.6975,
+    # Inside the range of best dev accuracy (English 0.20-0.32, Chinese 0.68-1.5), away from its edges.
+    bias=0.3,
+    bias_cjk=0.9,
 )
 
 #: Issue 23 found the earlier wording ("If the user tells you about an experience, reply to them directly

@@ -25,7 +25,7 @@ from reprise.errors import InvalidArgument
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     e = Engine(EngineConfig(model=str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"), dtype="fp32",
-                            max_context_tokens=1024, max_new_tokens=4))
+                            max_context_tokens=4096, max_new_tokens=4))
     e.load()
     e.warm_up()
     return e
@@ -119,7 +119,7 @@ def _chat(engine: Engine, history: tuple[Turn, ...], text: str, system: str | No
 
 
 def test_the_context_limit_error_names_the_field_that_is_too_long(engine: Engine) -> None:
-    long = "word " * 1100
+    long = "word " * 1500  # ~4,500 tokens of the tiny byte-level tokenizer: over the 4,096 context
     with pytest.raises(InvalidArgument, match=r"^text: "):
         _chat(engine, (), long)
     history = (Turn(Role.USER, long), Turn(Role.ASSISTANT, "ok"))
@@ -128,6 +128,6 @@ def test_the_context_limit_error_names_the_field_that_is_too_long(engine: Engine
     with pytest.raises(InvalidArgument, match=r"^system_prompt: "):
         _chat(engine, (), "hi", system=long)
     # History and text that fit alone but not together: the new text is what does not fit.
-    half = "word " * 200
+    half = "word " * 700
     with pytest.raises(InvalidArgument, match=r"^text: "):
         _chat(engine, (Turn(Role.USER, half), Turn(Role.ASSISTANT, "ok")), half)

@@ -24,7 +24,9 @@ from reprise.rpc.tenant import TENANT_HEADER
 
 CHUNK = 32
 SLICE = 8  # prefill pass while others wait
-LONG = "I love this phone, the battery lasts all day. I hate waiting, the service was terrible. " * 30
+# ~900 tokens of the tiny byte-level tokenizer: above 20 chunks, and under the classify limit (its 4,096 context
+# less the ~3,000-token sentiment prefix).
+LONG = "I love this phone, the battery lasts all day. I hate waiting, the service was terrible. " * 20
 
 
 @pytest.fixture(scope="module")

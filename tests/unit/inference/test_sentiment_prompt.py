@@ -1,4 +1,4 @@
-"""The candidate sentiment prompt: its demonstrations, its identity and the sets it is measured on (issue 23)."""
+"""The served sentiment prompt: its demonstrations, its identity and the sets it is measured on (issue 23)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def test_no_demonstration_is_an_evaluation_text() -> None:
     assert demos and not {t for t in demos if _norm(t) in evaluated}
 
 
-def test_candidate_keeps_the_seed_turns_and_adds_balanced_demonstrations() -> None:
-    spec = CANDIDATE
+def test_served_prompt_keeps_the_seed_turns_and_adds_balanced_demonstrations() -> None:
+    spec = prompts.SENTIMENT
     assert spec.examples[: len(prompts.FEW_SHOT)] == prompts.FEW_SHOT
     assert spec.examples[len(prompts.FEW_SHOT) :] == CANDIDATE_DEMONSTRATIONS
     # Both labels and both languages among the new turns, so none pulls the prior one way.
@@ -43,12 +43,12 @@ def test_candidate_keeps_the_seed_turns_and_adds_balanced_demonstrations() -> No
     # The question stays ahead of the text, inside the cached prefix.
     assert spec.user("XYZ").endswith("XYZ") and spec.user("XYZ") != "XYZ"
     assert spec.answer(Label.POSITIVE) == "Positive" and spec.answer(Label.NEGATIVE) == "Negative"
-    assert PREVIOUS == prompts.SENTIMENT  # the bench's "served" is the served prompt
+    assert CANDIDATE == prompts.SENTIMENT  # the round's candidate is what is served now
 
 
 def test_a_changed_sentiment_prompt_is_a_new_prompts_revision() -> None:
-    assert CANDIDATE != prompts.SENTIMENT
-    assert prompts.revision(CANDIDATE, prompts.CHAT_SYSTEM_PROMPT) != prompts.revision(prompts.SENTIMENT, prompts.CHAT_SYSTEM_PROMPT)
+    assert PREVIOUS != prompts.SENTIMENT
+    assert prompts.revision(PREVIOUS, prompts.CHAT_SYSTEM_PROMPT) != prompts.revision(prompts.SENTIMENT, prompts.CHAT_SYSTEM_PROMPT)
 
 
 def test_heldout_set_is_balanced_and_disjoint_from_the_labelled_set() -> None:
@@ -72,25 +72,25 @@ def _report() -> dict:
     previous = {"dev": split(0.8), "test": split(0.8), "heldout": {k: v for k, v in split(0.7).items() if "clean" not in k}}
     return {
         "date": "2026-12-07 06:00", "cpu": "cpu", "cpu_kind": "amd-epyc-zen4", "serving_format": "int4-bfloat16",
-        "prompts_revision": "aaa", "candidate_digest": "ccc", "served_digest": "bbb", "loadavg_start": 1.0, "loadavg_end": 2.0,
-        "candidate": served, "served": previous,
+        "prompts_revision": "aaa", "served_digest": "ccc", "previous_digest": "bbb", "loadavg_start": 1.0, "loadavg_end": 2.0,
+        "served": served, "previous": previous,
         "latency": {"texts": 4, "generate10_p50_ms": 500.0, "classify": {
-            "candidate": {"prefix_tokens": 900, "p50_ms": 90.0, "ratio": 0.18},
-            "served": {"prefix_tokens": 314, "p50_ms": 85.0, "ratio": 0.17}}},
+            "served": {"prefix_tokens": 900, "p50_ms": 90.0, "ratio": 0.18},
+            "previous": {"prefix_tokens": 314, "p50_ms": 85.0, "ratio": 0.17}}},
     }
 
 
 def test_report_says_which_targets_are_met() -> None:
     report = _report()
     text = sentiment_hard.markdown(report)
-    assert "| test clean ≥ 93% | **94.0%** (served 80.0%) | **94.0%** (served 80.0%) | no |" not in text
-    assert "| test clean ≥ 93% | **94.0%** (served 80.0%) | **94.0%** (served 80.0%) | yes |" in text
-    assert "| test hard ≥ 85% | **94.0%** (served 80.0%)" in text
-    assert "**0.18x** (served prompt 0.17x)" in text and "| yes |" in text.split("classify p50")[1].splitlines()[0]
-    report["candidate"]["test"]["zh/hard"]["accuracy"] = 0.8
-    assert "| test hard ≥ 85% | **94.0%** (served 80.0%) | **80.0%** (served 80.0%) | no |" in sentiment_hard.markdown(report)
+    assert "| test clean ≥ 93% | **94.0%** (before 80.0%) | **94.0%** (before 80.0%) | no |" not in text
+    assert "| test clean ≥ 93% | **94.0%** (before 80.0%) | **94.0%** (before 80.0%) | yes |" in text
+    assert "| test hard ≥ 85% | **94.0%** (before 80.0%)" in text
+    assert "**0.18x** (the one before 0.17x)" in text and "| yes |" in text.split("classify p50")[1].splitlines()[0]
+    report["served"]["test"]["zh/hard"]["accuracy"] = 0.8
+    assert "| test hard ≥ 85% | **94.0%** (before 80.0%) | **80.0%** (before 80.0%) | no |" in sentiment_hard.markdown(report)
     assert "| sarcasm_light | 95.0% / 80.0% (8)" in text and "held-out zh |" in text
     assert sentiment_hard.headline(report) == (
-        "prompts revision aaa; candidate prompt: test clean en / zh 94.0% / 94.0%, test hard 94.0% / 80.0%, "
+        "prompts revision aaa; served prompt: test clean en / zh 94.0% / 94.0%, test hard 94.0% / 80.0%, "
         "held-out hard 90.0% / 90.0%; classify / generate(10) 0.18x"
     )
