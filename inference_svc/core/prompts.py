@@ -133,9 +133,11 @@ SENTIMENT = SentimentPrompt(
     # The question comes before the text, so it is part of the cached prefix: a request runs only its
     # text and the 5-token template tail instead of 16 tokens.
     user_template="Is the sentiment of this text Positive or Negative?\n\n{text}",
-    # Inside the range of best dev accuracy (English 0.20-0.32, Chinese 0.68-1.5), away from its edges.
-    bias=0.3,
-    bias_cjk=0.9,
+    # Fitted on both dev sets at once (the mean of the corpus dev accuracy and the labelled dev accuracy, clean and
+    # hard texts pooled; int4 weights with int8 activations), the middle of the best range: English 1.01-1.05,
+    # Chinese 0.96-1.01. Fitted on the labelled set alone (0.3 / 0.9) it lost 8 points on the corpus's English.
+    bias=1.03,
+    bias_cjk=0.985,
 )
 
 #: Issue 23 found the earlier wording ("If the user tells you about an experience, reply to them directly
