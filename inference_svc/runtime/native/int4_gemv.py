@@ -127,7 +127,26 @@ ACTIVATIONS = ("fp32", "int8")
 #: AVX512-VNNI paths (mode 3 for several rows, 4 for one).
 STEP_INT8 = 0x10
 STEP_VNNI = 0x20
+#: With STEP_VNNI: one row takes the AVX2 path (mode 1) instead of the one-row AVX512-VNNI one (mode 4).
+STEP_ROW_AVX2 = 0x40
 _NO_VNNI = "this CPU has no AVX512-VNNI"
+
+
+def _double_pumped_avx512() -> bool:
+    """AMD Zen 4 (family 25 with AVX-512) runs 512-bit instructions as two 256-bit halves.
+
+    There one row decodes faster through the AVX2 path than through the one-row VNNI path (96.1 vs 88.4
+    tok/s, ``vnni_effect`` in bench/results/inference-amd-epyc-zen4.json, 2026-12-07), while several rows
+    gain from VNNI (its several-row path keeps each weight vector in registers for all of them). On Intel
+    (full-width AVX-512) the one-row VNNI path is the faster one (1.06x decode on a 2-core Xeon). The two
+    paths give the same bits, so this choice changes speed only, never an answer or the model identity.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)}
+    return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
 
 
 class Int4KernelF32:
@@ -155,6 +174,8 @@ class Int4KernelF32:
         #: int8 activations take the AVX512-VNNI paths (VPDPBUSD: the same bits as AVX2's; on a 2-core Xeon
         #: prefill ~2x, decode 1.06x; see docs/inference.md).
         self.vnni = activations == "int8" and self.cpu_supported and bool(self._lib.reprise_int4_vnni_supported())
+        #: One row through the AVX512-VNNI path too (else the AVX2 one; same bits, see _double_pumped_avx512).
+        self.row_vnni = self.vnni and not _double_pumped_avx512()
         #: None: by the number of rows (see ``_F32_SHARED_ROWS``), AVX512-VNNI for int8 rows where the CPU has
         #: it; 0: the plain C reference of mode 1 (same bits; tests only, slow); 1 / 2: force one AVX2 path;
         #: 3 / 4: the AVX512-VNNI several-row / one-row path (int8 activations only; tests).
@@ -178,7 +199,7 @@ class Int4KernelF32:
     @property
     def _row_mode(self) -> int:
         """The path of a call with one row."""
-        return self.mode if self.mode is not None else 4 if self.vnni else 1
+        return self.mode if self.mode is not None else 4 if self.row_vnni else 1
 
     @property
     def step_arg(self) -> int:
@@ -186,7 +207,8 @@ class Int4KernelF32:
         mode = self.mode if self.mode is not None else 1
         if self.activations != "int8":
             return mode
-        return mode | STEP_INT8 | (STEP_VNNI if self._rows_mode == 3 else 0)
+        vnni = STEP_VNNI | (0 if self.row_vnni else STEP_ROW_AVX2) if self._rows_mode == 3 else 0
+        return mode | STEP_INT8 | vnni
 
     @staticmethod
     def supports(n: int, k: int, group: int) -> bool:

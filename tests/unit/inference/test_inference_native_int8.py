@@ -121,8 +121,12 @@ def test_a_layer_with_int8_activations_sends_every_row_count_to_the_kernel(libra
 def test_the_kernel_reports_its_activations_and_refuses_unknown_ones(library: Path) -> None:
     assert _kernel(library).name == int8_kernel_name() and Int4KernelF32(library, mode=0).name == int4_gemv.F32_NAME
     assert _kernel(library, 1).step_arg == 1 | 0x10 and Int4KernelF32(library, mode=2).step_arg == 2
-    # By default a step's several rows take the VNNI path where the CPU has it (decode_ops.c's STEP_VNNI).
-    assert _kernel(library).step_arg == 1 | 0x10 | (0x20 if cpu_has_avx512vnni() else 0)
+    # By default a step's several rows take the VNNI path where the CPU has it (decode_ops.c's STEP_VNNI), and one
+    # row the AVX2 path where 512-bit instructions are double-pumped (AMD Zen 4: STEP_ROW_AVX2; the same bits).
+    kernel = _kernel(library)
+    row_avx2 = int4_gemv.STEP_ROW_AVX2 if cpu_has_avx512vnni() and int4_gemv._double_pumped_avx512() else 0
+    assert kernel.step_arg == 1 | 0x10 | (0x20 if cpu_has_avx512vnni() else 0) | row_avx2
+    assert kernel.row_vnni == (cpu_has_avx512vnni() and not row_avx2)
     assert Int4KernelF32(library).name == int4_gemv.F32_NAME  # fp32 activations have no VNNI path
     with pytest.raises(ValueError, match="activations 'int4'"):
         Int4KernelF32(library, activations="int4")
