@@ -5,8 +5,8 @@
 # MODEL_WEIGHTS and MODEL_ACTIVATIONS (the service's --dtype/--weights/--activations; the image sets
 # the same values for the service). Converted copies are per format, so the build converts every
 # format these flags can pick on any CPU (prepare --all-formats): with the defaults (auto) one image
-# serves int4 under bf16 on nodes with AVX512-BF16/AMX and int4 with int8 activations elsewhere,
-# each node choosing at start. Pinning a format (e.g. MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4) bakes
+# serves int4 under bf16 on nodes with AMX and int4 with int8 activations elsewhere (AMD Zen 4/5
+# included), each node choosing at start. Pinning a format (e.g. MODEL_DTYPE=fp32 MODEL_WEIGHTS=int4) bakes
 # only that one. prepare --prune then drops what only a conversion reads (the GGUF, the fp32 copy).
 # TORCH_INDEX_URL: where the CPU-only torch wheel comes from.
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
