@@ -13,8 +13,8 @@ answered three ways):
   it). On an AMD Zen 4, which also multiplies bf16 natively (AVX512-BF16), this
   beats bf16 everywhere but one stream's decode: prefill 1.4-1.6x, one classify
   0.6x the time, eight streams decoded together 1.7x (VNNI's 64 multiply-adds per
-  instruction against VDPBF16PS's 32), 45% of the memory; one stream decodes ~7%
-  slower (docs/inference.md, "Serving formats").
+  instruction against VDPBF16PS's 32), 45% of the memory; one stream decodes as
+  fast (docs/inference.md, "Weight formats").
 - where that kernel does not serve: bf16 with int4 weights if the CPU multiplies
   bf16 natively (AVX512-BF16), else fp16 weights through fbgemm (see ``weights.py``).
 
