@@ -28,10 +28,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from inference_svc.runtime import cpu
 from inference_svc.runtime.weights import WeightFormat, fbgemm_available
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,12 @@ class Precision:
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu.flags())
 
 
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX tiles for bf16 (``amx_bf16`` in ``/proc/cpuinfo``)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "amx_bf16" in cpu.flags()
 
 
 def race(a: Callable[[], object], b: Callable[[], object], repeat: int = 15) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from inference_svc.runtime import cpu
 from inference_svc.runtime.native.library import NativeUnavailable, load_with
 from inference_svc.runtime.native.torch_layout import torch_int4_block
 
@@ -136,17 +137,14 @@ def _double_pumped_avx512() -> bool:
     """AMD Zen 4 (family 25 with AVX-512) runs 512-bit instructions as two 256-bit halves.
 
     There one row decodes faster through the AVX2 path than through the one-row VNNI path (96.1 vs 88.4
-    tok/s, ``vnni_effect`` in bench/results/inference-amd-epyc-zen4.json, 2026-12-07), while several rows
+    tok/s, ``vnni_effect`` of bench-inference 2026-12-07 17:39: ``git show 7b15b36:bench/results/
+    inference-amd-epyc-zen4.json``), while several rows
     gain from VNNI (its several-row path keeps each weight vector in registers for all of them). On Intel
     (full-width AVX-512) the one-row VNNI path is the faster one (1.06x decode on a 2-core Xeon). The two
     paths give the same bits, so this choice changes speed only, never an answer or the model identity.
     """
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)}
-    return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+    facts = cpu.fields()
+    return facts.get("vendor_id") == "AuthenticAMD" and facts.get("cpu family") == "25"
 
 
 class Int4KernelF32:
@@ -174,8 +172,6 @@ class Int4KernelF32:
         #: int8 activations take the AVX512-VNNI paths (VPDPBUSD: the same bits as AVX2's; on a 2-core Xeon
         #: prefill ~2x, decode 1.06x; see docs/inference.md).
         self.vnni = activations == "int8" and self.cpu_supported and bool(self._lib.reprise_int4_vnni_supported())
-        #: One row through the AVX512-VNNI path too (else the AVX2 one; same bits, see _double_pumped_avx512).
-        self.row_vnni = self.vnni and not _double_pumped_avx512()
         #: None: by the number of rows (see ``_F32_SHARED_ROWS``), AVX512-VNNI for int8 rows where the CPU has
         #: it; 0: the plain C reference of mode 1 (same bits; tests only, slow); 1 / 2: force one AVX2 path;
         #: 3 / 4: the AVX512-VNNI several-row / one-row path (int8 activations only; tests).
@@ -190,6 +186,12 @@ class Int4KernelF32:
         """ModelInfo's ``int4_kernel``: ``F32_NAME``, with "-int8" for int8 activations and "-vnni" where
         they take the AVX512-VNNI paths."""
         return F32_NAME + ("-int8" if self.activations == "int8" else "") + ("-vnni" if self._rows_mode == 3 else "")
+
+    @property
+    def row_vnni(self) -> bool:
+        """One row through the AVX512-VNNI path too (else the AVX2 one; same bits, see _double_pumped_avx512).
+        Derived from ``vnni`` so that switching the VNNI paths off (the benchmark's A/B) switches both."""
+        return self.vnni and not _double_pumped_avx512()
 
     @property
     def _rows_mode(self) -> int:
