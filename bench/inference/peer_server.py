@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _post(port: int, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"llama-server {path}: HTTP {resp.status}: {data[:300]!r}")
-        return dict(json.loads(data))
-    finally:
-        conn.close()
 
 
 def _stream(port: int, body: dict[str, Any], timeout: float) -> streams.Reply:
@@ -104,9 +91,9 @@ async def served(binary: Path, gguf: Path, threads: int, parallel: int, ctx_per_
         "--parallel", str(parallel), "-c", str(parallel * ctx_per_slot), "--no-webui",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # One thread per chat in flight: asyncio's default pool has min(32, CPUs + 4) threads, 6 here, which would
-    # let only 6 of 8 or 16 chats reach the server at once.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4 * parallel + 4, thread_name_prefix="llama-server-chat")
+    # A thread for each chat the server takes at once: asyncio's default pool has min(32, CPUs + 4) threads, 6
+    # here, which would let only 6 of 8 or 16 chats reach the server at once.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llama-server-chat")
     loop = asyncio.get_running_loop()
     try:
         deadline = time.monotonic() + start_timeout
