@@ -59,10 +59,12 @@ BENCH_SCHED_ARGS ?=
 bench-sched: install model ## inference scheduling: short-behind-long latency, 50 chats with deadlines -> bench/results/sched.{json,md}
 	flock $(BENCH_LOCK) $(PY) -m bench.load_sched $(BENCH_SCHED_ARGS)
 
-# Chat quality (issue 23): 40 zh + en messages through the default model, before and after, scored by rubric.
+# Chat quality (issue 23): 40 zh + en messages through the default model, before and after, scored by rubric;
+# then the 24 held-out messages no prompt was chosen on.
 BENCH_CHAT_ARGS ?=
-bench-chat: install model ## chat replies of the default model scored (loops, length, refusals, echo, language) -> bench/results/chat-quality-<cpu>.{json,md}
+bench-chat: install model ## chat replies of the default model scored (loops, length, refusals, echo, language) -> bench/results/chat-quality{,-heldout}-<cpu>.{json,md}
 	flock $(BENCH_LOCK) $(PY) -m bench.inference.chat_quality $(BENCH_CHAT_ARGS)
+	flock $(BENCH_LOCK) $(PY) -m bench.inference.chat_quality --set heldout $(BENCH_CHAT_ARGS)
 
 # The llama.cpp peer under concurrency (1/4/8/16 sequences in one batch per step) and the memory-bandwidth
 # probe (issue 25). llama.cpp is measured when `make llamacpp` installed it, its server when a llama-server

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from bench.inference.chat_quality import BEFORE_PROMPT, judge, load_messages, loop_share
+import json
+
+from bench import results_io
+from bench.inference.chat_quality import (
+    BEFORE_PROMPT,
+    HELDOUT,
+    WRITING_KINDS,
+    heldout_line,
+    judge,
+    load_messages,
+    loop_share,
+    totals,
+)
 from reprise.domain import Finish
 
 
@@ -47,3 +59,23 @@ def test_the_message_set_is_forty_zh_and_en_messages() -> None:
     assert len(messages) == 40 and len({m["id"] for m in messages}) == 40
     assert sum(m["lang"] == "zh" for m in messages) == 20
     assert {m["expect_lang"] for m in messages} == {"zh", "en"}
+
+
+def test_the_heldout_set_is_24_new_messages_half_of_them_writing_and_customer_replies() -> None:
+    heldout, tuning = load_messages(HELDOUT), load_messages()
+    assert len(heldout) == 24 and len({m["id"] for m in heldout}) == 24
+    assert not {m["id"] for m in heldout} & {m["id"] for m in tuning}
+    assert not {m["text"] for m in heldout} & {m["text"] for m in tuning}
+    assert sum(m["lang"] == "zh" for m in heldout) == 12
+    assert sum(m["kind"] in WRITING_KINDS for m in heldout) == 12
+
+
+def test_the_doc_block_quotes_the_heldout_totals_of_the_same_cpu_kind(tmp_path, monkeypatch) -> None:
+    row = {"id": "x", "lang": "en", "kind": "writing", "failed": ["refusal"], "score": 0}
+    configs = {"after": {"totals": totals([row])}}
+    run = {"cpu_kind": "amd-epyc-zen4", "messages": 1, "date": "2026-12-07 19:27", "prompts_revision": "abc", "configs": configs}
+    (tmp_path / "chat-quality-heldout-amd-epyc-zen4.json").write_text(json.dumps(run))
+    monkeypatch.setattr(results_io, "RESULTS", tmp_path)
+    monkeypatch.setattr(results_io, "currents", lambda bench, out=tmp_path, f=results_io.currents: f(bench, out))
+    assert "after 0/2 (refusal 1)" in heldout_line("amd-epyc-zen4")
+    assert heldout_line("intel-xeon") == ""
