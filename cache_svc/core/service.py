@@ -43,6 +43,7 @@ from cache_svc.core.verify import Verifier
 from cache_svc.core.watch import InvalidationHub, Watcher
 from reprise.domain import Answer
 from reprise.errors import InvalidArgument, Unavailable
+from reprise.sampling import check_sampling
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def _validate(query: CacheQuery, config: CacheConfig) -> None:
         raise InvalidArgument("query.text", "must not be empty")
     if len(query.text) > config.max_text_chars:
         raise InvalidArgument("query.text", f"is {len(query.text)} characters; the limit is {config.max_text_chars}")
+    # The decoding is part of the key: a NaN temperature would be keyed (and stored) as if it meant something.
+    check_sampling(query.decoding, "query.decoding")
 
 
 def embedding_text(text: str) -> str:
@@ -382,6 +385,9 @@ class CacheService:
             raise InvalidArgument("ttl_seconds", f"must be in [1, {self._config.max_ttl_s}]")
         if answer.sentiment is None and answer.reply is None:
             raise InvalidArgument("answer", "must carry a sentiment or a reply")
+        if answer.sentiment is not None and not 0.0 <= answer.sentiment.probability <= 1.0:  # NaN fails too
+            # Stored, it would be served to every caller who asks the same: refuse it here, where it comes in.
+            raise InvalidArgument("answer.sentiment.probability", "must be a probability in [0, 1]")
         semantic = not exact_only and self.semantic_eligible(query)
         vector = None
         if semantic:

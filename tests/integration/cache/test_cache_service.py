@@ -220,6 +220,29 @@ async def test_images_key_by_pixels_and_bad_input_is_invalid_argument(replicas: 
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
 
 
+async def test_out_of_range_decoding_and_probabilities_are_refused_not_stored(replicas: Replicas) -> None:
+    """bench.attacks found both accepted: a NaN sentiment probability was stored (and would be served to every
+    caller asking the same), and a NaN temperature was keyed as if it meant something."""
+    stub = await replicas.start()
+    nan = float("nan")
+    bad_sentiment = cpb.Answer(sentiment=cpb.SentimentResult(label=cpb.SENTIMENT_POSITIVE, probability=nan))
+    for request, field in [
+        (pb.StoreRequest(query=q("nan probability", task="sentiment"), answer=bad_sentiment), "answer.sentiment.probability"),
+        (pb.StoreRequest(query=q("probability 1.5", task="sentiment"),
+                         answer=cpb.Answer(sentiment=cpb.SentimentResult(label=cpb.SENTIMENT_POSITIVE, probability=1.5))),
+         "answer.sentiment.probability"),
+        (pb.StoreRequest(query=q("nan temperature", decoding=cpb.DecodingParams(temperature=nan)), answer=ANSWER),
+         "query.decoding.temperature"),
+        (pb.LookupRequest(query=q("top_p 0", decoding=cpb.DecodingParams(temperature=0.5, top_p=0.0))), "query.decoding.top_p"),
+    ]:
+        method = stub.Store if isinstance(request, pb.StoreRequest) else stub.Lookup
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(field), err.value.details()
+    assert (await stub.Stats(pb.StatsRequest(namespace="tenant-a"))).entries == 0
+
+
 async def test_history_is_exact_only_by_default(replicas: Replicas) -> None:
     stub = await replicas.start()
     history = [cpb.Turn(role=cpb.ROLE_USER, content="hi"), cpb.Turn(role=cpb.ROLE_ASSISTANT, content="hello")]
