@@ -110,11 +110,20 @@ class _Word:
     pos: float  # position among all words, function words included (for the order check)
 
 
-@lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
-    import snowballstemmer
+_THREAD = threading.local()
 
-    return snowballstemmer.stemmer("english")
+
+@lru_cache(maxsize=65_536)
+def _stem(word: str) -> str:
+    """The Snowball stem of an English word. A stemmer keeps the word it works on in its own fields, so
+    each verification thread has its own: one shared by the threads of a burst of lookups mixed their
+    words up (IndexError inside ``stemWord``, INTERNAL to the caller)."""
+    stemmer = getattr(_THREAD, "stemmer", None)
+    if stemmer is None:
+        import snowballstemmer
+
+        stemmer = _THREAD.stemmer = snowballstemmer.stemmer("english")
+    return stemmer.stemWord(word)
 
 
 def _classify(text: str, entity: bool, number: bool) -> tuple[str, str] | None:
@@ -132,7 +141,7 @@ def _classify(text: str, entity: bool, number: bool) -> tuple[str, str] | None:
         text = form
     if _CJK.search(text):
         return text, "entity" if entity else "content"
-    return _stemmer().stemWord(lx.IRREGULAR_EN.get(text, text)), "entity" if entity else "content"
+    return _stem(lx.IRREGULAR_EN.get(text, text)), "entity" if entity else "content"
 
 
 def _zh_core(word: str, entity: bool) -> str:
@@ -225,7 +234,7 @@ class RequestVerifier:
         self._config = config
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        _stemmer()
+        _stem("warming")
         thesaurus.warm()  # ~1.5 s once per process, at start rather than on the first lookup
 
     def check(self, query: str, candidate: str, task: str) -> str | None:
