@@ -139,7 +139,12 @@ class EmbedQueue:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                # Callers that gave up while waiting (their lookup's deadline passed, the client went away)
+                # are dropped here: under overload, embedding their texts would only delay the live ones.
+                self._pending = [(t, f) for t, f in self._pending if not f.done()]
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                if not batch:
+                    break
                 texts = list(dict.fromkeys(t for t, _ in batch))  # a burst of one text embeds it once
                 try:
                     rows = await asyncio.get_running_loop().run_in_executor(self._thread, self._embedder.embed, texts)

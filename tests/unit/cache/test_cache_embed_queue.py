@@ -70,3 +70,19 @@ async def test_worker_threads_share_the_queue_and_never_starve_it() -> None:
     # On the loop's own thread it must not block on itself: it embeds directly.
     assert words.embed(["direct"])[0, 0] == 6
     queue.close()
+
+
+async def test_callers_that_gave_up_while_waiting_are_not_embedded() -> None:
+    """Under overload, lookups whose deadline passed while queued cost no embedding."""
+    rec = Recorder()
+    queue = EmbedQueue(rec, max_batch=8)
+    first = asyncio.create_task(queue.embed("running"))
+    await asyncio.sleep(0.05)  # the first call is under way; the rest queue behind it
+    waiting = [asyncio.create_task(queue.embed(f"queued {i}")) for i in range(6)]
+    await asyncio.sleep(0)
+    for task in waiting[:4]:
+        task.cancel()  # their callers went away (deadline, client cancelled)
+    rec.release.set()
+    assert int((await first)[0]) == len("running")
+    assert [int(r[0]) for r in await asyncio.gather(*waiting[4:])] == [len("queued 4"), len("queued 5")]
+    assert rec.calls == [["running"], ["queued 4", "queued 5"]]
