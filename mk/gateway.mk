@@ -11,3 +11,8 @@ BENCH_ROUTING_ARGS ?=
 
 bench-routing: install ## gateway: turn-5 TTFT over two inference replicas (one core each), prefix routing vs round-robin vs one replica (MODEL=tiny for the mechanics only)
 	flock /tmp/reprise-bench.lock $(PY) -m bench.routing $(if $(MODEL),--model $(MODEL)) $(BENCH_ROUTING_ARGS)
+
+.PHONY: bench-attacks
+
+bench-attacks: install redis model-ready ## attack sweep of the whole stack (bad input, overload, tenancy, internal auth): one table row per attack, exit code = rows not ok (docs/deploy.md)
+	flock /tmp/reprise-bench.lock $(PY) -m bench.attacks $(BENCH_ATTACKS_ARGS)
