@@ -166,6 +166,11 @@ def build_parser() -> EnvArgumentParser:
     p.add_option("--inference-load-factor", default=rc.load_factor, type=float, help="prefix routing: a replica carrying more than this times its share of calls in flight is passed over")
     p.add_option("--inference-resolve-interval", default=rc.resolve_s, type=float, help="prefix routing: seconds between DNS resolutions of the inference target (0: once)")
     p.add_option("--cache-timeout-ms", default=30.0, type=float, help="budget for a cache lookup; past it, a miss")
+    p.add_option(
+        "--cache-timeout-miss-share", default=0.25, type=float,
+        help="a lookup may also take this share of what its task's misses cost lately (the model's answer time), up to --cache-timeout-max-ms (0: budgets fixed)",
+    )
+    p.add_option("--cache-timeout-max-ms", default=1000.0, type=float, help="longest lookup budget the miss share can give")
     p.add_option("--store-timeout-ms", default=2000.0, type=float, help="budget for a background write-back")
     # Limits.
     lim = Limits()
@@ -233,11 +238,17 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         )
         for task in TASKS
     }
+    if not 0.0 <= args.cache_timeout_miss_share <= 1.0:
+        raise SystemExit("--cache-timeout-miss-share must be in [0, 1]")
+    if args.cache_timeout_max_ms < 0:
+        raise SystemExit("--cache-timeout-max-ms must not be negative")
     for task, d in defaults.items():
         if d.min_similarity is not None and not 0.0 <= d.min_similarity <= 1.0:
             raise SystemExit(f"--{task}-min-similarity must be in [0, 1]")
     return GatewayConfig(
         cache_timeout_s=args.cache_timeout_ms / 1000,
+        cache_timeout_miss_share=args.cache_timeout_miss_share,
+        cache_timeout_max_s=args.cache_timeout_max_ms / 1000,
         store_timeout_s=args.store_timeout_ms / 1000,
         replay_chunk_chars=max(1, args.replay_chunk_chars),
         max_in_flight=args.max_in_flight,

@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 class GatewayConfig:
     #: Budget for a cache lookup; past it the request is treated as a miss.
     cache_timeout_s: float = 0.03
+    #: A lookup may take this share of what its task's misses cost lately, up to ``cache_timeout_max_s``
+    #: (:meth:`.front.CacheFront.lookup_budget`).
+    cache_timeout_miss_share: float = 0.25
+    cache_timeout_max_s: float = 1.0
     store_timeout_s: float = 2.0
     #: Characters per message when replaying a cached reply as a stream.
     replay_chunk_chars: int = 16
@@ -110,7 +114,12 @@ class Gateway:
             CircuitBreaker(config.breaker, on_change=self._breaker_changed),
             HotLayer(config.hot),
             self._observer,
-            FrontConfig(lookup_timeout_s=config.cache_timeout_s, store_timeout_s=config.store_timeout_s),
+            FrontConfig(
+                lookup_timeout_s=config.cache_timeout_s,
+                store_timeout_s=config.store_timeout_s,
+                lookup_miss_share=config.cache_timeout_miss_share,
+                lookup_timeout_max_s=config.cache_timeout_max_s,
+            ),
         )
         self.validate = Validator(config.limits)
         self._policies = Policies(config.task_defaults)
@@ -420,6 +429,7 @@ class Gateway:
         (its callers have it already); ``stored`` learns of that write, so that the call
         lingers until the answer can be found in the cache.
         """
+        start = time.perf_counter()
         if request.task == TASK_SENTIMENT:
             result, usage = await self._inference.classify(request.prompt.text, timeout_s)
             answer = Answer(sentiment=result, usage=usage)
@@ -439,6 +449,7 @@ class Gateway:
                     break
                 else:
                     return  # a broken stream: nothing to store (its readers fail)
+        self.front.miss_cost.observe(request.task, time.perf_counter() - start)
         write = self.front.store_later(request, answer, plan, requested_by)
         if write is not None:
             stored(write)

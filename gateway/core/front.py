@@ -1,5 +1,8 @@
 """The cache as the gateway uses it: hot layer, circuit breaker, tight lookup budget, write-back.
 
+The budget grows with what a miss costs (:meth:`CacheFront.lookup_budget`): under load a busy cache is
+still cheaper to wait for than the model it would otherwise send the request to.
+
 Nothing here ever raises a cache problem to the caller: a failed, slow or
 refused lookup is reported as a BYPASS with a reason, and the request goes on
 to the model. Only cancellation propagates.
@@ -31,6 +34,11 @@ REASON_TIMEOUT = "cache timeout"
 class FrontConfig:
     #: Budget for one lookup; past it the request is a miss (and the breaker hears of it).
     lookup_timeout_s: float = 0.03
+    #: A lookup may also take this share of what a miss of its task costs lately (:class:`MissCost`),
+    #: up to ``lookup_timeout_max_s``: when the model is slow (a long reply, a queue at inference),
+    #: giving a busy cache up sends one more request to the busier, dearer model. 0: budgets are fixed.
+    lookup_miss_share: float = 0.25
+    lookup_timeout_max_s: float = 1.0
     #: Budget for one write-back (in the background).
     store_timeout_s: float = 2.0
     #: Pause before re-subscribing to invalidations after the stream broke.
@@ -53,6 +61,23 @@ def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
+class MissCost:
+    """What a miss of each task has cost lately: a moving average of the model's answer times (seconds),
+    queueing at inference included."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._mean: dict[str, float] = {}
+
+    def observe(self, task: str, seconds: float) -> None:
+        mean = self._mean.get(task)
+        self._mean[task] = seconds if mean is None else mean + self._weight * (seconds - mean)
+
+    def expected(self, task: str) -> float:
+        """0 until a miss of ``task`` has been answered."""
+        return self._mean.get(task, 0.0)
+
+
 class CacheFront:
     def __init__(
         self,
@@ -68,6 +93,7 @@ class CacheFront:
         self._observer = observer
         self._config = config
         self._writes: set[asyncio.Task[None]] = set()
+        self.miss_cost = MissCost()
 
     async def find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         """Hot layer, then the cache under its budget. Never raises except on cancellation."""
@@ -84,6 +110,12 @@ class CacheFront:
                 }
             )
             return found
+
+    def lookup_budget(self, task: str, plan: Plan) -> float:
+        """The task's budget, or a share of what its misses cost lately when that is more (at most the cap)."""
+        fixed = plan.lookup_timeout_s or self._config.lookup_timeout_s
+        share = min(self._config.lookup_timeout_max_s, self._config.lookup_miss_share * self.miss_cost.expected(task))
+        return max(fixed, share)
 
     async def _find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         start = time.perf_counter()
@@ -102,7 +134,7 @@ class CacheFront:
                 return stale
             self._observer.lookup("skipped", 0.0)
             return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
-        budget = plan.lookup_timeout_s or self._config.lookup_timeout_s
+        budget = self.lookup_budget(request.task, plan)
         if timeout_s is not None:
             budget = max(0.001, min(budget, timeout_s))
         epoch = self.hot.epoch

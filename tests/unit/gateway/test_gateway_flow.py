@@ -322,3 +322,59 @@ def test_per_task_lookup_budget_flags() -> None:
     assert defaults["chat"].cache_timeout_s == 0.1 and defaults["sentiment"].cache_timeout_s is None
     set_ = config_from_args(build_parser().parse_args(["--chat-cache-timeout-ms", "250", "--sentiment-cache-timeout-ms", "20"]))
     assert set_.task_defaults["chat"].cache_timeout_s == 0.25 and set_.task_defaults["sentiment"].cache_timeout_s == 0.02
+
+
+@pytest.mark.parametrize("share, status", [(0.25, CacheStatus.EXACT), (0.0, CacheStatus.BYPASS)])
+async def test_a_busy_cache_is_waited_for_longer_when_misses_cost_more(share: float, status: CacheStatus) -> None:
+    """A slow model (0.4 s a miss) raises the lookup budget to a share of that (0.1 s): a 70 ms lookup is
+    then waited for instead of sending one more request to the model. With the share at 0 it is not."""
+    cache, inference = FakeCache(), FakeInference()
+    gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05, cache_timeout_miss_share=share))
+    await gw.start()
+    try:
+        inference.gate = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.4, inference.gate.set)
+        first = await gw.classify(NS, "a text the model was slow on", Policy())
+        assert first.cache.status is CacheStatus.MISS
+        for _ in range(50):
+            if cache.data:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # past the finished call's linger (write-back + one lookup budget)
+        gw.front.hot.clear()
+        cache.delay_s = 0.07  # over the fixed classify budget (50 ms), under 0.25 x 0.4 s
+        again = await gw.classify(NS, "a text the model was slow on", Policy())
+        assert again.cache.status is status, again.cache
+        assert inference.classify_calls == (1 if status is CacheStatus.EXACT else 2)
+    finally:
+        await gw.close()
+
+
+def test_the_lookup_budget_is_a_share_of_the_miss_cost_between_the_fixed_budget_and_the_cap() -> None:
+    from gateway.core.front import CacheFront, FrontConfig, MissCost
+    from gateway.core.policy import Policies
+
+    cost = MissCost(weight=0.5)
+    assert cost.expected("chat") == 0.0
+    cost.observe("chat", 2.0)
+    cost.observe("chat", 1.0)
+    assert cost.expected("chat") == 1.5 and cost.expected("sentiment") == 0.0
+    front = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03, lookup_miss_share=0.25, lookup_timeout_max_s=1.0))  # type: ignore[arg-type]
+    chat, classify = Policies().plan("chat", Policy()), Policies().plan("sentiment", Policy())
+    assert front.lookup_budget("chat", chat) == 0.1 and front.lookup_budget("sentiment", classify) == 0.03  # no misses yet
+    front.miss_cost.observe("chat", 2.0)
+    assert front.lookup_budget("chat", chat) == 0.5
+    front.miss_cost.observe("chat", 60.0)  # a queue at inference: the cap holds
+    assert front.lookup_budget("chat", chat) == 1.0
+    assert front.lookup_budget("sentiment", classify) == 0.03
+
+
+def test_miss_share_flags() -> None:
+    from gateway.server import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert cfg.cache_timeout_miss_share == 0.25 and cfg.cache_timeout_max_s == 1.0
+    cfg = config_from_args(build_parser().parse_args(["--cache-timeout-miss-share", "0", "--cache-timeout-max-ms", "400"]))
+    assert cfg.cache_timeout_miss_share == 0.0 and cfg.cache_timeout_max_s == 0.4
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--cache-timeout-miss-share", "1.5"]))
