@@ -81,3 +81,15 @@ def sched(r: dict[str, Any]) -> str:
 def load(r: dict[str, Any]) -> str:
     """Throughput with the cache on vs off, per mix."""
     return "cache on / off: " + ", ".join(f"{m['mix']} {_x(m['ratio'], 1)}" for m in r["mixes"])
+
+
+def overload(r: dict[str, Any]) -> str:
+    """``bench.gateway.overload``: each gateway's last round (the first runs before a gateway has seen a miss)."""
+
+    def last(name: str) -> str:
+        run = r["gateways"][name][-1]
+        return f"{run['rps']} req/s, p99 {run['p99_ms']:.0f} ms, {run['statuses'].get('SEMANTIC', 0)}/{run['requests']} SEMANTIC"
+
+    first, *others = r["gateways"]
+    ratio = r["gateways"][first][-1]["rps"] / max(r["gateways"][others[0]][-1]["rps"], 1e-9) if others else float("nan")
+    return "; ".join(f"{name}: {last(name)}" for name in r["gateways"]) + f" ({_x(ratio, 1)} req/s, model {r['model']}, last of {r['rounds']} rounds)"

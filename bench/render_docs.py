@@ -169,6 +169,7 @@ CURRENT_END = "<!-- results:current:end -->"
 HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "inference": headlines.inference, "cache": headlines.cache, "gateway": headlines.gateway,
     "routing": headlines.routing, "routing-tiny": headlines.routing, "sched": headlines.sched, "load": headlines.load,
+    "overload": headlines.overload,
 }
 
 

@@ -16,3 +16,9 @@ bench-routing: install ## gateway: turn-5 TTFT over two inference replicas (one 
 
 bench-attacks: install redis model-ready ## attack sweep of the whole stack (bad input, overload, tenancy, internal auth): one table row per attack, exit code = rows not ok (docs/deploy.md)
 	flock /tmp/reprise-bench.lock $(PY) -m bench.attacks $(BENCH_ATTACKS_ARGS)
+
+.PHONY: bench-overload
+BENCH_OVERLOAD_ARGS ?=
+
+bench-overload: install redis model-ready ## gateway: 50 semantic chats in flight (real model), lookup budget by miss cost vs fixed -> bench/results/overload-<cpu>.{json,md}
+	flock /tmp/reprise-bench.lock $(PY) -m bench.gateway.overload $(BENCH_OVERLOAD_ARGS)
