@@ -429,7 +429,25 @@ class Gateway:
         (its callers have it already); ``stored`` learns of that write, so that the call
         lingers until the answer can be found in the cache.
         """
-        start = time.perf_counter()
+        cost = self.front.miss_cost
+        timing = cost.begin(request.task)
+        try:
+            answer = None
+            async for part in self._model_parts(request, timeout_s):
+                answer = part.answer
+                if answer is not None:
+                    cost.end(request.task, timing, answered=True)
+                yield part
+        finally:
+            cost.end(request.task, timing, answered=False)
+        if answer is None:
+            return  # a broken stream: nothing to store (its readers fail)
+        write = self.front.store_later(request, answer, plan, requested_by)
+        if write is not None:
+            stored(write)
+
+    async def _model_parts(self, request: CacheRequest, timeout_s: float | None) -> AsyncIterator[Part]:
+        """The model's parts for one miss; the last holds the whole answer (none when the stream broke)."""
         if request.task == TASK_SENTIMENT:
             result, usage = await self._inference.classify(request.prompt.text, timeout_s)
             answer = Answer(sentiment=result, usage=usage)
@@ -447,12 +465,6 @@ class Gateway:
                     answer = Answer(reply="".join(deltas), finish=chunk.finish, usage=chunk.usage or Usage())
                     yield Part(chunk.delta, answer)
                     break
-                else:
-                    return  # a broken stream: nothing to store (its readers fail)
-        self.front.miss_cost.observe(request.task, time.perf_counter() - start)
-        write = self.front.store_later(request, answer, plan, requested_by)
-        if write is not None:
-            stored(write)
 
 
 def _usable(task: str, found: Found, plan: Plan) -> Found:

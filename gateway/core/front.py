@@ -62,20 +62,39 @@ def _ms(since: float) -> float:
 
 
 class MissCost:
-    """What a miss of each task has cost lately: a moving average of the model's answer times (seconds),
-    queueing at inference included."""
+    """What a miss of each task costs lately: a moving average of the model's answer times (seconds),
+    queueing at inference included, and at least what the model calls still running have taken so far.
+
+    The second part matters at the start of a load: before any miss has been answered, the first
+    calls sent to a busy model already say that a miss costs seconds.
+    """
 
     def __init__(self, weight: float = 0.2) -> None:
         self._weight = weight
         self._mean: dict[str, float] = {}
+        self._running: dict[str, dict[object, float]] = {}
 
     def observe(self, task: str, seconds: float) -> None:
         mean = self._mean.get(task)
         self._mean[task] = seconds if mean is None else mean + self._weight * (seconds - mean)
 
+    def begin(self, task: str) -> object:
+        """A model call of ``task`` starts; pass the handle to :meth:`end`."""
+        handle = object()
+        self._running.setdefault(task, {})[handle] = time.perf_counter()
+        return handle
+
+    def end(self, task: str, handle: object, answered: bool) -> None:
+        """The call is over (again: no-op); an ``answered`` one counts in the average."""
+        start = self._running.get(task, {}).pop(handle, None)
+        if start is not None and answered:
+            self.observe(task, time.perf_counter() - start)
+
     def expected(self, task: str) -> float:
-        """0 until a miss of ``task`` has been answered."""
-        return self._mean.get(task, 0.0)
+        """0 until a model call of ``task`` has run."""
+        running = self._running.get(task)
+        oldest = time.perf_counter() - min(running.values()) if running else 0.0
+        return max(self._mean.get(task, 0.0), oldest)
 
 
 class CacheFront:

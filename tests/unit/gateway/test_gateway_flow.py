@@ -378,3 +378,31 @@ def test_miss_share_flags() -> None:
     assert cfg.cache_timeout_miss_share == 0.0 and cfg.cache_timeout_max_s == 0.4
     with pytest.raises(SystemExit):
         config_from_args(build_parser().parse_args(["--cache-timeout-miss-share", "1.5"]))
+
+
+def test_a_miss_costs_at_least_what_the_running_model_calls_have_taken() -> None:
+    """Before any miss is answered, calls still running already raise the expected cost (the start of a load)."""
+    import time
+
+    from gateway.core.front import MissCost
+
+    cost = MissCost()
+    slow = cost.begin("chat")
+    time.sleep(0.05)
+    assert cost.expected("chat") >= 0.05 and cost.expected("sentiment") == 0.0
+    cost.end("chat", slow, answered=False)  # cancelled or failed: not an answer time
+    assert cost.expected("chat") == 0.0
+    quick = cost.begin("chat")
+    cost.end("chat", quick, answered=True)
+    cost.end("chat", quick, answered=True)  # a second end is a no-op
+    assert 0.0 < cost.expected("chat") < 0.05
+
+
+async def test_the_model_call_in_flight_raises_the_budget_of_the_lookups_behind_it(world) -> None:  # type: ignore[no-untyped-def]
+    gw, cache, inference = world
+    inference.gate = asyncio.Event()
+    running = asyncio.create_task(gw.chat(NS, Prompt("the first chat of a load"), Policy()))
+    await asyncio.sleep(0.5)  # the model holds it: a chat miss costs at least 0.5 s now
+    assert gw.front.lookup_budget("chat", gw._policies.plan("chat", Policy())) >= 0.125
+    inference.gate.set()
+    assert (await running).cache.status is CacheStatus.MISS
