@@ -93,3 +93,13 @@ def overload(r: dict[str, Any]) -> str:
     first, *others = r["gateways"]
     ratio = r["gateways"][first][-1]["rps"] / max(r["gateways"][others[0]][-1]["rps"], 1e-9) if others else float("nan")
     return "; ".join(f"{name}: {last(name)}" for name in r["gateways"]) + f" ({_x(ratio, 1)} req/s, model {r['model']}, last of {r['rounds']} rounds)"
+
+
+def attacks(r: dict[str, Any]) -> str:
+    """``bench.attacks``: rows ok of all, the rows not ok by name, statuses that mean a bug, whether every service stayed up."""
+    t = r["totals"]
+    bad = [row["attack"] for row in r["rows"] if not row["ok"]]
+    parts = [f"{t['ok']}/{t['rows']} ok" + (f" (not ok: {', '.join(bad)})" if bad else ""),
+             f"{t['internal_or_unknown']} INTERNAL/UNKNOWN",
+             f"services exited: {', '.join(t['services_exited'])}" if t["services_exited"] else "services up"]
+    return "; ".join(parts)

@@ -169,7 +169,7 @@ CURRENT_END = "<!-- results:current:end -->"
 HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "inference": headlines.inference, "cache": headlines.cache, "gateway": headlines.gateway,
     "routing": headlines.routing, "routing-tiny": headlines.routing, "sched": headlines.sched, "load": headlines.load,
-    "overload": headlines.overload,
+    "overload": headlines.overload, "attacks": headlines.attacks,
 }
 
 
@@ -300,6 +300,7 @@ def _peer_doc() -> Block:
 
 def blocks() -> list[Block]:
     # Imported here: the bench scripts import this module to rewrite the docs after a run.
+    from bench import attacks
     from bench.cache import bench_cache
     from bench.inference import chat_quality, sentiment_hard
 
@@ -314,6 +315,7 @@ def blocks() -> list[Block]:
         _script_doc(bench_cache, "cache"),
         _script_doc(chat_quality, "chat-quality"),
         _script_doc(sentiment_hard, "sentiment-hard"),
+        _script_doc(attacks, "attacks"),  # docs/deploy.md, "Attack sweep"
         _concurrency_doc(),  # docs/inference.md blocks their own scripts also write
         _peer_doc(),
     ]
