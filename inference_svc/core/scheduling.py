@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from reprise.errors import ResourceExhausted
+from reprise.errors import DeadlineExceeded, ResourceExhausted
 
 #: The tenant of a request that names none (direct callers, tests, warm-up).
 DEFAULT_TENANT = "-"
@@ -231,10 +231,25 @@ class Admission:
     def check(
         self, tenant: str, cost: Cost, seconds_left: float | None, express: bool = False, step_tokens: int = 0
     ) -> None:
-        """``ResourceExhausted`` when a request of ``cost`` cannot finish within ``seconds_left``; admits nothing."""
+        """Refuses a request of ``cost`` that cannot finish within ``seconds_left``; admits nothing.
+
+        ``DeadlineExceeded`` when nothing else is admitted and the request alone cannot finish in time
+        (retrying will not help; a longer deadline or fewer new tokens will); ``ResourceExhausted`` when
+        there is other work (retry later: the rates priced under load may be pessimistic for a lone request).
+        """
+        if seconds_left is None:
+            return
+        r = self.rates
+        alone = r.latency(cost.prefill_tokens, cost.decode_tokens)
+        if alone > seconds_left * self.headroom and not self.admitted:
+            raise DeadlineExceeded(
+                f"needs {alone:.1f} s even with nothing else running but the deadline is in {seconds_left:.1f} s "
+                f"(admitted up to {self.headroom:.0%} of it) (this request: {cost.prefill_tokens} prompt + "
+                f"{cost.decode_tokens} new tokens; measured {r.prefill_tps:.0f} prefill tokens/s, "
+                f"{1 / r.step_seconds:.1f} decode steps/s); use a longer deadline or fewer max_new_tokens"
+            )
         expected = self.expected_seconds(tenant, cost, express, step_tokens)
-        if seconds_left is not None and expected > seconds_left * self.headroom:
-            r = self.rates
+        if expected > seconds_left * self.headroom:
             raise ResourceExhausted(
                 f"expected to finish in {expected:.1f} s but the deadline is in {seconds_left:.1f} s "
                 f"(admitted up to {self.headroom:.0%} of it) "

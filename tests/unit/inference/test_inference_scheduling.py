@@ -11,7 +11,7 @@ import pytest
 from inference_svc.core.batcher import ClassifyBatcher
 from inference_svc.core.scheduling import Admission, Cost, Rates, Step
 from inference_svc.core.worker import ModelWorker
-from reprise.errors import ResourceExhausted
+from reprise.errors import DeadlineExceeded, ResourceExhausted
 
 
 def _fixed(prefill_tps: float = 100.0, decode_tps: float = 10.0) -> Rates:
@@ -61,6 +61,19 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_saying_why(
     with pytest.raises(ResourceExhausted, match="admitted up to 80%"):
         admission.admit("b", Cost(0, 5), seconds_left=1.2)  # 0.5 s + a fair 0.5 s of a's = 1 s > 0.96 s
     assert admission.admit("b", Cost(0, 5), seconds_left=1.3) is not None
+
+
+def test_a_request_too_long_for_its_deadline_even_alone_is_deadline_exceeded_not_overload() -> None:
+    """Retrying later cannot help a request that an idle model could not finish in time: DEADLINE_EXCEEDED,
+    saying to lengthen the deadline. With other work admitted the cause is ambiguous: RESOURCE_EXHAUSTED."""
+    admission = Admission(_fixed(100, 10), headroom=1.0)
+    with pytest.raises(DeadlineExceeded) as err:
+        admission.admit("a", Cost(100, 40), seconds_left=3.0)  # 1.1 s prefill + 40 passes of 0.1 s = 5.1 s alone
+    assert "needs 5.1 s even with nothing else running" in str(err.value) and "longer deadline" in str(err.value)
+    assert admission.admitted == 0
+    admission.admit("b", Cost(0, 10), None)
+    with pytest.raises(ResourceExhausted):
+        admission.admit("a", Cost(100, 40), seconds_left=3.0)
 
 
 def test_finished_and_progressing_work_stops_counting() -> None:
