@@ -130,11 +130,17 @@ class CacheFront:
             )
             return found
 
-    def lookup_budget(self, task: str, plan: Plan) -> float:
-        """The task's budget, or a share of what its misses cost lately when that is more (at most the cap)."""
+    def lookup_budget(self, task: str, plan: Plan, timeout_s: float | None = None) -> float:
+        """The task's budget, or a share of what its misses cost lately when that is more (at most the cap, and
+        at most the same share of the caller's ``timeout_s``: the model must still have time for a miss);
+        never past ``timeout_s``."""
         fixed = plan.lookup_timeout_s or self._config.lookup_timeout_s
-        share = min(self._config.lookup_timeout_max_s, self._config.lookup_miss_share * self.miss_cost.expected(task))
-        return max(fixed, share)
+        share = self._config.lookup_miss_share
+        grown = min(self._config.lookup_timeout_max_s, share * self.miss_cost.expected(task))
+        if timeout_s is not None:
+            grown = min(grown, share * timeout_s)
+        budget = max(fixed, grown)
+        return budget if timeout_s is None else max(0.001, min(budget, timeout_s))
 
     async def _find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         start = time.perf_counter()
@@ -153,9 +159,7 @@ class CacheFront:
                 return stale
             self._observer.lookup("skipped", 0.0)
             return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
-        budget = self.lookup_budget(request.task, plan)
-        if timeout_s is not None:
-            budget = max(0.001, min(budget, timeout_s))
+        budget = self.lookup_budget(request.task, plan, timeout_s)
         epoch = self.hot.epoch
         t = time.perf_counter()
         try:

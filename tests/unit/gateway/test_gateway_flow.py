@@ -366,6 +366,11 @@ def test_the_lookup_budget_is_a_share_of_the_miss_cost_between_the_fixed_budget_
     assert front.lookup_budget("chat", chat) == 0.5
     front.miss_cost.observe("chat", 60.0)  # a queue at inference: the cap holds
     assert front.lookup_budget("chat", chat) == 1.0
+    # A caller with 2 s left: the lookup may grow to a quarter of that, leaving the model time for a miss;
+    # the fixed budget is kept whatever the deadline, within the deadline itself.
+    assert front.lookup_budget("chat", chat, timeout_s=2.0) == 0.5
+    assert front.lookup_budget("chat", chat, timeout_s=0.2) == 0.1
+    assert front.lookup_budget("chat", chat, timeout_s=0.05) == 0.05
     assert front.lookup_budget("sentiment", classify) == 0.03
 
 
