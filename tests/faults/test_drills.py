@@ -8,7 +8,8 @@ too much load) while a load runs through the gateway, and checks what a caller s
 2. Redis restarted (append-only file, like the StatefulSet's volume) -> nothing crashes,
    stored entries are served again and new ones are stored;
 3. SIGTERM to inference with generations in flight -> every one completes;
-4. twice the capacity offered -> RESOURCE_EXHAUSTED quickly, nothing else fails, memory flat.
+4. twice the capacity offered -> RESOURCE_EXHAUSTED quickly, nothing else fails, memory flat;
+5. cache process silent (SIGSTOP) -> lookups time out, the breaker opens, nothing fails; asked again after SIGCONT.
 
 The tiny test model keeps this fast: the drills test the plumbing, not the model.
 Run with `make test-faults` (marker `faults`).
@@ -296,3 +297,49 @@ async def test_twice_capacity_is_refused_quickly_and_memory_stays_flat(stack: St
     print(f"{offered} clients for 9 s: {dict(by_code)}; refusals median {statistics.median(refused) * 1000:.1f} ms, "
           f"max {refused[-1] * 1000:.1f} ms; RSS growth " + ", ".join(
               f"{n} {(rss_after[n] - rss_warm[n]) / 2**20:+.1f} MiB" for n in pids))
+
+
+async def test_cache_hung_during_load_no_failures_breaker_opens_then_closes(stack: Stack, gateway) -> None:
+    """5. The cache process stops answering (SIGSTOP: alive, connected, silent) -> lookups time out, the
+    breaker opens so later requests skip the cache, nothing fails; after SIGCONT the cache is asked again."""
+    import os
+    import signal
+
+    outcomes: list[tuple[float, str, str]] = []  # (time, status, reason)
+    errors: list[str] = []
+    stop = asyncio.Event()
+
+    async def client(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            text = f"drill five: client {k} review {n}, the screen is bright"  # new each time: the cache is asked
+            try:
+                r = await gateway.Classify(pb.ClassifyRequest(text=text), timeout=20)
+                outcomes.append((time.monotonic(), pb.CacheStatus.Name(r.cache.status).removeprefix("CACHE_STATUS_"), r.cache.reason))
+            except grpc.aio.AioRpcError as err:
+                errors.append(f"{err.code().name}: {err.details()}")
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(client(k)) for k in range(4)]
+    try:
+        await asyncio.sleep(1.0)
+        hung = time.monotonic()
+        os.kill(stack.cache.pid, signal.SIGSTOP)
+        try:
+            await _until(lambda: any(ts > hung and reason == "circuit breaker open" for ts, _, reason in outcomes), 30,
+                         "the breaker to open on a silent cache")
+            await asyncio.sleep(1.0)
+        finally:
+            os.kill(stack.cache.pid, signal.SIGCONT)
+        back = time.monotonic()
+        await _until(lambda: any(ts > back and status == "MISS" for ts, status, _ in outcomes), 60,
+                     "the cache to be asked again after it answered a probe")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert errors == [], f"requests failed while the cache was silent: {Counter(errors)}"
+    during = Counter(reason for ts, status, reason in outcomes if hung < ts < back and status == "BYPASS")
+    assert during["cache timeout"] >= 1 and during["circuit breaker open"] >= 1, during
+    print(f"cache silent {back - hung:.1f}s: {sum(during.values())} calls bypassed {dict(during)}, 0 failed; "
+          f"{len(outcomes)} calls in all")
