@@ -120,6 +120,8 @@ class Gateway:
                 lookup_miss_share=config.cache_timeout_miss_share,
                 lookup_timeout_max_s=config.cache_timeout_max_s,
             ),
+            # Read when a lookup reaches its budget: a miss that would be refused is worse than a slow cache.
+            model_full=lambda: self.model_calls.full,
         )
         self.validate = Validator(config.limits)
         self._policies = Policies(config.task_defaults)

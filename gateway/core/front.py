@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.hot import HotLayer
 from gateway.core.policy import Plan
 from gateway.core.ports import CacheError, CachePort, Observer
-from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, Invalidation, StoredEntry
+from gateway.core.types import CachedEntry, CacheHit, CacheInfo, CacheRequest, CacheStatus, Invalidation, LookupResult, StoredEntry
 from reprise import tracing
 from reprise.domain import Answer
 
@@ -105,8 +105,11 @@ class CacheFront:
         hot: HotLayer,
         observer: Observer,
         config: FrontConfig = FrontConfig(),
+        model_full: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``model_full``: whether a miss would be refused now (no model call slot free)."""
         self._cache = cache
+        self._model_full = model_full
         self.breaker = breaker
         self.hot = hot
         self._observer = observer
@@ -142,6 +145,41 @@ class CacheFront:
         budget = max(fixed, grown)
         return budget if timeout_s is None else max(0.001, min(budget, timeout_s))
 
+    def lookup_patience(self, task: str, plan: Plan, timeout_s: float | None = None) -> float:
+        """How long a lookup is waited for when, at its budget, the model could not take the request anyway
+        (no model call slot free): a refusal is worse than a slow cache. The cap, at most the miss share of the
+        caller's deadline; never less than the budget. The miss share at 0 turns this off too."""
+        budget = self.lookup_budget(task, plan, timeout_s)
+        if self._config.lookup_miss_share <= 0:
+            return budget
+        patience = self._config.lookup_timeout_max_s
+        if timeout_s is not None:
+            patience = min(patience, self._config.lookup_miss_share * timeout_s)
+        return max(budget, patience)
+
+    async def _ask(self, request: CacheRequest, plan: Plan, budget: float, patience: float) -> LookupResult:
+        """The cache's answer within ``budget``, or within ``patience`` when the model is full at the budget."""
+        call = asyncio.ensure_future(
+            self._cache.lookup(
+                request,
+                exact_only=plan.exact_only,
+                min_similarity=plan.min_similarity,
+                max_age_s=plan.max_age_s,
+                timeout_s=patience,
+            )
+        )
+        try:
+            done, _ = await asyncio.wait({call}, timeout=budget)
+            if not done and patience > budget and self._model_full():
+                done, _ = await asyncio.wait({call}, timeout=patience - budget)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if not done:
+            call.cancel()
+            raise CacheError("DEADLINE_EXCEEDED", f"no answer within the {budget * 1000:.0f} ms lookup budget")
+        return call.result()
+
     async def _find(self, request: CacheRequest, plan: Plan, timeout_s: float | None) -> Found:
         start = time.perf_counter()
         if not plan.lookup:
@@ -160,16 +198,11 @@ class CacheFront:
             self._observer.lookup("skipped", 0.0)
             return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
         budget = self.lookup_budget(request.task, plan, timeout_s)
+        patience = self.lookup_patience(request.task, plan, timeout_s)
         epoch = self.hot.epoch
         t = time.perf_counter()
         try:
-            result = await self._cache.lookup(
-                request,
-                exact_only=plan.exact_only,
-                min_similarity=plan.min_similarity,
-                max_age_s=plan.max_age_s,
-                timeout_s=budget,
-            )
+            result = await self._ask(request, plan, budget, patience)
         except asyncio.CancelledError:
             self.breaker.abandon()
             raise

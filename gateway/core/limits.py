@@ -116,6 +116,11 @@ class Admission:
         self.in_flight_by: dict[str, int] = {}
         self.rejected_by: dict[str, int] = {}
 
+    @property
+    def full(self) -> bool:
+        """The next :meth:`acquire` would be refused."""
+        return bool(self.limit) and self.in_flight >= self.limit
+
     def acquire(self, tenant: str = "") -> None:
         """Take a slot or raise RESOURCE_EXHAUSTED; pair with :meth:`release`."""
         if self.limit and self.in_flight >= self.limit:

@@ -411,3 +411,49 @@ async def test_the_model_call_in_flight_raises_the_budget_of_the_lookups_behind_
     assert gw.front.lookup_budget("chat", gw._policies.plan("chat", Policy())) >= 0.125
     inference.gate.set()
     assert (await running).cache.status is CacheStatus.MISS
+
+
+async def test_a_slow_lookup_is_waited_for_while_the_model_could_not_take_the_request() -> None:
+    """At its budget a lookup is given up only if the model has a free slot: otherwise the miss would be
+    refused (RESOURCE_EXHAUSTED), which is worse than a slow cache."""
+    cache, inference = FakeCache(), FakeInference()
+    gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05, max_model_in_flight=1))
+    await gw.start()
+    try:
+        await gw.classify(NS, "a text stored before the load", Policy())
+        for _ in range(50):
+            if cache.data:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # past the finished call's linger
+        gw.front.hot.clear()
+        cache.delay_s = 0.2  # over the 50 ms budget
+        inference.gate = asyncio.Event()
+        busy = asyncio.create_task(gw.chat(NS, Prompt("a long chat holding the only model slot"), Policy()))
+        for _ in range(100):
+            if gw.model_calls.full:
+                break
+            await asyncio.sleep(0.01)
+        assert gw.model_calls.full
+        r = await gw.classify(NS, "a text stored before the load", Policy())
+        assert r.cache.status is CacheStatus.EXACT, r.cache  # waited ~0.2 s instead of a refusal
+        inference.gate.set()
+        await busy
+        gw.front.hot.clear()  # the hit above went into the hot layer
+        r = await gw.classify(NS, "a text stored before the load", Policy())
+        assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"  # the model is free again
+    finally:
+        await gw.close()
+
+
+def test_lookup_patience_is_the_cap_within_the_deadline_share_and_off_with_the_share() -> None:
+    from gateway.core.front import CacheFront, FrontConfig
+    from gateway.core.policy import Policies
+
+    classify = Policies().plan("sentiment", Policy())
+    front = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03))  # type: ignore[arg-type]
+    assert front.lookup_patience("sentiment", classify) == 1.0
+    assert front.lookup_patience("sentiment", classify, timeout_s=2.0) == 0.5
+    assert front.lookup_patience("sentiment", classify, timeout_s=0.02) == 0.02
+    off = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03, lookup_miss_share=0.0))  # type: ignore[arg-type]
+    assert off.lookup_patience("sentiment", classify) == 0.03
