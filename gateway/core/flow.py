@@ -47,7 +47,7 @@ from gateway.core.types import (
 )
 from reprise import tracing
 from reprise.domain import Answer, Usage
-from reprise.errors import InvalidArgument, Unavailable
+from reprise.errors import InvalidArgument, ResourceExhausted, Unavailable
 from reprise.images import check_files
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Gateway:
                 lookup_timeout_max_s=config.cache_timeout_max_s,
             ),
             # Read when a lookup reaches its budget: a miss that would be refused is worse than a slow cache.
-            model_full=lambda: self.model_calls.full,
+            model_full=self._model_full,
         )
         self.validate = Validator(config.limits)
         self._policies = Policies(config.task_defaults)
@@ -131,7 +131,15 @@ class Gateway:
         self._calls = ModelCalls(self.model_calls, self._counters, self._observer, config.cache_timeout_s)
         self._bursts = Bursts()
         self._model: ModelIdentity | None = None
+        self._model_refused_at = float("-inf")
         self._background: list[asyncio.Task[None]] = []
+
+    #: After inference refused a call (RESOURCE_EXHAUSTED), the model counts as full this long.
+    MODEL_REFUSED_S = 1.0
+
+    def _model_full(self) -> bool:
+        """A miss sent now would be refused: every model call slot is taken, or inference refused one lately."""
+        return self.model_calls.full or time.monotonic() - self._model_refused_at < self.MODEL_REFUSED_S
 
     def _breaker_changed(self, state: BreakerState) -> None:
         level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
@@ -440,6 +448,9 @@ class Gateway:
                 if answer is not None:
                     cost.end(request.task, timing, answered=True)
                 yield part
+        except ResourceExhausted:
+            self._model_refused_at = time.monotonic()
+            raise
         finally:
             cost.end(request.task, timing, answered=False)
         if answer is None:

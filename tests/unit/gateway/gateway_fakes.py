@@ -23,7 +23,7 @@ from gateway.core.types import (
     StoredEntry,
 )
 from reprise.domain import Answer, Finish, Label, SentimentResult, Usage
-from reprise.errors import Unavailable
+from reprise.errors import ResourceExhausted, Unavailable
 
 MODEL = ModelIdentity("tiny", "r1")
 
@@ -116,12 +116,15 @@ class FakeInference:
         self.chat_calls = 0
         self.gate: asyncio.Event | None = None
         self.fail_after: int | None = None  # chat: raise after this many pieces
+        self.refuse = False  # classify: RESOURCE_EXHAUSTED, as inference's admission answers
         self.timeouts: list[float | None] = []
         self.images: list[tuple[bytes, ...]] = []  # chat: the pictures each call was given
 
     async def classify(self, text: str, timeout_s: float | None) -> tuple[SentimentResult, Usage]:
         self.classify_calls += 1
         self.timeouts.append(timeout_s)
+        if self.refuse:
+            raise ResourceExhausted("inference: expected to finish in 30.0 s but the deadline is in 20.0 s")
         if self.gate is not None:
             await self.gate.wait()
         label = Label.NEGATIVE if "bad" in text else Label.POSITIVE

@@ -457,3 +457,27 @@ def test_lookup_patience_is_the_cap_within_the_deadline_share_and_off_with_the_s
     assert front.lookup_patience("sentiment", classify, timeout_s=0.02) == 0.02
     off = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03, lookup_miss_share=0.0))  # type: ignore[arg-type]
     assert off.lookup_patience("sentiment", classify) == 0.03
+
+
+async def test_after_inference_refused_a_call_a_slow_lookup_is_waited_for() -> None:
+    """Inference answering RESOURCE_EXHAUSTED (its admission) marks the model full for a second: a lookup
+    reaching its budget then is waited for rather than sent to a model that is refusing work."""
+    cache, inference = FakeCache(), FakeInference()
+    gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05))
+    await gw.start()
+    try:
+        await gw.classify(NS, "a text stored before the load", Policy())
+        for _ in range(50):
+            if cache.data:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # past the finished call's linger
+        gw.front.hot.clear()
+        inference.refuse = True
+        with pytest.raises(ResourceExhausted):
+            await gw.classify(NS, "a new text the model refuses", Policy())
+        cache.delay_s = 0.2  # over the 50 ms budget
+        r = await gw.classify(NS, "a text stored before the load", Policy())
+        assert r.cache.status is CacheStatus.EXACT, r.cache
+    finally:
+        await gw.close()
