@@ -100,6 +100,17 @@ async def status(call: Awaitable[object]) -> tuple[str, object | None, str]:
         return err.code().name, None, err.details() or ""
 
 
+async def _cancel_after(call: Any, pieces: int) -> int:
+    """Read a stream until ``pieces`` messages came, then cancel it (a client going away mid-reply)."""
+    got = 0
+    async for _ in call:
+        got += 1
+        if got == pieces:
+            call.cancel()
+            break
+    return got
+
+
 def png(width: int, height: int, pixels: bool = True) -> bytes:
     """A PNG of ``width`` x ``height`` grey pixels; ``pixels=False``: a header that only declares the size (a bomb)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -308,13 +319,7 @@ class Attacks:
     async def cancel_then_serve(self) -> Outcome:
         req = gpb.ChatStreamRequest(text=f"Count slowly from one to fifty {uuid.uuid4().hex[:6]}.",
                                     decoding=common.DecodingParams(max_new_tokens=128))
-        call = self.gw.ChatStream(req, metadata=md(TOKEN_A), timeout=120)
-        got = 0
-        async for _ in call:
-            got += 1
-            if got == 3:
-                call.cancel()
-                break
+        got = await _cancel_after(self.gw.ChatStream(req, metadata=md(TOKEN_A), timeout=120), 3)
         out = await self.chat(text=f"After the cancel {uuid.uuid4().hex[:6]}")
         out.note = f"cancelled after {got} messages; next call {out.got}"
         return out
@@ -392,13 +397,9 @@ class Attacks:
         """A stream cancelled mid-reply must not leave its partial reply in the cache for the next caller."""
         text = f"List ten colours, one per line ({uuid.uuid4().hex[:6]})."
         dec = common.DecodingParams(max_new_tokens=48)
-        call = self.gw.ChatStream(gpb.ChatStreamRequest(text=text, decoding=dec), metadata=md(TOKEN_A), timeout=120)
-        got = 0
-        async for _ in call:
-            got += 1
-            if got == 3:
-                call.cancel()
-                break
+        got = await _cancel_after(
+            self.gw.ChatStream(gpb.ChatStreamRequest(text=text, decoding=dec), metadata=md(TOKEN_A), timeout=120), 3
+        )
         await asyncio.sleep(1.0)
         code, again, detail = await status(self.gw.Chat(gpb.ChatRequest(text=text, decoding=dec), metadata=md(TOKEN_A), timeout=120))
         if code != OK:

@@ -324,6 +324,19 @@ def test_per_task_lookup_budget_flags() -> None:
     assert set_.task_defaults["chat"].cache_timeout_s == 0.25 and set_.task_defaults["sentiment"].cache_timeout_s == 0.02
 
 
+async def _stored_then_cold(gw: Gateway, cache: FakeCache, text: str):  # type: ignore[no-untyped-def]
+    """Classify ``text`` (a miss, stored), wait out the write-back and the finished call's linger, and empty
+    the hot layer: the next Classify of ``text`` must ask the cache. Returns the first outcome."""
+    first = await gw.classify(NS, text, Policy())
+    for _ in range(50):
+        if cache.data:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # past the finished call's linger (write-back + one lookup budget)
+    gw.front.hot.clear()
+    return first
+
+
 @pytest.mark.parametrize("share, status", [(0.25, CacheStatus.EXACT), (0.0, CacheStatus.BYPASS)])
 async def test_a_busy_cache_is_waited_for_longer_when_misses_cost_more(share: float, status: CacheStatus) -> None:
     """A slow model (0.4 s a miss) raises the lookup budget to a share of that (0.1 s): a 70 ms lookup is
@@ -334,14 +347,8 @@ async def test_a_busy_cache_is_waited_for_longer_when_misses_cost_more(share: fl
     try:
         inference.gate = asyncio.Event()
         asyncio.get_running_loop().call_later(0.4, inference.gate.set)
-        first = await gw.classify(NS, "a text the model was slow on", Policy())
+        first = await _stored_then_cold(gw, cache, "a text the model was slow on")
         assert first.cache.status is CacheStatus.MISS
-        for _ in range(50):
-            if cache.data:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # past the finished call's linger (write-back + one lookup budget)
-        gw.front.hot.clear()
         cache.delay_s = 0.07  # over the fixed classify budget (50 ms), under 0.25 x 0.4 s
         again = await gw.classify(NS, "a text the model was slow on", Policy())
         assert again.cache.status is status, again.cache
@@ -420,13 +427,7 @@ async def test_a_slow_lookup_is_waited_for_while_the_model_could_not_take_the_re
     gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05, max_model_in_flight=1))
     await gw.start()
     try:
-        await gw.classify(NS, "a text stored before the load", Policy())
-        for _ in range(50):
-            if cache.data:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # past the finished call's linger
-        gw.front.hot.clear()
+        await _stored_then_cold(gw, cache, "a text stored before the load")
         cache.delay_s = 0.2  # over the 50 ms budget
         inference.gate = asyncio.Event()
         busy = asyncio.create_task(gw.chat(NS, Prompt("a long chat holding the only model slot"), Policy()))
@@ -466,13 +467,7 @@ async def test_after_inference_refused_a_call_a_slow_lookup_is_waited_for() -> N
     gw = Gateway(cache, inference, GatewayConfig(cache_timeout_s=0.05))
     await gw.start()
     try:
-        await gw.classify(NS, "a text stored before the load", Policy())
-        for _ in range(50):
-            if cache.data:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # past the finished call's linger
-        gw.front.hot.clear()
+        await _stored_then_cold(gw, cache, "a text stored before the load")
         inference.refuse = True
         with pytest.raises(ResourceExhausted):
             await gw.classify(NS, "a new text the model refuses", Policy())
