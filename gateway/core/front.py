@@ -93,7 +93,8 @@ class MissCost:
     def expected(self, task: str) -> float:
         """0 until a model call of ``task`` has run."""
         running = self._running.get(task)
-        oldest = time.perf_counter() - min(running.values()) if running else 0.0
+        # Calls are added as they start, so the first still running is the oldest.
+        oldest = time.perf_counter() - next(iter(running.values())) if running else 0.0
         return max(self._mean.get(task, 0.0), oldest)
 
 
@@ -133,29 +134,26 @@ class CacheFront:
             )
             return found
 
+    def _ceiling(self, timeout_s: float | None) -> float:
+        """The longest a lookup may be waited for: the cap, at most the miss share of the caller's ``timeout_s``
+        (the model must still have time for a miss); 0 with the share at 0 (fixed budgets)."""
+        share = self._config.lookup_miss_share
+        ceiling = self._config.lookup_timeout_max_s if share > 0 else 0.0
+        return ceiling if timeout_s is None else min(ceiling, share * timeout_s)
+
     def lookup_budget(self, task: str, plan: Plan, timeout_s: float | None = None) -> float:
-        """The task's budget, or a share of what its misses cost lately when that is more (at most the cap, and
-        at most the same share of the caller's ``timeout_s``: the model must still have time for a miss);
+        """The task's budget, or a share of what its misses cost lately when that is more (up to the ceiling);
         never past ``timeout_s``."""
         fixed = plan.lookup_timeout_s or self._config.lookup_timeout_s
-        share = self._config.lookup_miss_share
-        grown = min(self._config.lookup_timeout_max_s, share * self.miss_cost.expected(task))
-        if timeout_s is not None:
-            grown = min(grown, share * timeout_s)
+        grown = min(self._ceiling(timeout_s), self._config.lookup_miss_share * self.miss_cost.expected(task))
         budget = max(fixed, grown)
         return budget if timeout_s is None else max(0.001, min(budget, timeout_s))
 
-    def lookup_patience(self, task: str, plan: Plan, timeout_s: float | None = None) -> float:
-        """How long a lookup is waited for when, at its budget, the model could not take the request anyway
-        (no model call slot free): a refusal is worse than a slow cache. The cap, at most the miss share of the
-        caller's deadline; never less than the budget. The miss share at 0 turns this off too."""
-        budget = self.lookup_budget(task, plan, timeout_s)
-        if self._config.lookup_miss_share <= 0:
-            return budget
-        patience = self._config.lookup_timeout_max_s
-        if timeout_s is not None:
-            patience = min(patience, self._config.lookup_miss_share * timeout_s)
-        return max(budget, patience)
+    def lookup_patience(self, budget: float, timeout_s: float | None = None) -> float:
+        """How long a lookup with ``budget`` is waited for when, at its budget, the model could not take the
+        request anyway (no model call slot free): a refusal is worse than a slow cache. The ceiling; never less
+        than the budget."""
+        return max(budget, self._ceiling(timeout_s))
 
     async def _ask(self, request: CacheRequest, plan: Plan, budget: float, patience: float) -> LookupResult:
         """The cache's answer within ``budget``, or within ``patience`` when the model is full at the budget."""
@@ -198,7 +196,7 @@ class CacheFront:
             self._observer.lookup("skipped", 0.0)
             return Found(None, CacheInfo(CacheStatus.BYPASS, reason=REASON_BREAKER_OPEN), _ms(start))
         budget = self.lookup_budget(request.task, plan, timeout_s)
-        patience = self.lookup_patience(request.task, plan, timeout_s)
+        patience = self.lookup_patience(budget, timeout_s)
         epoch = self.hot.epoch
         t = time.perf_counter()
         try:

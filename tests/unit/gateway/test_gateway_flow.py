@@ -453,11 +453,14 @@ def test_lookup_patience_is_the_cap_within_the_deadline_share_and_off_with_the_s
 
     classify = Policies().plan("sentiment", Policy())
     front = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03))  # type: ignore[arg-type]
-    assert front.lookup_patience("sentiment", classify) == 1.0
-    assert front.lookup_patience("sentiment", classify, timeout_s=2.0) == 0.5
-    assert front.lookup_patience("sentiment", classify, timeout_s=0.02) == 0.02
+    def patience(f: CacheFront, timeout_s: float | None = None) -> float:
+        return f.lookup_patience(f.lookup_budget("sentiment", classify, timeout_s), timeout_s)
+
+    assert patience(front) == 1.0
+    assert patience(front, timeout_s=2.0) == 0.5
+    assert patience(front, timeout_s=0.02) == 0.02
     off = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03, lookup_miss_share=0.0))  # type: ignore[arg-type]
-    assert off.lookup_patience("sentiment", classify) == 0.03
+    assert patience(off) == 0.03
 
 
 async def test_after_inference_refused_a_call_a_slow_lookup_is_waited_for() -> None:
