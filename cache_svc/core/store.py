@@ -19,6 +19,7 @@ entry that namespace invalidation cannot find.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -257,6 +258,12 @@ class RedisStore:
             async def events() -> AsyncIterator[Event]:
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # A cancellation that lands as the read's own 1 s timeout fires can come back as that
+                        # timeout (None): without this check the subscription would poll on forever and the
+                        # service's close, which waits for it, would never return.
+                        raise asyncio.CancelledError
                     if msg is None or msg.get("type") != "message":
                         continue
                     yield Event.decode(msg["data"])
