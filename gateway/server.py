@@ -170,7 +170,7 @@ def build_parser() -> EnvArgumentParser:
         "--cache-timeout-miss-share", default=0.25, type=float,
         help="a lookup may also take this share of what its task's misses cost lately (the model's answer time), up to --cache-timeout-max-ms (0: budgets fixed)",
     )
-    p.add_option("--cache-timeout-max-ms", default=1000.0, type=float, help="longest lookup budget the miss share can give")
+    p.add_option("--cache-timeout-max-ms", default=1000.0, type=float, help="longest lookup budget the miss share can give, and the budget before a task's first miss is answered")
     p.add_option("--store-timeout-ms", default=2000.0, type=float, help="budget for a background write-back")
     # Limits.
     lim = Limits()

@@ -65,8 +65,8 @@ class MissCost:
     """What a miss of each task costs lately: a moving average of the model's answer times (seconds),
     queueing at inference included, and at least what the model calls still running have taken so far.
 
-    The second part matters at the start of a load: before any miss has been answered, the first
-    calls sent to a busy model already say that a miss costs seconds.
+    The second part matters when the model slows down (a queue builds at inference): the calls still
+    running say so before any of them is answered.
     """
 
     def __init__(self, weight: float = 0.2) -> None:
@@ -89,6 +89,10 @@ class MissCost:
         start = self._running.get(task, {}).pop(handle, None)
         if start is not None and answered:
             self.observe(task, time.perf_counter() - start)
+
+    def known(self, task: str) -> bool:
+        """Whether a model call of ``task`` has been answered (so :meth:`expected` rests on a measurement)."""
+        return task in self._mean
 
     def expected(self, task: str) -> float:
         """0 until a model call of ``task`` has run."""
@@ -143,9 +147,16 @@ class CacheFront:
 
     def lookup_budget(self, task: str, plan: Plan, timeout_s: float | None = None) -> float:
         """The task's budget, or a share of what its misses cost lately when that is more (up to the ceiling);
-        never past ``timeout_s``."""
+        never past ``timeout_s``.
+
+        Until a miss of the task has been answered, what a miss costs is unknown: the ceiling. A gateway
+        that starts under load (a restarted pod) would otherwise give up its first lookups at the fixed
+        budget and send that whole first burst to the model, which refuses most of it.
+        """
         fixed = plan.lookup_timeout_s or self._config.lookup_timeout_s
-        grown = min(self._ceiling(timeout_s), self._config.lookup_miss_share * self.miss_cost.expected(task))
+        ceiling = self._ceiling(timeout_s)
+        cost = self.miss_cost
+        grown = min(ceiling, self._config.lookup_miss_share * cost.expected(task)) if cost.known(task) else ceiling
         budget = max(fixed, grown)
         return budget if timeout_s is None else max(0.001, min(budget, timeout_s))
 

@@ -116,10 +116,23 @@ async def test_cache_errors_are_misses_and_open_the_breaker(world) -> None:  # t
 
 async def test_slow_cache_times_out_within_budget(world) -> None:  # type: ignore[no-untyped-def]
     gw, cache, _ = world
+    await gw.classify(NS, "a first miss: the gateway learns that a miss is cheap", Policy())
     cache.delay_s = 5.0
     r = await gw.classify(NS, "slow", Policy())
     assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"
     assert r.timings.stages_ms["lookup"] < 1000  # budget 50 ms; generous for a busy machine
+
+
+async def test_a_cold_gateway_waits_for_a_slow_cache_until_it_knows_what_a_miss_costs(world) -> None:  # type: ignore[no-untyped-def]
+    """Before any miss is answered the lookup may take the ceiling (1 s): a gateway restarted under load
+    would otherwise send its whole first burst to the model. Once a miss is measured, the budget rules."""
+    gw, cache, _ = world
+    cache.delay_s = 0.3  # six times the 50 ms budget
+    r = await gw.classify(NS, "the first request this gateway sees", Policy())
+    assert r.cache.status is CacheStatus.MISS, r.cache  # waited for the cache instead of bypassing it
+    assert 250 <= r.timings.stages_ms["lookup"] < 1000
+    r = await gw.classify(NS, "the second request, after a measured miss", Policy())
+    assert r.cache.status is CacheStatus.BYPASS and r.cache.reason == "cache timeout"
 
 
 async def test_invalid_argument_from_cache_does_not_trip_breaker(world) -> None:  # type: ignore[no-untyped-def]
@@ -368,7 +381,14 @@ def test_the_lookup_budget_is_a_share_of_the_miss_cost_between_the_fixed_budget_
     assert cost.expected("chat") == 1.5 and cost.expected("sentiment") == 0.0
     front = CacheFront(FakeCache(), None, None, None, FrontConfig(lookup_timeout_s=0.03, lookup_miss_share=0.25, lookup_timeout_max_s=1.0))  # type: ignore[arg-type]
     chat, classify = Policies().plan("chat", Policy()), Policies().plan("sentiment", Policy())
-    assert front.lookup_budget("chat", chat) == 0.1 and front.lookup_budget("sentiment", classify) == 0.03  # no misses yet
+    # No miss answered yet: what one costs is unknown, so the lookup may take the cap (a cold gateway under load).
+    assert front.lookup_budget("chat", chat) == 1.0 and front.lookup_budget("sentiment", classify) == 1.0
+    assert front.lookup_budget("sentiment", classify, timeout_s=2.0) == 0.5
+    front.miss_cost = MissCost(weight=1.0)  # each answer replaces the average: one observation per step below
+    front.miss_cost.observe("sentiment", 0.05)  # a cheap miss: the fixed budget again
+    assert front.lookup_budget("sentiment", classify) == 0.03
+    front.miss_cost.observe("chat", 0.2)
+    assert front.lookup_budget("chat", chat) == 0.1
     front.miss_cost.observe("chat", 2.0)
     assert front.lookup_budget("chat", chat) == 0.5
     front.miss_cost.observe("chat", 60.0)  # a queue at inference: the cap holds
